@@ -1,0 +1,36 @@
+# Two commands: `make demo` and `make test`. Each creates .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+DEMO_FRAMES ?= 300
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
+
+.PHONY: demo test install install-dev bench clean
+
+demo: $(RUNTIME_STAMP)
+	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
+
+test: $(DEV_STAMP)
+	$(PY) -m pytest
+
+install: $(RUNTIME_STAMP)
+install-dev: $(DEV_STAMP)
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install --quiet -e .
+	touch $@
+
+# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon
+$(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
+	$(PIP) install --quiet -e '.[train,dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache build *.egg-info

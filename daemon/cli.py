@@ -1,0 +1,186 @@
+"""The daemon's subcommands: `run` and `check-config`.
+
+Exit codes: 0 = clean stop; 2 = bad configuration or model (restarting will not help: the systemd unit does not
+restart on 2); 1 = a runtime failure where a restart is the right answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run the inspection daemon")
+    p.add_argument("--config", default="config.yaml", help="YAML config file (default: ./config.yaml)")
+    p.add_argument("--max-frames", type=int, default=0, help="stop after N verdicts (0 = run until stopped)")
+    p.set_defaults(func=cmd_run)
+
+    c = sub.add_parser("check-config", help="validate a config file and the model it names; exit 0 or 2")
+    c.add_argument("--config", default="config.yaml", help="YAML config file (default: ./config.yaml)")
+    c.set_defaults(func=cmd_check_config)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from daemon.config import check_runtime, load_config
+    from daemon.types import ConfigError
+
+    try:
+        cfg = load_config(args.config)
+        check_runtime(cfg)
+    except ConfigError as exc:
+        print(f"inspectd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.config}: OK (camera {cfg.camera.type}, model {cfg.model.path})")
+    return EXIT_OK
+
+
+def _stdin_triggers(pipeline) -> None:
+    """Software trigger from standard input: each line is one trigger, optionally carrying an item id."""
+    import structlog
+
+    log = structlog.get_logger("inspectd.trigger")
+    for line in sys.stdin:
+        text = line.strip()
+        try:
+            item_id = int(text) if text else 0
+        except ValueError:
+            log.warning("bad_trigger_line", line=text[:80], expected="an empty line or an integer item id")
+            continue
+        if not 0 <= item_id <= 65535:
+            log.warning("bad_trigger_line", line=text[:80], expected="item id 0..65535")
+            continue
+        pipeline.trigger(item_id)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.config import load_config
+    from daemon.types import ConfigError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"inspectd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.max_frames < 0:
+        print("inspectd: --max-frames must be >= 0", file=sys.stderr)
+        return EXIT_CONFIG
+
+    from daemon import logs
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    return _run(cfg, Path(args.config), args.max_frames)
+
+
+def _run(cfg, config_path: Path, max_frames: int) -> int:
+    import structlog
+
+    from daemon import __version__, ssim
+    from daemon._numba_env import ensure_numba_cache_dir
+    from daemon.cameras import build_camera
+    from daemon.detector import Detector
+    from daemon.dispatch import Dispatcher
+    from daemon.inspector import Inspector
+    from daemon.pipeline import Pipeline
+    from daemon.service import Notifier, install_signal_handlers
+    from daemon.sinks.log import LogSink
+    from daemon.types import ModelError
+
+    log = structlog.get_logger("inspectd")
+    log.info("starting", version=__version__, config=str(config_path.resolve()), line=cfg.line)
+    cache_dir = ensure_numba_cache_dir()
+    notifier = Notifier()
+
+    try:
+        detector = Detector(
+            cfg.model.path,
+            providers=cfg.model.providers,
+            require_gpu=cfg.model.require_gpu,
+            intra_op_threads=cfg.model.intra_op_threads,
+        )
+    except ModelError as exc:
+        log.error("model_refused", path=str(cfg.model.path), error=str(exc))
+        print(f"inspectd: model.path: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    m = detector.manifest
+    info = detector.info
+    log.info(
+        "model_loaded",
+        path=str(cfg.model.path),
+        name=m.name,
+        sha256=m.onnx.sha256,
+        input=list(m.input.shape),
+        preprocess=m.preprocess.mode,
+        providers_requested=list(info.requested),
+        providers_obtained=list(info.obtained),
+        on_gpu=info.on_gpu,
+    )
+    if not info.on_gpu and any(p != "CPUExecutionProvider" for p in info.requested):
+        log.warning(
+            "gpu_not_used",
+            detail="onnxruntime fell back to the CPU; GPU providers were requested but could not be loaded",
+            available=list(info.available),
+        )
+    inspector = Inspector(detector, pixel_threshold=cfg.model.pixel_threshold, min_region_area=cfg.model.min_region_area)
+    t_jit = ssim.warmup()
+    t_warm = inspector.warmup()
+    log.info(
+        "warmed_up",
+        ssim_jit_s=round(t_jit, 3),
+        model_s=round(t_warm, 3),
+        numba_cache_dir=cache_dir,
+        pixel_threshold=inspector.pixel_threshold,
+        min_region_area=inspector.min_region_area,
+    )
+
+    camera = build_camera(cfg.camera)
+    dispatcher = Dispatcher([LogSink(cfg.logging.verdicts)])
+    pipeline = Pipeline(
+        camera,
+        cfg.camera,
+        inspector,
+        dispatcher,
+        queue_size=cfg.pipeline.queue_size,
+        overrun=cfg.pipeline.overrun,
+        max_frames=max_frames,
+        drain_timeout_s=cfg.pipeline.drain_timeout_s,
+        notifier=notifier,
+    )
+    install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"))
+    log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
+    pipeline.start()
+    if cfg.camera.trigger == "software":
+        threading.Thread(target=_stdin_triggers, args=(pipeline,), name="stdin-trigger", daemon=True).start()
+    notifier.ready(f"running, model {m.name}")
+    log.info("ready", max_frames=max_frames or None)
+
+    last_status = time.monotonic()
+    last_frames = 0
+    while not pipeline.stop_event.wait(0.2) and pipeline.running:
+        now = time.monotonic()
+        if now - last_status >= cfg.service.status_interval_s:
+            frames = dispatcher.emitted
+            fps = (frames - last_frames) / (now - last_status)
+            last_status, last_frames = now, frames
+            status = f"{fps:.1f} fps, {frames} frames, state {pipeline.state.name.lower()}"
+            notifier.status(status)
+            log.info("status", fps=round(fps, 2), frames=frames, queue=pipeline.queue_depth(), state=pipeline.state.name.lower())
+
+    notifier.stopping()
+    log.info("stopping", reason=pipeline.stop_reason)
+    drained = pipeline.wait(cfg.pipeline.drain_timeout_s)
+    gaps = dispatcher.flush()
+    dispatcher.close()
+    summary = dispatcher.summary()
+    if not drained:
+        log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
+    print(json.dumps(summary), flush=True)
+    notifier.close()
+    crashed = pipeline.stop_reason == "acquisition crashed"
+    return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK

@@ -1,0 +1,30 @@
+"""Building blocks of the config models: strict base model and paths resolved against the config file.
+
+Config models do no I/O: a path is only made absolute here (relative to the directory of the config file
+being validated, passed as validation context `base_dir`); whether it exists is checked when the part opens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+
+
+class StrictModel(BaseModel):
+    """Base of every config model: unknown keys are errors, values are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    value = value.expanduser()
+    base = (info.context or {}).get("base_dir") if info is not None else None
+    if not value.is_absolute() and base is not None:
+        value = Path(base) / value
+    return value
+
+
+# a filesystem path; relative paths are taken relative to the config file's directory
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]

@@ -1,0 +1,184 @@
+"""`inspectd train`: train an autoencoder, export it to ONNX, calibrate its thresholds, write the model directory.
+
+Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
+daemon's CLI stays importable without it. Also runnable alone: `python -m export.cli train ...`.
+
+Exit codes: 0 done; 2 bad arguments or data; 1 training/export failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _size(text: str) -> tuple[int, int]:
+    """'128' or '96x128' (height x width)."""
+    try:
+        parts = [int(p) for p in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 8:
+        msg = f"expected a size like 128 or 96x128 (height x width, >= 8), got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return parts[0], parts[1]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train, export and calibrate an autoencoder model directory",
+        description="Train a convolutional autoencoder on good images (with synthetic defects, seed 001), export "
+        "model.onnx, check onnxruntime against PyTorch, calibrate thresholds on held-out good images through "
+        "the daemon's own code path and write manifest.json.",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="training images: DIR/train/good/* (MVTec layout) or a folder of images")
+    src.add_argument("--synthetic", action="store_true", help="train on the synthetic camera's good frames")
+    p.add_argument("--out", type=Path, required=True, help="model directory to write (model.onnx + manifest.json)")
+    p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
+
+    g = p.add_argument_group("synthetic source")
+    g.add_argument("--synthetic-frames", type=int, default=800, help="good frames to render (default 800)")
+    g.add_argument("--synthetic-width", type=int, default=256)
+    g.add_argument("--synthetic-height", type=int, default=256)
+    g.add_argument("--synthetic-seed", type=int, default=7, help="camera seed (default 7; 1234 is the demo stream)")
+    g.add_argument("--evaluate", type=int, default=0, metavar="N",
+                   help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)")
+
+    m = p.add_argument_group("model")
+    m.add_argument("--input-size", type=_size, default=(128, 128), help="model input, 128 or HxW (default 128)")
+    m.add_argument("--color", choices=("gray", "bgr"), default="gray")
+    m.add_argument("--mode", choices=("resize", "tile"), default="resize",
+                   help="resize whole frames to the input, or cut model-size tiles (default resize)")
+    m.add_argument("--tile-overlap", type=int, default=32, help="tile mode: pixels shared by neighbouring tiles")
+    m.add_argument("--base-width", type=int, default=32)
+    m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
+    m.add_argument("--latent-channels", type=int, default=64)
+    m.add_argument("--depth", type=int, default=4, help="stride-2 stages (input must be a multiple of 2^depth)")
+
+    t = p.add_argument_group("training")
+    t.add_argument("--iterations", type=int, default=3000)
+    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops at whichever comes first")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--ssim-weight", type=float, default=0.5, help="share of the SSIM loss (0 = weighted L2 only)")
+    t.add_argument("--defect-prob", type=float, default=0.5, help="probability of a synthetic defect per sample")
+    t.add_argument("--defect-weight", type=float, default=5.0, help="loss weight inside synthetic defects")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
+    t.add_argument("--log-every", type=int, default=50)
+    t.add_argument("--checkpoint-dir", type=Path, default=None,
+                   help="where checkpoints go (default ~/.cache/inspectd/checkpoints/<out name>)")
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint.pt")
+
+    c = p.add_argument_group("calibration")
+    c.add_argument("--holdout", type=float, default=0.2, help="fraction of good images kept for calibration")
+    c.add_argument("--calibrate-with-test", action="store_true",
+                   help="--data only: also use DIR/test/* with DIR/ground_truth masks to choose thresholds")
+    p.set_defaults(func=cmd_train)
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this model, every option explicit (defaults may change later)."""
+    parts = ["inspectd", "train"]
+    if args.synthetic:
+        parts += ["--synthetic", "--synthetic-frames", str(args.synthetic_frames),
+                  "--synthetic-width", str(args.synthetic_width), "--synthetic-height", str(args.synthetic_height),
+                  "--synthetic-seed", str(args.synthetic_seed)]
+    else:
+        parts += ["--data", str(args.data)]
+    parts += ["--out", str(args.out)]
+    if args.name:
+        parts += ["--name", args.name]
+    h, w = args.input_size
+    parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
+    if args.mode == "tile":
+        parts += ["--tile-overlap", str(args.tile_overlap)]
+    parts += ["--base-width", str(args.base_width), "--max-width", str(args.max_width), "--latent-channels", str(args.latent_channels),
+              "--depth", str(args.depth), "--iterations", str(args.iterations)]
+    if args.minutes is not None:
+        parts += ["--minutes", f"{args.minutes:g}"]
+    parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
+              "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
+              "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
+    if args.calibrate_with_test:
+        parts.append("--calibrate-with-test")
+    if args.evaluate:
+        parts += ["--evaluate", str(args.evaluate)]
+    return shlex.join(parts)
+
+
+def build_job(args: argparse.Namespace):
+    from export.model import ModelConfig
+    from export.train import TrainConfig
+    from export.workflow import SyntheticSource, TrainJob
+
+    h, w = args.input_size
+    model = ModelConfig(
+        height=h, width=w, channels=1 if args.color == "gray" else 3, base_width=args.base_width,
+        max_width=args.max_width, latent_channels=args.latent_channels, depth=args.depth,
+    )
+    train_cfg = TrainConfig(
+        iterations=args.iterations, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        ssim_weight=args.ssim_weight, seed=args.seed, threads=args.threads or None, log_every=args.log_every,
+        checkpoint_every=args.checkpoint_every,
+    )
+    synthetic = None
+    if args.synthetic:
+        synthetic = SyntheticSource(
+            frames=args.synthetic_frames, width=args.synthetic_width, height=args.synthetic_height,
+            seed=args.synthetic_seed,
+        )
+    return TrainJob(
+        out=args.out, command=reproduce_command(args), data=args.data, synthetic=synthetic, name=args.name,
+        model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, train=train_cfg,
+        defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
+        checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,
+        evaluate=args.evaluate if args.synthetic else 0,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.evaluate and not args.synthetic:
+        print("inspectd train: --evaluate needs --synthetic (for folders use DIR/test with --calibrate-with-test)",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        job = build_job(args)
+    except ValueError as exc:
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    from export.onnx_export import ParityError
+    from export.workflow import run_job
+
+    try:
+        result = run_job(job)
+    except (FileNotFoundError, ValueError) as exc:  # bad data or arguments
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ParityError, FloatingPointError) as exc:  # the run itself failed; anything else shows its traceback
+        print(f"inspectd train: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary())
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.cli")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    register(sub)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

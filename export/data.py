@@ -1,0 +1,232 @@
+"""Training samples: good images -> augmentation -> model input -> synthetic defect (seed 001).
+
+Sources: an MVTec-layout folder (`DIR/train/good/*`) or a plain folder of images, or the synthetic camera's good
+frames. Each sample is drawn from one good frame: a small random rotation and translation (on the frame, borders
+reflected), then the frame is brought to the model input exactly as the daemon will (`resize` with INTER_AREA, or a
+random model-size crop in `tile` mode), then an illumination gain/offset, then, with probability `defect_prob`, one
+synthetic defect. The input is the (possibly corrupted) image, the target the clean one, and the per-pixel loss
+weight is `defect_weight` inside the defect and 1 elsewhere.
+
+Images are uint8 until the very end, so the model trains on the same quantised values the daemon feeds it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Sequence
+
+import cv2
+import numpy as np
+
+from export.defects import DefectConfig, add_defect
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
+_INTERPOLATION = {"area": cv2.INTER_AREA, "linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST}
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random changes applied to every good frame before it becomes a training sample."""
+
+    max_shift: float = 0.03  # translation, as a fraction of the frame's width / height
+    max_rotation_deg: float = 4.0
+    gain: tuple[float, float] = (0.9, 1.1)  # illumination: pixel * gain + offset
+    offset: tuple[float, float] = (-10.0, 10.0)  # grey levels
+    enabled: bool = True
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(enabled=False)
+
+
+@dataclass(frozen=True)
+class InputGeometry:
+    """What the model sees: its input size and colour, and how frames are brought to it (as the manifest says)."""
+
+    height: int = 128
+    width: int = 128
+    color: Literal["gray", "bgr"] = "gray"
+    mode: Literal["resize", "tile"] = "resize"
+    interpolation: Literal["area", "linear", "nearest"] = "area"
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+
+@dataclass(frozen=True)
+class Batch:
+    inputs: np.ndarray  # float32 N x C x H x W in [0, 1]: what the model gets
+    targets: np.ndarray  # float32 N x C x H x W in [0, 1]: the clean image
+    weights: np.ndarray  # float32 N x 1 x H x W: loss weight per pixel
+    masks: np.ndarray  # uint8 N x H x W: 1 where a synthetic defect was painted
+
+
+# --- sources -----------------------------------------------------------------------------------------------------
+
+
+def to_color(image: np.ndarray, color: str) -> np.ndarray:
+    """uint8 gray / BGR / BGRA image -> the model's colour (gray: HxW, bgr: HxWx3), converted as the daemon does."""
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    n = 1 if image.ndim == 2 else image.shape[2]
+    if color == "gray":
+        code = {1: None, 3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}[n]
+    else:
+        code = {1: cv2.COLOR_GRAY2BGR, 3: None, 4: cv2.COLOR_BGRA2BGR}[n]
+    return np.ascontiguousarray(image if code is None else cv2.cvtColor(image, code))
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """The training images of a data directory: `path/train/good/*` (MVTec layout) or the images in `path` itself."""
+    root = Path(path)
+    folder = root / "train" / "good"
+    if not folder.is_dir():
+        folder = root
+    if not folder.is_dir():
+        msg = f"training data directory {root} does not exist (expected DIR/train/good/* or a folder of images)"
+        raise FileNotFoundError(msg)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        msg = f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder} (expected DIR/train/good/* or a folder of images)"
+        raise FileNotFoundError(msg)
+    return files
+
+
+def read_image(path: str | Path, color: str) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)  # 8-bit BGR for every format; gray files replicate exactly
+    if image is None:
+        msg = f"cannot read image {path} (corrupt or unsupported format)"
+        raise ValueError(msg)
+    return to_color(image, color)
+
+
+def load_folder(path: str | Path, color: str = "gray", limit: int | None = None) -> list[np.ndarray]:
+    """Read the good training images of a data directory (see image_files) in the model's colour."""
+    files = image_files(path)[:limit]
+    return [read_image(p, color) for p in files]
+
+
+def synthetic_frames(
+    n: int, *, width: int = 256, height: int = 256, seed: int = 0, color: str = "gray"
+) -> list[np.ndarray]:
+    """n good frames from the synthetic camera (daemon.cameras.synthetic), defect rate 0."""
+    from daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+
+    gen = SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=0.0))
+    return [to_color(gen.render_good(i).image, color) for i in range(n)]
+
+
+def synthetic_description(width: int, height: int, seed: int) -> str:
+    return f"synthetic camera good frames (daemon.cameras.synthetic, {width}x{height}, seed {seed}, defect_rate 0)"
+
+
+# --- samples -----------------------------------------------------------------------------------------------------
+
+
+def augment_frame(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Small random rotation + translation of a whole frame (reflected borders)."""
+    if not cfg.enabled or (cfg.max_rotation_deg <= 0 and cfg.max_shift <= 0):
+        return image
+    h, w = image.shape[:2]
+    angle = float(rng.uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg))
+    dx = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * w
+    dy = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * h
+    m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
+    m[:, 2] += (dx, dy)
+    return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def illuminate(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    if not cfg.enabled:
+        return image
+    gain = float(rng.uniform(*cfg.gain))
+    offset = float(rng.uniform(*cfg.offset))
+    out = image.astype(np.float32) * gain + offset
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def to_model_input(image: np.ndarray, geom: InputGeometry, rng: np.random.Generator | None = None) -> np.ndarray:
+    """A frame -> model-size uint8 image: resized (as the daemon's `resize` mode) or, in `tile` mode, a crop
+    (random where rng is given, else the top-left tile); frames smaller than a tile are padded by reflection."""
+    h, w = image.shape[:2]
+    if geom.mode == "resize":
+        if (h, w) == (geom.height, geom.width):
+            return image
+        return cv2.resize(image, (geom.width, geom.height), interpolation=_INTERPOLATION[geom.interpolation])
+    pad_h, pad_w = max(0, geom.height - h), max(0, geom.width - w)
+    if pad_h or pad_w:
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
+        h, w = image.shape[:2]
+    y = int(rng.integers(0, h - geom.height + 1)) if rng is not None else 0
+    x = int(rng.integers(0, w - geom.width + 1)) if rng is not None else 0
+    return np.ascontiguousarray(image[y : y + geom.height, x : x + geom.width])
+
+
+def to_nchw(images: Sequence[np.ndarray]) -> np.ndarray:
+    """uint8 HxW or HxWxC images -> float32 NCHW in [0, 1]."""
+    arr = np.stack(images).astype(np.float32) / np.float32(255.0)
+    return arr[:, None] if arr.ndim == 3 else np.ascontiguousarray(arr.transpose(0, 3, 1, 2))
+
+
+class TrainingSet:
+    """Good frames plus the recipe that turns them into training batches."""
+
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        geometry: InputGeometry,
+        *,
+        augment: AugmentConfig = AugmentConfig(),
+        defects: DefectConfig = DefectConfig(),
+        defect_prob: float = 0.5,
+        defect_weight: float = 5.0,
+        description: str = "",
+    ) -> None:
+        if not frames:
+            msg = "a training set needs at least one good image"
+            raise ValueError(msg)
+        if not 0.0 <= defect_prob <= 1.0:
+            msg = f"defect_prob must be within [0, 1], got {defect_prob}"
+            raise ValueError(msg)
+        if defect_weight < 1.0 or not math.isfinite(defect_weight):
+            msg = f"defect_weight must be a finite number >= 1, got {defect_weight}"
+            raise ValueError(msg)
+        self.frames = [to_color(f, geometry.color) for f in frames]
+        self.geometry = geometry
+        self.augment = augment
+        self.defects = defects
+        self.defect_prob = float(defect_prob)
+        self.defect_weight = float(defect_weight)
+        self.description = description
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def sample_one(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(input uint8, clean target uint8, defect mask 0/1) at model size."""
+        frame = self.frames[int(rng.integers(len(self.frames))) if index is None else index]
+        frame = augment_frame(frame, rng, self.augment)
+        clean = illuminate(to_model_input(frame, self.geometry, rng), rng, self.augment)
+        if rng.random() < self.defect_prob:
+            corrupted, mask, _ = add_defect(clean, rng, self.defects)
+        else:
+            corrupted, mask = clean, np.zeros(clean.shape[:2], dtype=np.uint8)
+        return corrupted, clean, mask
+
+    def sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
+        items = [self.sample_one(rng) for _ in range(batch_size)]
+        masks = np.stack([m for _, _, m in items])
+        weights = 1.0 + (self.defect_weight - 1.0) * masks[:, None].astype(np.float32)
+        return Batch(
+            inputs=to_nchw([i for i, _, _ in items]),
+            targets=to_nchw([t for _, t, _ in items]),
+            weights=weights.astype(np.float32),
+            masks=masks,
+        )
+
+    def plain_inputs(self, n: int) -> np.ndarray:
+        """The first n frames at model size, no augmentation and no defects (float32 NCHW)."""
+        return to_nchw([to_model_input(f, self.geometry) for f in self.frames[:n]])

@@ -1,0 +1,148 @@
+"""Synthetic defects painted onto good training images (seed 001).
+
+Per image a shape and its parameters are drawn at random. The main shape is a thin, elongated ellipse: long semi-axis
+a > short semi-axis b and a > a minimum length. The ellipse is unrolled in polar coordinates, r(phi) =
+a*b / sqrt((b cos phi)^2 + (a sin phi)^2), and sampled at 16 angles phi_k = 2*pi*k/16; the 16 points, rotated by a
+random angle and moved to a random centre, are joined into a polygon that is filled (cv2.fillPoly) with one random
+grey value in 0..255. Rectangles and triangles are the other shapes. The training target stays the clean image, so
+the autoencoder learns to repair defects; the returned mask marks the filled pixels so the loss can weigh them up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+SHAPES = ("ellipse", "rectangle", "triangle")
+
+
+@dataclass(frozen=True)
+class DefectConfig:
+    """Shape distribution and sizes. Lengths are fractions of the image's shorter side."""
+
+    shape_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)  # ellipse, rectangle, triangle
+    n_points: int = 16  # polygon vertices sampled on the ellipse (the seed fixes 16)
+    min_long: float = 0.06  # the ellipse's long semi-axis a exceeds this (a "length threshold")
+    max_long: float = 0.25  # ... and stays below this
+    min_aspect: float = 0.08  # b / a lies in [min_aspect, max_aspect] with max_aspect < 1: a > b, thin
+    max_aspect: float = 0.45
+    min_side: float = 0.03  # rectangle sides and triangle radius
+    max_side: float = 0.15
+    grey_range: tuple[int, int] = (0, 255)  # inclusive range of the fill value
+
+    def __post_init__(self) -> None:
+        if len(self.shape_weights) != len(SHAPES) or min(self.shape_weights) < 0 or sum(self.shape_weights) <= 0:
+            msg = f"shape_weights must be {len(SHAPES)} non-negative numbers for {SHAPES}, got {self.shape_weights}"
+            raise ValueError(msg)
+        if not 0 < self.min_long < self.max_long <= 0.5:
+            msg = f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, {self.max_long}"
+            raise ValueError(msg)
+        if not 0 < self.min_aspect <= self.max_aspect < 1:
+            msg = f"need 0 < min_aspect <= max_aspect < 1 (b < a), got {self.min_aspect}, {self.max_aspect}"
+            raise ValueError(msg)
+        if not 0 < self.min_side <= self.max_side <= 0.5:
+            msg = f"need 0 < min_side <= max_side <= 0.5, got {self.min_side}, {self.max_side}"
+            raise ValueError(msg)
+        if self.n_points < 3:
+            msg = f"n_points must be >= 3, got {self.n_points}"
+            raise ValueError(msg)
+        lo, hi = self.grey_range
+        if not 0 <= lo <= hi <= 255:
+            msg = f"grey_range must lie within 0..255 with lo <= hi, got {self.grey_range}"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class Defect:
+    """One painted defect: what was drawn, where, and with which grey value."""
+
+    shape: str
+    polygon: np.ndarray  # (N, 2) int32 vertices (x, y), all inside the image
+    value: int  # the single grey value it was filled with
+    params: dict = field(default_factory=dict)  # a, b, angle, centre ... for inspection and tests
+
+
+def ellipse_polygon(
+    cx: float, cy: float, a: float, b: float, angle: float, n_points: int = 16
+) -> np.ndarray:
+    """n_points vertices on an ellipse (semi-axes a, b, rotated by `angle` radians) at polar angle steps 2*pi/n."""
+    phi = 2.0 * np.pi * np.arange(n_points) / n_points
+    r = a * b / np.sqrt((b * np.cos(phi)) ** 2 + (a * np.sin(phi)) ** 2)
+    x, y = r * np.cos(phi), r * np.sin(phi)
+    ca, sa = math.cos(angle), math.sin(angle)
+    px = cx + ca * x - sa * y
+    py = cy + sa * x + ca * y
+    return np.stack([px, py], axis=1)
+
+
+def _to_pixels(points: np.ndarray, h: int, w: int) -> np.ndarray:
+    pts = np.rint(points)
+    pts[:, 0] = np.clip(pts[:, 0], 0, w - 1)
+    pts[:, 1] = np.clip(pts[:, 1], 0, h - 1)
+    return pts.astype(np.int32)
+
+
+def _centre(rng: np.random.Generator, radius: float, h: int, w: int) -> tuple[float, float]:
+    """A centre such that a disc of `radius` around it lies inside the image."""
+    cx = rng.uniform(radius, max(radius, w - 1 - radius))
+    cy = rng.uniform(radius, max(radius, h - 1 - radius))
+    return cx, cy
+
+
+def random_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = DefectConfig()) -> Defect:
+    """Draw one random defect shape for an h x w image."""
+    side = min(h, w)
+    p = np.asarray(cfg.shape_weights, dtype=float)
+    shape = SHAPES[int(rng.choice(len(SHAPES), p=p / p.sum()))]
+    lo, hi = cfg.grey_range
+    value = int(rng.integers(lo, hi + 1))
+    angle = float(rng.uniform(0.0, np.pi))
+    if shape == "ellipse":
+        a_min = cfg.min_long * side
+        a = float(rng.uniform(a_min, cfg.max_long * side))
+        a = max(a, math.nextafter(a_min, math.inf))  # strictly longer than the threshold
+        b = a * float(rng.uniform(cfg.min_aspect, cfg.max_aspect))
+        cx, cy = _centre(rng, a, h, w)
+        pts = ellipse_polygon(cx, cy, a, b, angle, cfg.n_points)
+        params = {"a": a, "b": b, "a_min": a_min, "angle": angle, "cx": cx, "cy": cy}
+    elif shape == "rectangle":
+        rw = float(rng.uniform(cfg.min_side, cfg.max_side)) * side
+        rh = float(rng.uniform(cfg.min_side, cfg.max_side)) * side
+        cx, cy = _centre(rng, math.hypot(rw, rh) / 2, h, w)
+        corners = np.array([[-rw, -rh], [rw, -rh], [rw, rh], [-rw, rh]]) / 2
+        ca, sa = math.cos(angle), math.sin(angle)
+        rot = np.array([[ca, -sa], [sa, ca]])
+        pts = corners @ rot.T + [cx, cy]
+        params = {"width": rw, "height": rh, "angle": angle, "cx": cx, "cy": cy}
+    else:  # triangle: three points at random angles on a circle
+        radius = float(rng.uniform(cfg.min_side, cfg.max_side)) * side
+        cx, cy = _centre(rng, radius, h, w)
+        phis = np.sort(rng.uniform(0.0, 2 * np.pi, 3))
+        pts = np.stack([cx + radius * np.cos(phis), cy + radius * np.sin(phis)], axis=1)
+        params = {"radius": radius, "cx": cx, "cy": cy}
+    return Defect(shape=shape, polygon=_to_pixels(pts, h, w), value=value, params=params)
+
+
+def paint(image: np.ndarray, defect: Defect) -> tuple[np.ndarray, np.ndarray]:
+    """Fill the defect's polygon with its grey value; returns (corrupted copy, uint8 mask 0/1 of filled pixels)."""
+    h, w = image.shape[:2]
+    mask = np.zeros((h, w), dtype=np.uint8)
+    cv2.fillPoly(mask, [defect.polygon.reshape(-1, 1, 2)], 1)
+    out = image.copy()
+    out[mask.astype(bool)] = defect.value  # one grey value; on BGR images every channel gets it
+    return out, mask
+
+
+def add_defect(
+    image: np.ndarray, rng: np.random.Generator, cfg: DefectConfig = DefectConfig()
+) -> tuple[np.ndarray, np.ndarray, Defect]:
+    """Paint one random defect on a uint8 image (HxW or HxWx3): (corrupted, mask 0/1, defect)."""
+    if image.dtype != np.uint8 or image.ndim not in (2, 3):
+        msg = f"add_defect expects a uint8 HxW or HxWxC image, got {image.dtype} with shape {image.shape}"
+        raise ValueError(msg)
+    defect = random_defect(rng, image.shape[0], image.shape[1], cfg)
+    corrupted, mask = paint(image, defect)
+    return corrupted, mask, defect

@@ -1,0 +1,281 @@
+"""One training job end to end: data -> train -> ONNX export + parity -> provisional manifest -> calibration ->
+final manifest (-> optional evaluation). `inspectd train` is a thin argparse layer over `run_job`.
+
+The held-out good images (a fraction of the training source, never trained on) calibrate the thresholds through
+the daemon's own Inspector; see calibration/thresholds.py for the rules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+import numpy as np
+
+from calibration import thresholds as calib
+from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec
+from export import data as D
+from export.defects import DefectConfig
+from export.model import ConvAutoencoder, ModelConfig, count_parameters
+from export.onnx_export import utc_now, write_model_dir
+from export.train import TrainConfig, train
+
+# the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
+SYNTHETIC_EVAL_SEED = 1234
+SYNTHETIC_EVAL_DEFECT_RATE = 0.25
+
+
+@dataclass(frozen=True)
+class SyntheticSource:
+    frames: int = 800
+    width: int = 256
+    height: int = 256
+    seed: int = 7
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    out: Path
+    command: str  # the exact command line that reproduces this job (recorded in the manifest)
+    data: Path | None = None  # an MVTec-layout or plain image folder; or
+    synthetic: SyntheticSource | None = None  # the synthetic camera's good frames
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    color: Literal["gray", "bgr"] = "gray"
+    mode: Literal["resize", "tile"] = "resize"
+    tile_overlap: int = 32
+    train: TrainConfig = field(default_factory=TrainConfig)
+    defect_prob: float = 0.5
+    defect_weight: float = 5.0
+    holdout: float = 0.2  # fraction of the good images kept for calibration
+    checkpoint_dir: Path | None = None
+    resume: Path | None = None
+    calibrate_with_test: bool = False  # --data only: also calibrate on DIR/test/* + ground_truth masks
+    evaluate: int = 0  # synthetic only: evaluate on this many frames of the evaluation stream (0 = no)
+
+    def __post_init__(self) -> None:
+        if (self.data is None) == (self.synthetic is None):
+            msg = "a training job needs exactly one source: a data directory or the synthetic camera"
+            raise ValueError(msg)
+        if not 0.0 < self.holdout < 1.0:
+            msg = f"holdout must be within (0, 1), got {self.holdout}"
+            raise ValueError(msg)
+
+
+@dataclass
+class JobResult:
+    model_dir: Path
+    final_loss: float
+    iterations: int
+    train_seconds: float
+    total_seconds: float
+    parity_max_abs_diff: float
+    calibration: calib.Calibration
+    evaluation: calib.Confusion | None
+    checkpoint: Path | None
+
+    def summary(self) -> str:
+        c = self.calibration
+        lines = [
+            f"model:        {self.model_dir}",
+            f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss {self.final_loss:.5f}",
+            f"onnx parity:  max abs diff {self.parity_max_abs_diff:.2e} (onnxruntime CPU vs PyTorch)",
+            f"thresholds:   pixel {c.pixel:.4f}, min_region_area {c.min_region_area} px",
+            f"calibration:  {c.n_good} held-out good images, {c.good_pass_rate:.1%} pass"
+            + (
+                f"; {c.n_defect} defective, {c.defect_reject_rate:.1%} rejected"
+                if c.n_defect and c.defect_reject_rate is not None
+                else ""
+            ),
+        ]
+        if self.evaluation is not None:
+            lines.append(f"evaluation:   {self.evaluation}")
+        if self.checkpoint is not None:
+            lines.append(f"checkpoint:   {self.checkpoint}")
+        lines.append(f"total time:   {self.total_seconds:.0f} s")
+        return "\n".join(lines)
+
+
+def default_checkpoint_dir(out: Path) -> Path:
+    """Checkpoints stay out of the model directory: $XDG_CACHE_HOME/inspectd/checkpoints/<model dir name>."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "inspectd" / "checkpoints" / (out.resolve().name or "model")
+
+
+def _split(frames: list[np.ndarray], holdout: float, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    if len(frames) < 2:
+        msg = f"need at least 2 good images to train and hold some out for calibration, got {len(frames)}"
+        raise ValueError(msg)
+    order = np.random.default_rng([seed, 99]).permutation(len(frames))
+    n_hold = min(len(frames) - 1, max(1, int(round(holdout * len(frames)))))
+    held = [frames[i] for i in order[:n_hold]]
+    kept = [frames[i] for i in order[n_hold:]]
+    return kept, held
+
+
+def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
+    if job.synthetic is not None:
+        s = job.synthetic
+        frames = D.synthetic_frames(s.frames, width=s.width, height=s.height, seed=s.seed, color=job.color)
+        return frames, D.synthetic_description(s.width, s.height, s.seed)
+    assert job.data is not None
+    return D.load_folder(job.data, job.color), f"good images of {job.data} ({D.image_files(job.data)[0].parent})"
+
+
+def load_mvtec_test(root: Path, color: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """DIR/test/good/* (goods) and DIR/test/<defect>/* with DIR/ground_truth/<defect>/<stem>_mask.png."""
+    goods, defects, masks = [], [], []
+    test = root / "test"
+    if not test.is_dir():
+        msg = f"{test} does not exist (expected the MVTec layout: DIR/test/<defect>/*, DIR/ground_truth/...)"
+        raise FileNotFoundError(msg)
+    for sub in sorted(p for p in test.iterdir() if p.is_dir()):
+        for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES):
+            img = D.read_image(f, color)
+            if sub.name == "good":
+                goods.append(img)
+                continue
+            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mask = cv2_read_mask(mpath, img.shape[:2])
+            defects.append(img)
+            masks.append(mask)
+    return goods, defects, masks
+
+
+def cv2_read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        msg = f"missing or unreadable mask {path} (expected a 0/255 PNG of the image's size)"
+        raise FileNotFoundError(msg)
+    if mask.shape != hw:
+        mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return (mask > 0).astype(np.uint8)
+
+
+def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
+    t_start = time.monotonic()
+
+    def say(text: str) -> None:
+        if log is not None:
+            print(text, file=log, flush=True)
+
+    cfg = job.model
+    if cfg.channels != (1 if job.color == "gray" else 3):
+        msg = f"model channels {cfg.channels} do not match color {job.color!r}"
+        raise ValueError(msg)
+    geometry = D.InputGeometry(height=cfg.height, width=cfg.width, color=job.color, mode=job.mode)
+    frames, description = _load_source(job)
+    train_frames, held_out = _split(frames, job.holdout, job.train.seed)
+    say(f"data: {description}: {len(train_frames)} for training, {len(held_out)} held out for calibration")
+    dataset = D.TrainingSet(
+        train_frames,
+        geometry,
+        defects=DefectConfig(),
+        defect_prob=job.defect_prob,
+        defect_weight=job.defect_weight,
+        description=description,
+    )
+
+    import torch
+
+    torch.manual_seed(job.train.seed)
+    model = ConvAutoencoder(cfg)
+    say(f"model: {count_parameters(model):,} parameters, {cfg}")
+    ckpt_dir = job.checkpoint_dir or default_checkpoint_dir(job.out)
+    result = train(model, dataset, job.train, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
+
+    preprocess = PreprocessSpec(
+        color=job.color, divide=255.0, mean=0.0, std=1.0, mode=job.mode, tile_overlap=job.tile_overlap, interpolation="area"
+    )
+    held_set = D.TrainingSet(held_out, geometry, augment=D.AugmentConfig.off(), defect_prob=0.0)
+    samples = held_set.plain_inputs(4)
+    facts = {
+        "data": description,
+        "source": "synthetic" if job.synthetic else "folder",
+        "categories": [],
+        "good_defect_ratio": "good only (synthetic defects painted during training)",
+        "sample_count": len(train_frames),
+        "held_out_count": len(held_out),
+        "iterations": result.iterations,
+        "stopped_by": result.stopped_by,
+        "final_loss": result.final_loss,
+        "train_seconds": round(result.seconds, 1),
+        "seed": job.train.seed,
+        "command": job.command,
+        "torch": torch.__version__,
+        "time": utc_now(),
+        "model": cfg.as_dict(),
+        "train_config": asdict(job.train),
+        "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(DefectConfig())},
+        "augment": asdict(dataset.augment),
+    }
+    name = job.name or job.out.resolve().name
+    manifest, parity = write_model_dir(
+        model, job.out, samples, name=name, preprocess=preprocess, ssim=SsimSpec(), score=ScoreSpec(), training=facts
+    )
+    say(f"export: {job.out}/model.onnx, parity max abs diff {parity.max_abs_diff:.2e}; calibrating ...")
+
+    defect_images: list[np.ndarray] = []
+    defect_masks: list[np.ndarray] = []
+    goods = held_out
+    data_desc = f"{len(held_out)} held-out good images of the training source"
+    if job.calibrate_with_test and job.data is not None:
+        t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color)
+        goods = held_out + t_goods
+        data_desc += f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks)"
+    calibration = calib.calibrate(model_dir=job.out, good_images=goods, defect_images=defect_images,
+                                  defect_masks=defect_masks, data=data_desc)
+    calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
+    say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
+
+    evaluation = None
+    if job.evaluate and job.synthetic is not None:
+        evaluation = evaluate_synthetic(job.out, job.evaluate, job.synthetic.width, job.synthetic.height, job.color)
+        _record_evaluation(job.out, evaluation, job.evaluate, job.synthetic)
+    return JobResult(
+        model_dir=job.out,
+        final_loss=result.final_loss,
+        iterations=result.iterations,
+        train_seconds=result.seconds,
+        total_seconds=time.monotonic() - t_start,
+        parity_max_abs_diff=parity.max_abs_diff,
+        calibration=calibration,
+        evaluation=evaluation,
+        checkpoint=result.checkpoint,
+    )
+
+
+def evaluate_synthetic(
+    model_dir: Path, n: int, width: int = 256, height: int = 256, color: str = "gray",
+    seed: int = SYNTHETIC_EVAL_SEED, defect_rate: float = SYNTHETIC_EVAL_DEFECT_RATE,
+) -> calib.Confusion:
+    """Confusion of the model's calibrated verdicts on frames 0..n-1 of the synthetic evaluation stream."""
+    from daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+
+    gen = SurfaceGenerator(
+        SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=defect_rate, color=color)
+    )
+    captures = [gen.render(i) for i in range(n)]
+    inspector = calib.open_inspector(model_dir)
+    return calib.evaluate(inspector, (c.image for c in captures), (bool(c.truth) for c in captures))
+
+
+def _record_evaluation(model_dir: Path, confusion: calib.Confusion, n: int, src: SyntheticSource) -> None:
+    from daemon.manifest import Manifest, load_manifest
+
+    manifest = load_manifest(model_dir)
+    raw = manifest.model_dump(mode="json")
+    raw["training"]["evaluation"] = {
+        "data": (
+            f"synthetic camera frames 0..{n - 1}, seed {SYNTHETIC_EVAL_SEED}, defect_rate "
+            f"{SYNTHETIC_EVAL_DEFECT_RATE}, {src.width}x{src.height} (not used for training or calibration)"
+        ),
+        **calib.json_safe(confusion.as_dict()),
+    }
+    Manifest.model_validate(raw).write(model_dir)
