@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from daemon.cameras.base import CameraConfigBase, register
+from daemon.cameras.base import CameraConfigBase, ConfigPath, register
 from daemon.types import Capture, CameraError, EndOfStream
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -26,8 +26,10 @@ _EXPECTED = "expected PNG/JPEG/BMP/TIFF"
 
 
 class FolderCameraConfig(CameraConfigBase):
+    """Replays image files in natural order (an MVTec `test/` tree works; truth and masks come from its layout)."""
+
     type: Literal["folder"] = "folder"
-    path: Path = Field(..., description="directory of images to replay (an MVTec `test/` directory works)")
+    path: ConfigPath = Field(..., description="directory of images to replay (an MVTec `test/` directory works)")
     recursive: bool = Field(True, description="also replay images in subdirectories (natural order by relative path)")
     extensions: tuple[str, ...] = Field(
         DEFAULT_EXTENSIONS, min_length=1, description="file name endings to replay (case-insensitive)"

@@ -34,6 +34,8 @@ def mask_secrets(text: str) -> str:
 
 
 class OpenCVCameraConfig(CameraConfigBase):
+    """A live camera through `cv2.VideoCapture`: device index, device path, RTSP/HTTP URL or GStreamer pipeline."""
+
     type: Literal["opencv"] = "opencv"
     source: Annotated[int, Field(ge=0, le=1023)] | Annotated[str, Field(min_length=1)] = Field(
         ..., description="device index (0 = /dev/video0), device path, RTSP/HTTP URL, or a GStreamer pipeline"
@@ -119,19 +121,18 @@ class OpenCVCamera:
             while not stop.is_set():
                 try:
                     ok, frame = cap.read()
+                    why = "read failed (stream ended, device unplugged or connection dropped)"
                 except cv2.error as e:
                     ok, frame, why = False, None, f"read failed: {e}"
-                else:
-                    why = "read failed (stream ended, device unplugged or connection dropped)"
-                if not ok or frame is None:
-                    with self._cond:
-                        if not stop.is_set():
-                            self._error = mask_secrets(f"lost {self.name}: {why}")
-                        self._cond.notify_all()
-                    return
-                if frame.ndim == 3 and frame.shape[2] == 1:
+                if ok and frame is not None and frame.ndim == 3 and frame.shape[2] == 1:
                     frame = frame[:, :, 0]
                 with self._cond:
+                    if stop.is_set():  # closed while the driver read: this thread's session is over
+                        return
+                    if not ok or frame is None:
+                        self._error = mask_secrets(f"lost {self.name}: {why}")
+                        self._cond.notify_all()
+                        return
                     self._frame = np.ascontiguousarray(frame)
                     self._count += 1
                     self._cond.notify_all()
@@ -143,16 +144,19 @@ class OpenCVCamera:
             if self._thread is None:
                 msg = f"camera {self.name} is not open (expected open() before read())"
                 raise CameraError(msg)
-            ready = self._cond.wait_for(lambda: self._count > self._returned or self._error is not None, timeout_s)
+            self._cond.wait_for(
+                lambda: self._count > self._returned or self._error is not None or self._thread is None, timeout_s
+            )
             if self._count > self._returned:  # a frame not yet returned wins over a later failure
                 self._returned = self._count
                 return Capture(image=self._frame, source=f"{self.name}#{self._count}")
             if self._error is not None:
                 raise CameraError(self._error)
-            if not ready:
-                msg = f"no frame from {self.name} within {timeout_s:g} s"
+            if self._thread is None:
+                msg = f"camera {self.name} was closed while read() waited for a frame"
                 raise CameraError(msg)
-            raise AssertionError("unreachable")  # pragma: no cover
+            msg = f"no frame from {self.name} within {timeout_s:g} s"
+            raise CameraError(msg)
 
     def close(self) -> None:
         thread, self._thread = self._thread, None

@@ -36,6 +36,8 @@ _SHADOW = 0.45  # brightness of a thread where it shows through the gaps of the 
 
 
 class SyntheticCameraConfig(CameraConfigBase):
+    """A procedural woven-fabric surface with simulated defects at `defect_rate`, deterministic from `seed` (demo and tests)."""
+
     type: Literal["synthetic"] = "synthetic"
     width: int = Field(256, ge=16, le=8192, description="frame width in pixels")
     height: int = Field(256, ge=16, le=8192, description="frame height in pixels")
@@ -45,7 +47,7 @@ class SyntheticCameraConfig(CameraConfigBase):
     defect_rate: float = Field(0.25, ge=0, le=1, description="probability that a frame carries a simulated defect")
     seed: int = Field(1234, ge=0, le=2**63 - 1, description="random seed; frame n is a pure function of (seed, n)")
     thread_period_px: float = Field(
-        12.0, ge=4, le=256, description="thread pitch of the plain weave in pixels (the pattern repeats every 2 threads)"
+        12.0, ge=4, le=256, description="thread pitch of the plain weave in pixels (the weave repeats every 2 pitches)"
     )
     noise: float = Field(3.0, ge=0, le=50, description="sensor noise standard deviation in grey levels")
 

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import cv2
 import numpy as np
 from pydantic import Field
 
-from daemon.cameras.base import CameraConfigBase, register
+from daemon.cameras.base import CameraConfigBase, ConfigPath, register
 from daemon.types import Capture, CameraError, EndOfStream
 
 _EXPECTED = "expected a video file OpenCV's FFmpeg backend can read, e.g. .mp4/.avi/.mkv"
 
 
 class VideoCameraConfig(CameraConfigBase):
+    """Replays a video file through OpenCV, optionally looping."""
+
     type: Literal["video"] = "video"
-    path: Path = Field(..., description="video file to replay (anything OpenCV's FFmpeg backend reads)")
+    path: ConfigPath = Field(..., description="video file to replay (anything OpenCV's FFmpeg backend reads)")
     loop: bool = Field(False, description="rewind to the first frame at the end (else the stream ends)")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from daemon.config import Config, check_runtime, load_config, parse_config
 from daemon.types import ConfigError
@@ -90,7 +91,7 @@ def test_relative_paths_are_relative_to_the_config_file(tmp_path):
 
 def test_config_is_immutable():
     cfg = parse_config("camera:\n  type: synthetic\n")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.line = "other"  # type: ignore[misc]
     assert isinstance(cfg, Config)
 
