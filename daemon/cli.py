@@ -84,6 +84,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     from daemon import __version__, ssim
     from daemon._numba_env import ensure_numba_cache_dir
     from daemon.cameras import build_camera
+    from daemon.controls import DaemonControls
     from daemon.detector import Detector
     from daemon.dispatch import Dispatcher
     from daemon.inspector import Inspector
@@ -152,6 +153,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         drain_timeout_s=cfg.pipeline.drain_timeout_s,
         notifier=notifier,
     )
+    dispatcher.attach(DaemonControls(pipeline))
     install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"))
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
     pipeline.start()

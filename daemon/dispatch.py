@@ -105,6 +105,30 @@ class Dispatcher:
                 if n <= 3 or n % 1000 == 0:
                     log.error("sink_failed", sink=sink.name, seq=verdict.seq, error=repr(exc), failures=n)
 
+    def _hook(self, hook: str, *args) -> None:
+        for sink in self.sinks:
+            fn = getattr(sink, hook, None)
+            if fn is None:
+                continue
+            try:
+                fn(*args)
+            except Exception as exc:  # a failing sink must never stop inspection
+                n = self._sink_failures.get(sink.name, 0) + 1
+                self._sink_failures[sink.name] = n
+                if n <= 3 or n % 1000 == 0:
+                    log.error("sink_failed", sink=sink.name, hook=hook, error=repr(exc), failures=n)
+
+    def broadcast_state(self, state: int) -> None:
+        """Tell every sink that has an on_state hook (the PLC link) that the pipeline state changed."""
+        self._hook("on_state", state)
+
+    def heartbeat(self) -> None:
+        """Called from the inspection worker's loop: proof of life for sinks that publish a heartbeat."""
+        self._hook("heartbeat")
+
+    def attach(self, controls) -> None:
+        self._hook("attach", controls)
+
     def summary(self) -> dict:
         with self._lock:
             c = self.counters

@@ -16,6 +16,8 @@ import queue
 import threading
 import time
 
+from collections.abc import Callable
+
 import structlog
 
 from daemon.dispatch import Dispatcher
@@ -61,7 +63,7 @@ class Pipeline:
         self.drain_timeout_s = drain_timeout_s
         self.block_on_full = overrun == "block" or (overrun == "auto" and not camera.live)
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
-        self.triggers: queue.Queue[int] = queue.Queue()
+        self.triggers: queue.Queue[tuple[int, Callable[[], None] | None]] = queue.Queue()
         self.stop_event = threading.Event()
         self.state = State.STARTING
         self.stop_reason: str | None = None
@@ -80,11 +82,13 @@ class Pipeline:
     def stop(self, reason: str = "requested") -> None:
         if not self.stop_event.is_set():
             self.stop_reason = reason
+            self._set_state(State.STOPPING, reason=reason)
             self.stop_event.set()
 
-    def trigger(self, item_id: int = 0) -> None:
-        """Software trigger: acquire exactly one frame for this item (triggered mode)."""
-        self.triggers.put(int(item_id))
+    def trigger(self, item_id: int = 0, on_taken: Callable[[], None] | None = None) -> None:
+        """Acquire exactly one frame for this item (triggered mode); on_taken() runs once the frame is taken
+        (or the trigger was answered with an error verdict), e.g. to clear the PLC's trigger coil."""
+        self.triggers.put((int(item_id), on_taken))
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until both threads have finished; True when they have."""
@@ -104,6 +108,7 @@ class Pipeline:
         if state != self.state and self.state != State.STOPPING:
             log.info("state", state=state.name.lower(), previous=self.state.name.lower(), **why)
             self.state = state
+            self.dispatcher.broadcast_state(int(state))
 
     # --- acquisition thread -------------------------------------------------------------------------------
 
@@ -151,25 +156,26 @@ class Pipeline:
             log.debug("camera_close_failed", error=repr(close_exc))
         self._camera_open = False
 
-    def _wait_for_slot(self, next_t: float) -> tuple[bool, int, float]:
-        """Free-run pacing or a software trigger. Returns (go, item_id, next_t)."""
-        if self.cam_cfg.trigger == "software":
+    def _wait_for_slot(self, next_t: float) -> tuple[bool, int, Callable[[], None] | None, float]:
+        """Free-run pacing or a trigger. Returns (go, item_id, on_taken, next_t)."""
+        if self.cam_cfg.trigger != "free_run":
             try:
-                return True, self.triggers.get(timeout=0.1), next_t
+                item_id, on_taken = self.triggers.get(timeout=0.1)
+                return True, item_id, on_taken, next_t
             except queue.Empty:
-                return False, 0, next_t
+                return False, 0, None, next_t
         rate = self.cam_cfg.rate_hz
         if rate <= 0:
-            return True, 0, next_t
+            return True, 0, None, next_t
         now = time.monotonic()
         if next_t > now:
             if self.stop_event.wait(next_t - now):
-                return False, 0, next_t
+                return False, 0, None, next_t
             now = next_t
         period = 1.0 / rate
         # a late slot does not cause a burst of catch-up frames
         next_t = next_t + period if next_t + period > now - period else now + period
-        return True, 0, next_t
+        return True, 0, None, next_t
 
     def _acquire_loop(self) -> None:
         backoff = self.cam_cfg.reconnect.initial_s
@@ -181,10 +187,10 @@ class Pipeline:
                     if not self._camera_open:
                         self._fail_pending_triggers("camera not available")
                         continue
-                go, item_id, next_t = self._wait_for_slot(next_t)
+                go, item_id, on_taken, next_t = self._wait_for_slot(next_t)
                 if not go:
                     continue
-                self._acquire_one(item_id)
+                self._acquire_one(item_id, on_taken)
         except EndOfStream:
             log.info("camera_end_of_stream", frames=self._seq)
             self.stop("end of stream")
@@ -204,22 +210,28 @@ class Pipeline:
     def _fail_pending_triggers(self, reason: str) -> None:
         while self._budget_left():
             try:
-                item_id = self.triggers.get_nowait()
+                item_id, on_taken = self.triggers.get_nowait()
             except queue.Empty:
                 return
             self._error(self._next_seq(), item_id, f"trigger not served: {reason}")
+            _acknowledge(on_taken)
 
-    def _acquire_one(self, item_id: int) -> None:
+    def _acquire_one(self, item_id: int, on_taken: Callable[[], None] | None = None) -> None:
         t0 = time.monotonic()
         try:
             capture: Capture = self.camera.read(self.cam_cfg.timeout_s)
         except EndOfStream:
+            if self.cam_cfg.trigger != "free_run":
+                self._error(self._next_seq(), item_id, "trigger not served: end of stream")
+            _acknowledge(on_taken)
             raise
         except Exception as exc:  # CameraError, or a driver's own exception: error verdict, then reopen
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
             self._error(self._next_seq(), item_id, f"camera: {exc}", t0=t0)
+            _acknowledge(on_taken)
             self._lose_camera(exc)
             return
+        _acknowledge(on_taken)
         seq = self._next_seq()
         if capture.image is None:
             self._error(seq, item_id, f"bad frame: {capture.error or 'no image'}", capture.source, t0)
@@ -239,6 +251,7 @@ class Pipeline:
     def _work_loop(self) -> None:
         while True:
             self.notifier.watchdog()  # from the frame loop: a stuck worker stops the pings
+            self.dispatcher.heartbeat()  # and so does the PLC's heartbeat register
             try:
                 item = self.frames.get(timeout=0.25)
             except queue.Empty:
@@ -280,3 +293,12 @@ class Pipeline:
                 score_map=result.score_map,
             )
         )
+
+
+def _acknowledge(on_taken: Callable[[], None] | None) -> None:
+    if on_taken is None:
+        return
+    try:
+        on_taken()
+    except Exception as exc:  # the PLC link's problem, not the acquisition's
+        log.error("trigger_ack_failed", error=repr(exc))

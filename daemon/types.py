@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -160,10 +160,26 @@ class Camera(Protocol):
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives every verdict, in the order they are emitted. emit() must return quickly (no blocking I/O)."""
+    """Receives every verdict, in the order they are emitted. emit() must return quickly (no blocking I/O).
+
+    A sink may also implement these optional hooks (the dispatcher calls them when present):
+      on_state(state: int)  -- the pipeline state changed (values of daemon.pipeline.State)
+      heartbeat()           -- called from the inspection worker's loop (several times a second while alive)
+      attach(controls)      -- receives a Controls object to send triggers / false-reject marks upstream
+    """
 
     name: str
 
     def emit(self, verdict: Verdict) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Controls(Protocol):
+    """What a sink (the PLC link) may ask of the daemon. Both calls return at once and never raise."""
+
+    def trigger(self, item_id: int, on_taken: "Callable[[], None] | None" = None) -> None:
+        """Acquire exactly one frame for this item; on_taken() is called when the frame has been taken."""
+
+    def false_reject(self, seq: int, *, source: str) -> None:
+        """An operator found rejected item `seq` good (DESIGN.md §5); unknown or expired seqs are logged."""

@@ -3,10 +3,12 @@ rebuilds the image from them.
 
 The layout follows Bergmann et al. ("Improving unsupervised defect segmentation by applying structural similarity
 to autoencoders", 2018): pairs of a 4x4 stride-2 convolution and a 3x3 convolution, LeakyReLU(0.2), mirrored in the
-decoder, a sigmoid on the output so the reconstruction lies in [0, 1] like the input (uint8 / 255). Unlike the paper
-the bottleneck stays spatial (H/2^depth x W/2^depth x latent_channels): with the synthetic-defect training of
-seed 001 the model learns to *repair* defects, so it does not need a 1x1 bottleneck to avoid copying them, and a
-spatial code keeps fine texture that a 1x1 code blurs away.
+decoder, a sigmoid on the output so the reconstruction lies in [0, 1] like the input (uint8 / 255). Unlike the paper,
+every hidden convolution is followed by BatchNorm (the plain stack sits at a flat grey output for hundreds of steps,
+far too long for a CPU budget; in eval mode the BatchNorm folds into the convolution), and the bottleneck stays
+spatial (H/2^depth x W/2^depth x latent_channels): with the synthetic-defect training of seed 001 the model learns
+to *repair* defects, so it does not need a 1x1 bottleneck to avoid copying them, and a spatial code keeps fine
+texture that a 1x1 code blurs away.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ModelConfig:
     max_width: int = 128
     latent_channels: int = 64  # channels of the spatial bottleneck
     depth: int = 4  # number of stride-2 stages: the bottleneck is (H / 2^depth) x (W / 2^depth)
+    batch_norm: bool = True  # BatchNorm after every hidden convolution (without it training stalls at a flat output)
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -58,6 +61,14 @@ def _act() -> nn.Module:
     return nn.LeakyReLU(0.2, inplace=True)
 
 
+def _block(conv: type[nn.Module], c_in: int, c_out: int, k: int, stride: int, pad: int, bn: bool) -> list[nn.Module]:
+    """conv -> (BatchNorm) -> LeakyReLU; in eval mode onnxruntime folds the BatchNorm into the convolution."""
+    layers: list[nn.Module] = [conv(c_in, c_out, k, stride=stride, padding=pad, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(c_out))
+    return layers + [_act()]
+
+
 class ConvAutoencoder(nn.Module):
     """NCHW float in [0, 1] -> reconstruction of the same shape in [0, 1]."""
 
@@ -65,24 +76,20 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         self.config = cfg = config or ModelConfig()
         widths = cfg.stage_widths()
+        bn = cfg.batch_norm
 
         enc: list[nn.Module] = []
         c_in = cfg.channels
         for w in widths:
-            enc += [nn.Conv2d(c_in, w, 4, stride=2, padding=1), _act(), nn.Conv2d(w, w, 3, padding=1), _act()]
+            enc += _block(nn.Conv2d, c_in, w, 4, 2, 1, bn) + _block(nn.Conv2d, w, w, 3, 1, 1, bn)
             c_in = w
         enc += [nn.Conv2d(c_in, cfg.latent_channels, 1)]
         self.encoder = nn.Sequential(*enc)
 
-        dec: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c_in, 1), _act()]
+        dec: list[nn.Module] = _block(nn.Conv2d, cfg.latent_channels, c_in, 1, 1, 0, bn)
         for i in reversed(range(cfg.depth)):
             w_out = widths[i - 1] if i > 0 else widths[0]
-            dec += [
-                nn.Conv2d(c_in, c_in, 3, padding=1),
-                _act(),
-                nn.ConvTranspose2d(c_in, w_out, 4, stride=2, padding=1),
-                _act(),
-            ]
+            dec += _block(nn.Conv2d, c_in, c_in, 3, 1, 1, bn) + _block(nn.ConvTranspose2d, c_in, w_out, 4, 2, 1, bn)
             c_in = w_out
         dec += [nn.Conv2d(c_in, cfg.channels, 3, padding=1), nn.Sigmoid()]
         self.decoder = nn.Sequential(*dec)
