@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--config", default="config.yaml", help="YAML config file (default: ./config.yaml)")
     c.set_defaults(func=cmd_check_config)
 
+    from daemon.control import register as register_mark
+
+    register_mark(sub)  # `inspectd mark SEQ --good|--bad`: talks to the running daemon's control socket
+
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from daemon.config import check_runtime, load_config
@@ -88,7 +92,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     from daemon.detector import Detector
     from daemon.dispatch import Dispatcher
     from daemon.inspector import Inspector
-    from daemon.pipeline import Pipeline
+    from daemon.pipeline import Pipeline, thread_budget
     from daemon.service import Notifier, install_signal_handlers
     from daemon.sinks.log import LogSink
     from daemon.types import ModelError
@@ -97,13 +101,18 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     log.info("starting", version=__version__, config=str(config_path.resolve()), line=cfg.line)
     cache_dir = ensure_numba_cache_dir()
     notifier = Notifier()
+    threads = cfg.pipeline.threads
+    budget = thread_budget(threads.onnxruntime, threads.numba)  # the rule: daemon.pipeline.thread_budget
+    (log.warning if budget.oversubscribed else log.info)(
+        "threads", onnxruntime=budget.onnxruntime, numba=budget.numba, cores=budget.cores
+    )
 
     try:
         detector = Detector(
             cfg.model.path,
             providers=cfg.model.providers,
             require_gpu=cfg.model.require_gpu,
-            intra_op_threads=cfg.model.intra_op_threads,
+            intra_op_threads=budget.onnxruntime,
         )
     except ModelError as exc:
         log.error("model_refused", path=str(cfg.model.path), error=str(exc))
@@ -129,7 +138,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
             available=list(info.available),
         )
     inspector = Inspector(detector, pixel_threshold=cfg.model.pixel_threshold, min_region_area=cfg.model.min_region_area)
-    t_jit = ssim.warmup()
+    t_jit = ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
     t_warm = inspector.warmup()
     log.info(
         "warmed_up",
@@ -141,7 +150,34 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     )
 
     camera = build_camera(cfg.camera)
-    dispatcher = Dispatcher([LogSink(cfg.logging.verdicts)])
+    plc = None
+    if cfg.plc is not None:  # the PLC link: started before the pipeline, the first (time-critical) sink
+        import atexit
+
+        from daemon.plc import PlcError, build_plc_sink
+
+        plc = build_plc_sink(cfg.plc)
+        try:
+            plc.start()
+        except PlcError as exc:
+            log.error("plc_start_failed", error=str(exc))
+            print(f"inspectd: plc: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        atexit.register(plc.close)  # every exit path; the normal one closes it in dispatcher.close() (idempotent)
+    import atexit
+
+    from daemon.feedback import Feedback, camera_name
+    from daemon.types import ConfigError
+
+    try:  # the false-reject channel: reject store, spool + sender, control socket (each where configured)
+        feedback = Feedback.open(cfg, camera=camera_name(camera.describe()), model_sha256=m.onnx.sha256,
+                                 model_name=m.name, pixel_threshold=inspector.pixel_threshold)
+    except ConfigError as exc:
+        log.error("feedback_refused", error=str(exc))
+        print(f"inspectd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    atexit.register(feedback.close)  # every exit path; the normal one closes it below (idempotent)
+    dispatcher = Dispatcher([*([plc] if plc is not None else []), LogSink(cfg.logging.verdicts), *feedback.sinks])
     pipeline = Pipeline(
         camera,
         cfg.camera,
@@ -152,8 +188,10 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         max_frames=max_frames,
         drain_timeout_s=cfg.pipeline.drain_timeout_s,
         notifier=notifier,
+        numba_threads=budget.numba,
     )
-    dispatcher.attach(DaemonControls(pipeline))
+    dispatcher.attach(DaemonControls(pipeline, mark_good=feedback.mark_good))
+    feedback.start()
     install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"))
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
     pipeline.start()
@@ -172,13 +210,15 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
             last_status, last_frames = now, frames
             status = f"{fps:.1f} fps, {frames} frames, state {pipeline.state.name.lower()}"
             notifier.status(status)
-            log.info("status", fps=round(fps, 2), frames=frames, queue=pipeline.queue_depth(), state=pipeline.state.name.lower())
+            link = {"plc_link": plc.link_state} if plc is not None else {}
+            log.info("status", fps=round(fps, 2), frames=frames, queue=pipeline.queue_depth(), state=pipeline.state.name.lower(), **link)
 
     notifier.stopping()
     log.info("stopping", reason=pipeline.stop_reason)
     drained = pipeline.wait(cfg.pipeline.drain_timeout_s)
     gaps = dispatcher.flush()
     dispatcher.close()
+    feedback.close()  # control socket, queued marks, then the sender's bounded flush
     summary = dispatcher.summary()
     if not drained:
         log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")

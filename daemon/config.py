@@ -16,11 +16,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from daemon.cameras import CAMERA_TYPES
 from daemon.detector import DEFAULT_PROVIDERS
+from daemon.control import ControlConfig
+from daemon.plc.config import PlcConfig
 from daemon.schema import ConfigPath, StrictModel
+from daemon.sender import FeedbackConfig
+from daemon.sinks.rejects import RejectsConfig
 from daemon.types import ConfigError
 
 CameraConfig = Annotated[
@@ -44,13 +48,20 @@ class ModelConfig(StrictModel):
         DEFAULT_PROVIDERS, min_length=1, description="onnxruntime execution providers in order of preference"
     )
     require_gpu: bool = Field(False, description="refuse to start unless a GPU provider is obtained")
-    intra_op_threads: int = Field(0, ge=0, le=256, description="onnxruntime threads per inference; 0 = its default")
     pixel_threshold: float | None = Field(
         None, ge=0, le=2, description="override the manifest's calibrated pixel threshold (difference-map units)"
     )
     min_region_area: int | None = Field(
         None, ge=1, le=100_000_000, description="override the manifest's minimum defect region area (frame pixels)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "intra_op_threads" in data:
+            msg = "model.intra_op_threads moved to pipeline.threads.onnxruntime (with pipeline.threads.numba beside it)"
+            raise ValueError(msg)
+        return data
 
     @field_validator("providers")
     @classmethod
@@ -62,6 +73,23 @@ class ModelConfig(StrictModel):
                 msg = f"unknown provider {p!r}{hint}; expected some of {list(KNOWN_PROVIDERS)}"
                 raise ValueError(msg)
         return value
+
+
+class ThreadsConfig(StrictModel):
+    onnxruntime: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "onnxruntime intra-op threads; 0 = automatic: the usable cores minus the Numba threads (at least 1)"
+        ),
+    )
+    numba: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="threads of the SSIM kernel; 0 = automatic: a quarter of the usable cores (at least 1)",
+    )
 
 
 class PipelineConfig(StrictModel):
@@ -76,6 +104,7 @@ class PipelineConfig(StrictModel):
     drain_timeout_s: float = Field(
         10.0, gt=0, le=300, description="on stop, how long to wait for queued frames to get their verdicts"
     )
+    threads: ThreadsConfig = Field(default_factory=ThreadsConfig)
 
 
 class LoggingConfig(StrictModel):
@@ -101,6 +130,31 @@ class Config(StrictModel):
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     service: ServiceConfig = Field(default_factory=ServiceConfig)
+    plc: PlcConfig | None = Field(
+        None, description="the PLC link over Modbus TCP (see `plc.*` below); absent = no PLC link"
+    )
+    rejects: RejectsConfig | None = Field(None, description="the on-disk store of recent rejects; absent = none kept")
+    feedback: FeedbackConfig | None = Field(
+        None, description="spool and collector for marked rejects (needs `rejects:`); absent = marks are refused"
+    )
+    control: ControlConfig | None = Field(None, description="the control socket of `inspectd mark`; absent = none")
+
+    @model_validator(mode="after")
+    def _plc_trigger_needs_plc(self) -> "Config":
+        if self.camera.trigger == "plc" and self.plc is None:
+            msg = "camera.trigger is plc, but there is no `plc:` section (the Modbus link that carries the triggers)"
+            raise ValueError(msg)
+        if self.camera.trigger == "plc" and self.plc.mode == "client" and self.plc.client.read_address is None:
+            msg = "camera.trigger is plc, but plc.client.read_address is null (where the PLC's triggers are read)"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _feedback_needs_rejects(self) -> "Config":
+        if self.feedback is not None and self.rejects is None:
+            msg = "there is a `feedback:` section but no `rejects:` section (marks are made on stored rejects)"
+            raise ValueError(msg)
+        return self
 
 
 # --- YAML with line numbers -------------------------------------------------------------------------------
@@ -177,6 +231,7 @@ def _allowed_keys(model_cls: type, path: tuple, data: Any) -> list[str]:
             cls = CAMERA_TYPES[cur["type"]][0]
             continue
         ann = field.annotation
+        ann = next((a for a in getattr(ann, "__args__", ()) if hasattr(a, "model_fields")), ann)  # X | None
         cls = ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
         if cls is None:
             return []

@@ -1,7 +1,18 @@
 """One image in, one difference map and decision out: preprocess -> ONNX -> SSIM map -> decide.
 
 This is the daemon's whole per-frame computation, and the one code path that calibration and evaluation use too,
-so thresholds are chosen on exactly the numbers the daemon will see. Not thread-safe: one Inspector per worker.
+so thresholds are chosen on exactly the numbers the daemon will see.
+
+Two ways to call it:
+
+- ``inspect(image)`` (and ``score_map(image)``): the whole computation in one call (calibration, evaluation, tests);
+- the three stages ``prepare(image) -> Pending``, ``infer(pending)``, ``finish(pending) -> Inspection``, which the
+  pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
+  inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
+
+Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
+owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
+``Pending`` belongs to one frame and is handed from stage to stage, never shared.
 """
 
 from __future__ import annotations
@@ -14,7 +25,7 @@ import numpy as np
 
 from daemon.decide import Decider
 from daemon.detector import DEFAULT_PROVIDERS, Detector
-from daemon.preprocess import Preprocessor
+from daemon.preprocess import Prepared, Preprocessor
 from daemon.ssim import SsimKernel
 from daemon.types import Decision
 
@@ -25,6 +36,15 @@ class Inspection:
     decision: Decision
     timings_ms: dict[str, float] = field(default_factory=dict)
     reconstruction: np.ndarray | None = None  # per-tile reconstructions in [0, 1] (only when asked for)
+
+
+@dataclass
+class Pending:
+    """One frame part-way through inspection: prepared by `prepare`, reconstructed by `infer`."""
+
+    prepared: Prepared
+    output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
+    timings_ms: dict[str, float] = field(default_factory=dict)
 
 
 class Inspector:
@@ -58,40 +78,62 @@ class Inspector:
         det = Detector(model_dir, providers=tuple(providers), require_gpu=require_gpu, intra_op_threads=intra_op_threads)
         return cls(det, pixel_threshold=pixel_threshold, min_region_area=min_region_area)
 
-    def _maps(self, image: np.ndarray, timings: dict[str, float], keep_recon: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    # --- the three pipeline stages ----------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray) -> Pending:
+        """Stage 1: frame -> model batch and SSIM reference (resize or tiles), as the manifest says."""
         t0 = time.perf_counter()
         prepared = self.preprocessor.prepare(image)
+        return Pending(prepared, timings_ms={"preprocess": (time.perf_counter() - t0) * 1e3})
+
+    def infer(self, pending: Pending) -> Pending:
+        """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
+        t0 = time.perf_counter()
+        pending.output = self.detector.run(pending.prepared.batch)
+        pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
+        return pending
+
+    def finish(self, pending: Pending, *, keep_reconstruction: bool = False) -> Inspection:
+        """Stage 3: SSIM difference map of input vs reconstruction, stitched to frame size, then the decision."""
+        if pending.output is None:
+            msg = "finish() needs a Pending that went through infer() first"
+            raise ValueError(msg)
+        timings = pending.timings_ms
+        t0 = time.perf_counter()
+        score_map, recon = self._score(pending.prepared, pending.output)
         t1 = time.perf_counter()
-        output = self.detector.run(prepared.batch)
-        t2 = time.perf_counter()
+        decision = self.decider.decide(score_map)
+        timings["ssim"] = (t1 - t0) * 1e3
+        timings["decide"] = (time.perf_counter() - t1) * 1e3
+        return Inspection(score_map, decision, timings, recon if keep_reconstruction else None)
+
+    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(frame-sized difference map, per-tile reconstructions in [0, 1])."""
         recon = self.preprocessor.to_unit(output)
         ref = prepared.reference
+        if ref.shape[0] == 1 and prepared.layout.frame_hw == ref.shape[1:3]:  # one tile the frame's size: no stitch
+            return self.ssim.difference(ref[0], recon[0]), recon
         maps = np.empty(ref.shape[:3], dtype=np.float32)
         for i in range(ref.shape[0]):
             self.ssim.difference(ref[i], recon[i], out=maps[i])
-        score_map = self.preprocessor.stitch(maps, prepared.layout)
-        t3 = time.perf_counter()
-        timings["preprocess"] = (t1 - t0) * 1e3
-        timings["inference"] = (t2 - t1) * 1e3
-        timings["ssim"] = (t3 - t2) * 1e3
-        return score_map, (recon if keep_recon else None)
+        return self.preprocessor.stitch(maps, prepared.layout), recon
+
+    # --- one call ----------------------------------------------------------------------------------------------
 
     def score_map(self, image: np.ndarray) -> np.ndarray:
         """The frame-sized difference map of one uint8 image (HxW gray or HxWx3 BGR)."""
-        return self._maps(image, {}, False)[0]
+        pending = self.infer(self.prepare(image))
+        return self._score(pending.prepared, pending.output)[0]
 
     def inspect(self, image: np.ndarray, *, keep_reconstruction: bool = False) -> Inspection:
-        timings: dict[str, float] = {}
-        score_map, recon = self._maps(image, timings, keep_reconstruction)
-        t0 = time.perf_counter()
-        decision = self.decider.decide(score_map)
-        timings["decide"] = (time.perf_counter() - t0) * 1e3
-        return Inspection(score_map, decision, timings, recon)
+        """All three stages in one call: finish(infer(prepare(image)))."""
+        return self.finish(self.infer(self.prepare(image)), keep_reconstruction=keep_reconstruction)
 
     def warmup(self) -> float:
         """First inference and every JIT kernel, on a frame of the model's own size; returns seconds."""
         t0 = time.perf_counter()
         self.detector.warmup()
+        self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
         c, h, w = self.manifest.input.shape[1:]
         frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
         self.inspect(frame)

@@ -1,22 +1,43 @@
-"""Threads and a bounded queue: acquisition -> queue -> inspection worker -> dispatcher.
+"""Threads and bounded queues: acquisition -> prepare -> inference -> scoring -> dispatcher.
+
+Four threads, joined by bounded queues, so that a frame's preprocessing and the previous frame's SSIM map and
+decision run while the model works on the current one (onnxruntime and the Numba kernels release the GIL):
+
+    acquisition --frames--> prepare --(2)--> inference --(2)--> scoring --> dispatcher (in seq order) --> sinks
+    camera read,            Inspector        Inspector          Inspector.finish: SSIM map, stitch,
+    pacing, triggers        .prepare         .infer (ORT)       decide; the verdict; watchdog + heartbeat
+
+`frames` (pipeline.queue_size) is where the overrun policy applies; the hand-offs between the stages hold two
+frames each and block, so back-pressure reaches `frames`. An inspector that only has `inspect()` (a test double)
+runs whole in the inference thread.
 
 Every frame that is admitted (gets a seq) gets exactly one verdict:
 - a queue overrun (live camera, pipeline too slow), a camera read failure/timeout, an unreadable image, or a
   trigger that could not be served yields an ERROR verdict, counted and logged, never a silent drop;
-- an inference failure yields an ERROR verdict for that frame, and the worker goes on with the next.
+- a failure in any stage (preprocessing, inference, SSIM, decide) yields an ERROR verdict for that frame: the
+  frame travels on to the scoring thread, which emits it, and the stages go on with the next frame.
 A lost camera is closed and reopened with doubling backoff; the state is reported (log event, `state`).
-Stopping (SIGTERM/SIGINT, --max-frames, end of a finite source): acquisition stops taking frames, the worker
-finishes the frames already admitted, the sinks are flushed.
+Stopping (SIGTERM/SIGINT, --max-frames, end of a finite source): acquisition stops taking frames and sends an
+end marker down the stages; each stage finishes the frames ahead of it, so every admitted frame is answered; the
+sinks are flushed by the caller.
+
+Liveness: the scoring thread's loop calls ``notifier.watchdog()`` and ``dispatcher.heartbeat()`` (systemd's
+watchdog and the PLC's heartbeat register), but only while no stage has been stuck on one frame for longer than
+`stall_s`: a hung inference stops the pings just as a hung scoring step does.
+
+Threads: the scoring thread sets its own Numba thread count (`numba_threads`; Numba's count is per calling
+thread); onnxruntime's comes from its session options. :func:`thread_budget` is the rule that splits the cores.
 """
 
 from __future__ import annotations
 
 import enum
+import os
 import queue
 import threading
 import time
-
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -27,7 +48,72 @@ from daemon.types import Camera, CameraError, Capture, Code, EndOfStream, Frame,
 
 log = structlog.get_logger("inspectd.pipeline")
 
-_STOP = object()  # end-of-work marker on the frame queue
+_STOP = object()  # end-of-work marker, passed down from stage to stage
+_HANDOFF = 2  # frames waiting between two processing stages
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """How many threads onnxruntime (intra-op) and the Numba SSIM kernel get, out of `cores` usable CPUs."""
+
+    onnxruntime: int
+    numba: int
+    cores: int
+
+    @property
+    def oversubscribed(self) -> bool:
+        return self.onnxruntime + self.numba > self.cores
+
+
+def usable_cores() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, cgroup cpusets), else os.cpu_count()."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def thread_budget(onnxruntime: int = 0, numba: int = 0, cores: int | None = None) -> ThreadBudget:
+    """The thread split; 0 = automatic. The rule, for N usable cores:
+
+    - Numba (SSIM, in the scoring thread): max(1, N // 4) -- the SSIM map costs a few percent of the model;
+    - onnxruntime: the rest, max(1, N - numba) -- it does most of the work;
+    so the two never add up to more than N (2 cores: 1 + 1; 4: 3 + 1; 8: 6 + 2; 16: 12 + 4). A count given
+    explicitly is kept and the automatic one takes what is left (at least 1); two explicit counts are kept as
+    they are, even when they oversubscribe (the daemon logs a warning then).
+    """
+    n = usable_cores() if cores is None else max(1, int(cores))
+    nb = int(numba) if numba else (max(1, n // 4) if not onnxruntime else max(1, min(n // 4, n - int(onnxruntime))))
+    ort = int(onnxruntime) if onnxruntime else max(1, n - nb)
+    return ThreadBudget(onnxruntime=ort, numba=nb, cores=n)
+
+
+@dataclass
+class _Work:
+    """One admitted frame on its way through the stages: what was made of it so far, or what went wrong."""
+
+    frame: Frame
+    pending: object = None  # the stage result handed to the next stage
+    error: Exception | None = None
+    failed_in: str = ""
+
+
+class _Stages:
+    """The inspector's three stages; an inspector with only `inspect()` runs whole in the inference stage."""
+
+    def __init__(self, inspector) -> None:
+        if all(hasattr(inspector, name) for name in ("prepare", "infer", "finish")):
+            self.prepare: Callable = inspector.prepare
+            self.infer: Callable = inspector.infer
+            self.finish: Callable = inspector.finish
+        else:
+            self.prepare = _identity
+            self.infer = inspector.inspect
+            self.finish = _identity
+
+
+def _identity(x):
+    return x
 
 
 class State(enum.IntEnum):
@@ -53,6 +139,8 @@ class Pipeline:
         max_frames: int = 0,
         drain_timeout_s: float = 10.0,
         notifier: Notifier | None = None,
+        numba_threads: int = 0,
+        stall_s: float = 2.0,
     ) -> None:
         self.camera = camera
         self.cam_cfg = camera_cfg
@@ -61,8 +149,12 @@ class Pipeline:
         self.notifier = notifier or Notifier({})
         self.max_frames = max_frames
         self.drain_timeout_s = drain_timeout_s
+        self.numba_threads = int(numba_threads)
+        self.stall_s = float(stall_s)
         self.block_on_full = overrun == "block" or (overrun == "auto" and not camera.live)
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._to_infer: queue.Queue = queue.Queue(maxsize=_HANDOFF)
+        self._to_score: queue.Queue = queue.Queue(maxsize=_HANDOFF)
         self.triggers: queue.Queue[tuple[int, Callable[[], None] | None]] = queue.Queue()
         self.stop_event = threading.Event()
         self.state = State.STARTING
@@ -70,14 +162,21 @@ class Pipeline:
         self._seq = 0
         self._camera_open = False
         self._inference_failures = 0
-        self._acq = threading.Thread(target=self._acquire_loop, name="acquisition", daemon=True)
-        self._work = threading.Thread(target=self._work_loop, name="inspection", daemon=True)
+        self._stages = _Stages(inspector)
+        # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
+        self._busy_since: dict[str, float | None] = {"prepare": None, "inference": None, "scoring": None}
+        self._threads = [
+            threading.Thread(target=self._acquire_loop, name="acquisition", daemon=True),
+            threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
+            threading.Thread(target=self._infer_loop, name="inference", daemon=True),
+            threading.Thread(target=self._score_loop, name="scoring", daemon=True),
+        ]
 
     # --- control ------------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._acq.start()
-        self._work.start()
+        for t in self._threads:
+            t.start()
 
     def stop(self, reason: str = "requested") -> None:
         if not self.stop_event.is_set():
@@ -91,18 +190,19 @@ class Pipeline:
         self.triggers.put((int(item_id), on_taken))
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until both threads have finished; True when they have."""
+        """Wait until all threads have finished; True when they have."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        for t in (self._acq, self._work):
+        for t in self._threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not (self._acq.is_alive() or self._work.is_alive())
+        return not self.running
 
     @property
     def running(self) -> bool:
-        return self._acq.is_alive() or self._work.is_alive()
+        return any(t.is_alive() for t in self._threads)
 
     def queue_depth(self) -> int:
-        return self.frames.qsize()
+        """Frames admitted but not yet answered that wait in a queue (not those a stage is working on)."""
+        return self.frames.qsize() + self._to_infer.qsize() + self._to_score.qsize()
 
     def _set_state(self, state: State, **why) -> None:
         if state != self.state and self.state != State.STOPPING:
@@ -246,29 +346,85 @@ class Pipeline:
             log.warning("queue_overrun", seq=seq, queue_size=self.frames.maxsize)
             self._error(seq, item_id, "queue overrun: inspection slower than the camera", capture.source, t0)
 
-    # --- inspection worker --------------------------------------------------------------------------------
+    # --- processing stages --------------------------------------------------------------------------------
 
-    def _work_loop(self) -> None:
+    def _stage_loop(self, name: str, inbox, outbox: queue.Queue, step: Callable[[_Work], None]) -> None:
+        """Take frames from inbox, apply `step` unless the frame already failed upstream, pass them on; on the
+        end marker (or if this loop dies) pass the marker on, so the stages after it finish too."""
+        try:
+            while True:
+                work = inbox.get()
+                if work is _STOP:
+                    return
+                if work.error is None:
+                    self._busy_since[name] = time.monotonic()
+                    try:
+                        step(work)
+                    except Exception as exc:  # becomes this frame's ERROR verdict in the scoring stage
+                        work.error, work.failed_in = exc, name
+                    finally:
+                        self._busy_since[name] = None
+                outbox.put(work)
+        except BaseException:
+            log.exception("stage_crashed", stage=name)
+            self.stop(f"{name} stage crashed")
+            raise
+        finally:
+            outbox.put(_STOP)
+
+    def _prepare_loop(self) -> None:
+        def prepare(work: _Work) -> None:
+            work.pending = self._stages.prepare(work.frame.capture.image)
+
+        # frames arrive as Frame; wrapped, so that every stage from here on handles a _Work
+        self._stage_loop("prepare", _Wrapping(self.frames), self._to_infer, prepare)
+
+    def _infer_loop(self) -> None:
+        def infer(work: _Work) -> None:
+            work.pending = self._stages.infer(work.pending)
+
+        self._stage_loop("inference", self._to_infer, self._to_score, infer)
+
+    def _healthy(self) -> bool:
+        """No stage has been working on one frame for longer than stall_s."""
+        now = time.monotonic()
+        return all(t is None or now - t < self.stall_s for t in list(self._busy_since.values()))
+
+    def _score_loop(self) -> None:
+        if self.numba_threads > 0:
+            from daemon.ssim import set_num_threads
+
+            set_num_threads(self.numba_threads)  # Numba's thread count is per calling thread: set it here
         while True:
-            self.notifier.watchdog()  # from the frame loop: a stuck worker stops the pings
-            self.dispatcher.heartbeat()  # and so does the PLC's heartbeat register
+            if self._healthy():  # from the frame loop: a stuck stage (here or upstream) stops the pings
+                self.notifier.watchdog()
+                self.dispatcher.heartbeat()  # and so does the PLC's heartbeat register
             try:
-                item = self.frames.get(timeout=0.25)
+                work = self._to_score.get(timeout=0.25)
             except queue.Empty:
                 continue
-            if item is _STOP:
+            if work is _STOP:
                 return
-            self._inspect(item)
+            self._score(work)
 
-    def _inspect(self, frame: Frame) -> None:
+    def _score(self, work: _Work) -> None:
+        frame = work.frame
         cap = frame.capture
-        try:
-            result = self.inspector.inspect(cap.image)
-        except Exception as exc:  # any failure of preprocessing, onnxruntime, SSIM or decide: ERROR, keep going
+        result = None
+        if work.error is None:
+            self._busy_since["scoring"] = time.monotonic()
+            try:
+                result = self._stages.finish(work.pending)
+            except Exception as exc:  # SSIM, stitch or decide failed: this frame's ERROR verdict
+                work.error, work.failed_in = exc, "scoring"
+            finally:
+                self._busy_since["scoring"] = None
+        if work.error is not None:
+            exc = work.error
             self._inference_failures += 1
             if self._inference_failures >= 3:
                 self._set_state(State.INFERENCE_FAULT, error=repr(exc))
-            log.error("inspection_failed", seq=frame.seq, source=cap.source, error=repr(exc))
+            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(exc))
             self._error(frame.seq, frame.item_id, f"inspection: {exc!r}", cap.source, frame.t_acquired)
             return
         if self._inference_failures:
@@ -293,6 +449,17 @@ class Pipeline:
                 score_map=result.score_map,
             )
         )
+
+
+class _Wrapping:
+    """The frames queue seen by the prepare stage: each Frame comes out wrapped in a _Work."""
+
+    def __init__(self, frames: queue.Queue) -> None:
+        self._frames = frames
+
+    def get(self):
+        item = self._frames.get()
+        return item if item is _STOP else _Work(item)
 
 
 def _acknowledge(on_taken: Callable[[], None] | None) -> None:

@@ -13,11 +13,12 @@ Definition (Wang et al. 2004, population variances, as ``skimage.metrics.structu
 
 Windows: ``gaussian`` weights ``w[i] = exp(-(i - r)^2 / (2 sigma^2))`` normalised to sum 1, ``i = 0..size-1``,
 ``r = size // 2`` (scipy's Gaussian kernel when its radius is ``r``; skimage's default window for a given sigma has
-``size = 2 * int(3.5 * sigma + 0.5) + 1``); ``uniform`` weights ``1 / size``. Both are separable and applied as a
-horizontal then a vertical pass over the five moment images x, y, x*x, y*y, x*y, which are formed on the fly.
+``size = 2 * int(3.5 * sigma + 0.5) + 1``; OpenCV's ``GaussianBlur`` with ``ksize = size`` and the same sigma uses
+the same weights); ``uniform`` weights ``1 / size``. Both are symmetric and separable.
 
-Border convention: exactly ``scipy.ndimage`` ``mode='reflect'`` (half-sample symmetric), so the results match
-``skimage.metrics.structural_similarity(..., full=True)[1]`` everywhere, borders included::
+Border convention: exactly ``scipy.ndimage`` ``mode='reflect'`` (half-sample symmetric; OpenCV's
+``BORDER_REFLECT``), so the results match ``skimage.metrics.structural_similarity(..., full=True)[1]`` everywhere,
+borders included::
 
     d c b a | a b c d | d c b a
 
@@ -27,19 +28,45 @@ with period ``2n`` (``a b | a b | b a a b b a ...``); a 1-pixel-wide line is ext
 Multichannel input (HxWxC, C = 1..4) gives the mean over channels of the per-channel SSIM maps, as skimage does
 with ``channel_axis`` (its per-channel maps averaged).
 
-Precision: everything is stored and accumulated in float32. The second moments are formed centred around the
-window means (see ``_ssim_map``) instead of as ``E[x*x] - E[x]^2``, which in float32 cancels to ~5e-4 error in
-bright flat regions; against skimage in float64 the maximum absolute error is then ~1e-6
-(tests/daemon/test_ssim.py checks 1e-4).
+Algorithm (one fused pass; nothing frame-sized is written but the output):
 
-Threads: an :class:`SsimKernel` caches scratch buffers and is NOT thread-safe; use one instance per thread. The
-kernel runs parallel over row blocks (Numba ``prange``) and releases the GIL; calling it from several Python
-threads at once needs Numba's ``omp`` or ``tbb`` threading layer (``workqueue`` aborts on concurrent use).
+- The rows are split into one horizontal stripe per Numba thread (``prange``), each cut into blocks of about
+  ``_BLOCK_ROWS`` rows, each block into column tiles of ``_tile_width(size)`` columns (so that the working set stays
+  in the L1/L2 cache and the page set in the TLB).
+- For a tile, the block's rows plus a halo of ``r`` rows above and below are walked top to bottom. Each row is
+  copied once into a padded row buffer (the reflected border is applied only in tiles that touch the image
+  edge), and the *horizontal* pass turns it into five moment rows (mean x, mean y, and the centred var x, var y,
+  cov xy of the row window) in a rolling ring of ``size`` rows (stored twice, at slots ``s`` and ``s + size``, so
+  that the window's rows are always contiguous in the ring). As soon as the ring holds the ``size`` rows around
+  an output row, the *vertical* pass combines them and writes the SSIM (channel-averaged, optionally ``1 - S``)
+  straight into the output row.
+- Both passes use the symmetric weights (pairs of taps ``r - o`` and ``r + o`` share one multiply) and keep their
+  accumulators in registers: the loop body is generated for each window size (``_stripe``'s overload), so the taps
+  are unrolled at compile time and LLVM vectorises the loop over the columns. One compiled specialisation per
+  (window size, gray/multichannel) is cached on disk (``cache=True``, ``NUMBA_CACHE_DIR`` honoured via
+  ``daemon._numba_env``).
+
+Precision: everything is stored and accumulated in float32. The second moments are formed *centred*: the
+horizontal pass sums ``w (x_t - x_c)^2`` with ``x_c`` the window's centre pixel and subtracts the square of the
+mean offset; the vertical pass combines the rows' centred variances with ``w (m_t - m_c)^2`` around the centre
+row's mean (law of total variance). That is the same quantity as ``E[x*x] - E[x]^2`` without its float32
+cancellation (about 5e-4 error in SSIM in bright flat regions); against skimage in float64 the maximum absolute
+error is about 1e-6 (tests/daemon/test_ssim.py checks 1e-4). The per-pixel arithmetic does not depend on the
+thread count, stripe, block or tile boundaries, so the result is bit-for-bit the same for any of them.
+
+Threads and buffers: an :class:`SsimKernel` owns per-thread scratch (a padded row pair and the moment ring, a few
+tens of KiB per thread, independent of the frame size) that every call reuses; it is allocated on first use and
+grows only when the calling thread's Numba thread count grows. So no call allocates anything frame-sized except
+the returned map when no ``out=`` is given. An instance is NOT thread-safe: use one per thread. The kernel runs
+parallel over ``numba.get_num_threads()`` threads of the *calling* thread (set it there with
+``numba.set_num_threads``) and releases the GIL; calling it from several Python threads at once needs Numba's
+``omp`` or ``tbb`` threading layer (``workqueue`` aborts on concurrent use).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -50,11 +77,20 @@ ensure_numba_cache_dir()
 
 import numba  # noqa: E402  (the cache directory must be settled first)
 from numba import njit, prange  # noqa: E402
+from numba.extending import overload  # noqa: E402
 
-__all__ = ["SsimKernel", "warmup"]
+__all__ = ["SsimKernel", "set_num_threads", "warmup"]
 
 _WINDOWS = ("gaussian", "uniform")
 _MAX_CHANNELS = 4
+_FASTMATH = {"contract"}  # fused multiply-add only: no reassociation, no finite-math assumptions
+_BLOCK_ROWS = 128  # rows per block within a thread's stripe (bounds the pages touched per column tile)
+_RING_BYTES = 24 * 1024  # one ring window (5 planes x size rows x tile width, float32) should fit in L1
+
+
+def _tile_width(size: int) -> int:
+    """Columns per tile for a window of `size` taps: a multiple of 32 in [64, 256] whose ring window fits L1."""
+    return int(min(256, max(64, _RING_BYTES // (5 * 4 * size) // 32 * 32)))
 
 
 @njit(cache=True, inline="always")
@@ -68,109 +104,157 @@ def _reflect(i: int, n: int) -> int:
     return m
 
 
-@njit(cache=True, parallel=True, fastmath=False, nogil=True)
-def _ssim_map(x, y, w, c1, c2, hbuf, pbuf, acc, out, difference):  # noqa: PLR0913 (one kernel, its buffers)
-    """Fill `out` (H, W) with the channel-mean SSIM map of x, y (H, W, C), or 1 - it when `difference`.
+def _stripe(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # noqa: PLR0913 (one kernel, its buffers)
+    """Fill rows [i0, i1) of `out` (see the module docstring); its body is generated per window size below."""
+    raise NotImplementedError("only callable from Numba-compiled code")
 
-    w: (K,) float32 window weights, K odd. c1, c2: float32 constants.
-    Scratch: hbuf (5, H, W) the horizontal pass's per-row window moments (mean x, mean y, and the centred
-    var x, var y, cov xy within the row's window); pbuf (B, 2, W + K - 1) one reflected row of x and y per row
-    block; acc (B, 5, W) one row of the 2-D moments per block. B = number of row blocks; the per-pixel arithmetic
-    (and so the result, bit for bit) does not depend on B.
 
-    The second moments are formed centred (law of total covariance over the window's rows) rather than as
-    E[x*x] - E[x]^2: the same quantity, but float32 then keeps its precision in bright flat regions, where the
-    naive form cancels to about 5e-4 error in SSIM.
+def _stripe_source(k: int, ndim: int) -> str:
+    """Python source of `_stripe` for a window of k taps and gray (ndim 2) or multichannel (ndim 3) images.
+
+    Layout of the per-thread scratch (flat float32; T = tile width, P = T + 2r, R = 2 k T):
+      pad[0:P] padded row of x, pad[P:2P] of y, pad[2P:2P+T] the tile's SSIM values (multichannel only);
+      ring[p*R + s*T + j]: plane p (0 mean x, 1 mean y, 2 var x, 3 var y, 4 cov xy) of ring slot s, column j.
+    Every array index below is the loop variable j plus a constant, so LLVM sees unit-stride accesses at fixed
+    offsets from one base pointer per buffer and vectorises the loops over j.
     """
-    h, wd, nc = x.shape
-    k = w.shape[0]
     r = k // 2
-    nb = pbuf.shape[0]
-    two = np.float32(2.0)
-    one = np.float32(1.0)
-    inv_c = np.float32(1.0 / nc)
-    for c in range(nc):
-        # horizontal pass: per row, the window means of x and y, then the centred second moments around them
-        for b in prange(nb):
-            px = pbuf[b, 0]
-            py = pbuf[b, 1]
-            for i in range(b * h // nb, (b + 1) * h // nb):
-                for jj in range(wd + k - 1):
-                    j = _reflect(jj - r, wd)
-                    px[jj] = x[i, j, c]
-                    py[jj] = y[i, j, c]
-                mx = hbuf[0, i]
-                my = hbuf[1, i]
-                sxx = hbuf[2, i]
-                syy = hbuf[3, i]
-                sxy = hbuf[4, i]
-                w0 = w[0]
-                for j in range(wd):
-                    mx[j] = w0 * px[j]
-                    my[j] = w0 * py[j]
-                for t in range(1, k):
-                    wt = w[t]
-                    for j in range(wd):
-                        mx[j] += wt * px[j + t]
-                        my[j] += wt * py[j + t]
-                for j in range(wd):
-                    sxx[j] = 0
-                    syy[j] = 0
-                    sxy[j] = 0
-                for t in range(k):
-                    wt = w[t]
-                    for j in range(wd):
-                        dx = px[j + t] - mx[j]
-                        dy = py[j + t] - my[j]
-                        sxx[j] += wt * (dx * dx)
-                        syy[j] += wt * (dy * dy)
-                        sxy[j] += wt * (dx * dy)
-        # vertical pass: 2-D means, then the 2-D centred moments, fused with the SSIM formula and channel mean
-        for b in prange(nb):
-            ux = acc[b, 0]
-            uy = acc[b, 1]
-            vx = acc[b, 2]
-            vy = acc[b, 3]
-            vxy = acc[b, 4]
-            for i in range(b * h // nb, (b + 1) * h // nb):
-                row = _reflect(i - r, h)
-                w0 = w[0]
-                for j in range(wd):
-                    ux[j] = w0 * hbuf[0, row, j]
-                    uy[j] = w0 * hbuf[1, row, j]
-                for t in range(1, k):
-                    row = _reflect(i + t - r, h)
-                    wt = w[t]
-                    for j in range(wd):
-                        ux[j] += wt * hbuf[0, row, j]
-                        uy[j] += wt * hbuf[1, row, j]
-                for j in range(wd):
-                    vx[j] = 0
-                    vy[j] = 0
-                    vxy[j] = 0
-                for t in range(k):
-                    row = _reflect(i + t - r, h)
-                    wt = w[t]
-                    for j in range(wd):
-                        dx = hbuf[0, row, j] - ux[j]
-                        dy = hbuf[1, row, j] - uy[j]
-                        vx[j] += wt * (hbuf[2, row, j] + dx * dx)
-                        vy[j] += wt * (hbuf[3, row, j] + dy * dy)
-                        vxy[j] += wt * (hbuf[4, row, j] + dx * dy)
-                for j in range(wd):
-                    mux = ux[j]
-                    muy = uy[j]
-                    s = ((two * mux * muy + c1) * (two * vxy[j] + c2)) / (
-                        (mux * mux + muy * muy + c1) * (vx[j] + vy[j] + c2)
-                    )
-                    if c > 0:
-                        s += out[i, j]
-                    if c == nc - 1:
-                        if nc > 1:
-                            s *= inv_c
-                        if difference:
-                            s = one - s
-                    out[i, j] = s
+    t = _tile_width(k)
+    p = t + 2 * r
+    rs = 2 * k * t
+    lines: list[str] = []
+
+    def emit(indent: int, text: str) -> None:
+        lines.append("    " * indent + text)
+
+    emit(0, "def impl(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):")
+    emit(1, "h = x.shape[0]")
+    emit(1, "wd = x.shape[1]")
+    emit(1, "nc = 1" if ndim == 2 else "nc = x.shape[2]")
+    for o in range(r + 1):
+        emit(1, f"w{o} = wts[{r + o}]")
+    emit(1, "one = np.float32(1.0)")
+    emit(1, "two = np.float32(2.0)")
+    emit(1, "inv_c = np.float32(1.0 / nc)")
+    emit(1, f"tmp = pad[{2 * p}:]")
+    emit(1, "for c in range(nc):")
+    emit(2, f"for j0 in range(0, wd, {t}):")
+    emit(3, f"n = min({t}, wd - j0)")
+    emit(3, f"for e in range(i0 - {r}, i1 + {r}):")
+    # -- padded copy of source row reflect(e), columns j0 - r .. j0 + n + r - 1
+    emit(4, "src = _reflect(e, h)")
+    if ndim == 2:
+        emit(4, "xr = x[src]")
+        emit(4, "yr = y[src]")
+    else:
+        emit(4, "xr = x[src, :, c]")
+        emit(4, "yr = y[src, :, c]")
+    emit(4, f"if j0 >= {r} and j0 + n + {r} <= wd:")
+    emit(5, f"for q in range(n + {2 * r}):")
+    emit(6, f"pad[q] = xr[j0 - {r} + q]")
+    emit(6, f"pad[{p} + q] = yr[j0 - {r} + q]")
+    emit(4, "else:")
+    emit(5, f"for q in range(n + {2 * r}):")
+    emit(6, f"jj = _reflect(j0 - {r} + q, wd)")
+    emit(6, "pad[q] = xr[jj]")
+    emit(6, f"pad[{p} + q] = yr[jj]")
+    # -- horizontal pass: window moments of this row, centred at the window's centre pixel
+    emit(4, f"hr = ring[(e % {k}) * {t}:]")
+    emit(4, "for j in range(n):")
+    emit(5, f"cx = pad[j + {r}]")
+    emit(5, f"cy = pad[j + {p + r}]")
+    for o in range(1, r + 1):
+        emit(5, f"dxa = pad[j + {r - o}] - cx")
+        emit(5, f"dxb = pad[j + {r + o}] - cx")
+        emit(5, f"dya = pad[j + {p + r - o}] - cy")
+        emit(5, f"dyb = pad[j + {p + r + o}] - cy")
+        op = "=" if o == 1 else "+="
+        emit(5, f"sx {op} w{o} * (dxa + dxb)")
+        emit(5, f"sy {op} w{o} * (dya + dyb)")
+        emit(5, f"sxx {op} w{o} * (dxa * dxa + dxb * dxb)")
+        emit(5, f"syy {op} w{o} * (dya * dya + dyb * dyb)")
+        emit(5, f"sxy {op} w{o} * (dxa * dya + dxb * dyb)")
+    moments = ("cx + sx", "cy + sy", "sxx - sx * sx", "syy - sy * sy", "sxy - sx * sy")
+    for plane, value in enumerate(moments):
+        emit(5, f"v{plane} = {value}")
+        emit(5, f"hr[j + {plane * rs}] = v{plane}")
+        emit(5, f"hr[j + {plane * rs + k * t}] = v{plane}")
+    # -- vertical pass for output row i = e - r once its k rows are in the ring
+    emit(4, f"i = e - {r}")
+    emit(4, "if i < i0:")
+    emit(5, "continue")
+    emit(4, f"vr = ring[((i - {r}) % {k}) * {t}:]")
+    emit(4, "orow = out[i, j0:]")
+    emit(4, "dst = orow if nc == 1 else tmp")
+    emit(4, "for j in range(n):")
+    centre = r * t
+    emit(5, f"cmx = vr[j + {centre}]")
+    emit(5, f"cmy = vr[j + {rs + centre}]")
+    emit(5, "ax = np.float32(0.0)")
+    emit(5, "ay = np.float32(0.0)")
+    emit(5, f"axx = w0 * vr[j + {2 * rs + centre}]")
+    emit(5, f"ayy = w0 * vr[j + {3 * rs + centre}]")
+    emit(5, f"axy = w0 * vr[j + {4 * rs + centre}]")
+    for o in range(1, r + 1):
+        ta, tb = (r - o) * t, (r + o) * t
+        emit(5, f"dxa = vr[j + {ta}] - cmx")
+        emit(5, f"dxb = vr[j + {tb}] - cmx")
+        emit(5, f"dya = vr[j + {rs + ta}] - cmy")
+        emit(5, f"dyb = vr[j + {rs + tb}] - cmy")
+        emit(5, f"ax += w{o} * (dxa + dxb)")
+        emit(5, f"ay += w{o} * (dya + dyb)")
+        emit(5, f"axx += w{o} * ((vr[j + {2 * rs + ta}] + vr[j + {2 * rs + tb}]) + (dxa * dxa + dxb * dxb))")
+        emit(5, f"ayy += w{o} * ((vr[j + {3 * rs + ta}] + vr[j + {3 * rs + tb}]) + (dya * dya + dyb * dyb))")
+        emit(5, f"axy += w{o} * ((vr[j + {4 * rs + ta}] + vr[j + {4 * rs + tb}]) + (dxa * dya + dxb * dyb))")
+    emit(5, "mux = cmx + ax")
+    emit(5, "muy = cmy + ay")
+    emit(5, "vx = axx - ax * ax")
+    emit(5, "vy = ayy - ay * ay")
+    emit(5, "vxy = axy - ax * ay")
+    # ux^2 + uy^2 written as (ux - uy)^2 + 2 ux uy: with FMA contraction, identical inputs still give S == 1 exactly
+    emit(5, "lum = two * mux * muy + c1")
+    emit(5, "dmu = mux - muy")
+    emit(5, "s = (lum * (two * vxy + c2)) / ((dmu * dmu + lum) * (vx + vy + c2))")
+    emit(5, "dst[j] = one - s if difference and nc == 1 else s")
+    # -- multichannel: accumulate the channel mean in the output row
+    emit(4, "if nc > 1:")
+    emit(5, "if c == 0:")
+    emit(6, "for j in range(n):")
+    emit(7, "orow[j] = tmp[j]")
+    emit(5, "elif c < nc - 1:")
+    emit(6, "for j in range(n):")
+    emit(7, "orow[j] += tmp[j]")
+    emit(5, "else:")
+    emit(6, "for j in range(n):")
+    emit(7, "s = (orow[j] + tmp[j]) * inv_c")
+    emit(7, "orow[j] = one - s if difference else s")
+    return "\n".join(lines) + "\n"
+
+
+@overload(_stripe, jit_options={"fastmath": _FASTMATH, "nogil": True})
+def _stripe_overload(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # noqa: PLR0913
+    namespace: dict = {}
+    exec(_stripe_source(wts.count, x.ndim), {"np": np, "_reflect": _reflect}, namespace)  # noqa: S102 (own code)
+    return namespace["impl"]
+
+
+@njit(cache=True, parallel=True, fastmath=_FASTMATH, nogil=True)
+def _ssim_map(x, y, wts, c1, c2, pad, ring, out, difference, stripes):  # noqa: PLR0913 (one kernel, its buffers)
+    """Fill `out` (H, W) with the (channel-mean) SSIM map of x, y (H, W or H, W, C), or 1 - it when `difference`.
+
+    wts: the k window weights as a tuple (its length selects the generated loop body); pad, ring: per-stripe
+    scratch, rows 0..stripes-1 used. One stripe of rows per thread, cut into blocks of about _BLOCK_ROWS rows.
+    """
+    h = x.shape[0]
+    for b in prange(stripes):
+        i0 = b * h // stripes
+        i1 = (b + 1) * h // stripes
+        rows = i1 - i0
+        blocks = max(1, (rows + _BLOCK_ROWS // 2) // _BLOCK_ROWS)
+        for q in range(blocks):
+            lo = i0 + q * rows // blocks
+            hi = i0 + (q + 1) * rows // blocks
+            _stripe(x, y, wts, c1, c2, pad[b], ring[b], out, difference, lo, hi)
 
 
 def _window(window: str, size: int, sigma: float) -> np.ndarray:
@@ -178,33 +262,32 @@ def _window(window: str, size: int, sigma: float) -> np.ndarray:
         return np.full(size, 1.0 / size, dtype=np.float32)
     r = size // 2
     x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-0.5 / (sigma * sigma) * x * x)
+    g = np.exp(-0.5 / (sigma * sigma) * x * x)  # symmetric bit for bit: (-d)^2 == d^2
     return (g / g.sum()).astype(np.float32)
 
 
 def _as_image(img: np.ndarray, name: str) -> np.ndarray:
-    """A float32 C-contiguous (H, W, C) view or copy of `img`; ValueError naming what is wrong."""
+    """A float32 C-contiguous HxW (gray, also for HxWx1) or HxWxC view or copy of `img`; ValueError if unusable."""
     img = np.asarray(img)
     if img.dtype.kind != "f":
         msg = f"{name} must be a float image with values in [0, data_range], got dtype {img.dtype}"
         raise ValueError(msg)
-    if img.ndim == 2:
-        img = img[:, :, None]
-    elif img.ndim != 3:
+    if img.ndim not in (2, 3):
         msg = f"{name} must be HxW or HxWxC, got {img.ndim}-D array of shape {img.shape}"
         raise ValueError(msg)
-    h, w, c = img.shape
-    if not 1 <= c <= _MAX_CHANNELS:
+    if img.ndim == 3 and not 1 <= img.shape[2] <= _MAX_CHANNELS:
         msg = f"{name} must have 1..{_MAX_CHANNELS} channels (HxWxC), got shape {img.shape}"
         raise ValueError(msg)
-    if h == 0 or w == 0:
+    if img.shape[0] == 0 or img.shape[1] == 0:
         msg = f"{name} is empty: shape {img.shape}"
         raise ValueError(msg)
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
 class SsimKernel:
-    """Per-pixel SSIM / difference maps with a fixed window; reuses scratch buffers across frames.
+    """Per-pixel SSIM / difference maps with a fixed window; reuses its scratch buffers across frames.
 
     Not thread-safe: the instance owns scratch buffers that every call overwrites; use one per thread.
     The returned arrays are never those buffers.
@@ -234,9 +317,11 @@ class SsimKernel:
         self.sigma = float(sigma)
         self.k1, self.k2, self.data_range = float(k1), float(k2), float(data_range)
         self._w = _window(window, self.size, self.sigma)
+        self._wts = tuple(np.float32(v) for v in self._w)  # a tuple: its length is a compile-time constant
         self._c1 = np.float32((self.k1 * self.data_range) ** 2)
         self._c2 = np.float32((self.k2 * self.data_range) ** 2)
-        self._scratch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._pad: np.ndarray | None = None
+        self._ring: np.ndarray | None = None
 
     def __repr__(self) -> str:
         sigma = f", sigma={self.sigma}" if self.window == "gaussian" else ""
@@ -253,13 +338,25 @@ class SsimKernel:
         """The difference map 1 - SSIM (float32 HxW, in [0, 2], larger = more different)."""
         return self._run(a, b, out, difference=True)
 
+    def warmup(self, channels: int | Iterable[int] = (1, 3)) -> float:
+        """Compile (or load from the cache) this window size's kernels for gray (1) and/or multichannel (> 1)
+        images; returns the seconds taken. A daemon warms up only the kind its model uses."""
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(0)
+        wanted = {channels} if isinstance(channels, int) else set(channels)
+        for shape in ((9, 8), (9, 8, 3)):
+            if (len(shape) == 2) in {c == 1 for c in wanted}:
+                a = rng.random(shape, dtype=np.float32)
+                self.difference(a, a)
+        return time.perf_counter() - t0
+
     def _run(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None, *, difference: bool) -> np.ndarray:
         x = _as_image(a, "a")
         y = _as_image(b, "b")
         if np.shape(a) != np.shape(b):
             msg = f"images must have the same shape, got a {np.shape(a)} and b {np.shape(b)}"
             raise ValueError(msg)
-        h, w, _ = x.shape
+        h, w = x.shape[:2]
         if out is None:
             out = np.empty((h, w), dtype=np.float32)
         elif not (
@@ -272,36 +369,41 @@ class SsimKernel:
             got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
             msg = f"out must be a writeable C-contiguous float32 array of shape {(h, w)}, got {got}"
             raise ValueError(msg)
-        hbuf, pbuf, acc = self._buffers(h, w)
-        _ssim_map(x, y, self._w, self._c1, self._c2, hbuf, pbuf, acc, out, difference)
+        stripes = self._stripes(h)
+        _ssim_map(x, y, self._wts, self._c1, self._c2, self._pad, self._ring, out, difference, stripes)
         return out
 
-    def _buffers(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        s = self._scratch
-        if s is None or s[0].shape[1:] != (h, w):
-            # a few row blocks per thread, for balance; the result does not depend on the block count
-            nb = max(1, min(h, 4 * numba.get_num_threads()))
-            k = self.size
-            s = (
-                np.empty((5, h, w), dtype=np.float32),
-                np.empty((nb, 2, w + k - 1), dtype=np.float32),
-                np.empty((nb, 5, w), dtype=np.float32),
-            )
-            self._scratch = s
-        return s
+    def _stripes(self, h: int) -> int:
+        """One stripe per thread (none shorter than two windows), and scratch for that many; grows only."""
+        stripes = max(1, min(numba.get_num_threads(), h // (2 * self.size)))
+        if self._pad is None or self._pad.shape[0] < stripes:
+            k, t = self.size, _tile_width(self.size)
+            self._pad = np.empty((stripes, 2 * (t + 2 * (k // 2)) + t), dtype=np.float32)
+            self._ring = np.empty((stripes, 5 * 2 * k * t), dtype=np.float32)
+        return stripes
 
 
-def warmup() -> float:
-    """Compile (or load from the cache) every kernel specialisation the daemon uses; returns the seconds taken.
+def set_num_threads(n: int) -> int:
+    """Set the calling thread's Numba thread count (clamped to 1..NUMBA_NUM_THREADS); returns the count set.
 
-    Covers gray HxW and multichannel HxWxC input, gaussian and uniform windows, ssim and difference.
+    Numba's count is per calling thread: call this in the thread that runs the kernels."""
+    n = int(min(max(1, n), numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(n)
+    return n
+
+
+_DEFAULT_KERNELS = (("gaussian", 11, 1.5), ("uniform", 7, 1.5))
+
+
+def warmup(kernels: Iterable[SsimKernel] = (), channels: int | Iterable[int] = (1, 3)) -> float:
+    """Compile (or load from the cache) the kernels the daemon uses; returns the seconds taken.
+
+    Each window size has its own compiled specialisations (gray HxW, multichannel HxWxC; ssim and difference
+    share them): pass the daemon's kernels (e.g. ``Inspector.ssim``) and the channel count of its images; without
+    kernels the default Gaussian (11 taps) and uniform (7 taps) windows are compiled.
     """
     t0 = time.perf_counter()
-    rng = np.random.default_rng(0)
-    for window in _WINDOWS:
-        kernel = SsimKernel(window, size=7)
-        for shape in ((9, 8), (9, 8, 3)):
-            a = rng.random(shape, dtype=np.float32)
-            kernel.ssim(a, a)
-            kernel.difference(a, a)
+    todo = list(kernels) or [SsimKernel(window, size=size, sigma=sigma) for window, size, sigma in _DEFAULT_KERNELS]
+    for kernel in todo:
+        kernel.warmup(channels)
     return time.perf_counter() - t0

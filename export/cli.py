@@ -79,6 +79,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint.pt")
 
+    f = p.add_argument_group("fine-tuning (seed 002)")
+    f.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
+                   help="continue from this model directory (e.g. on `inspectd collect` output); its architecture, "
+                   "colour and preprocessing are used (--input-size, --color, --mode ... are ignored) and training "
+                   "stops at the loss threshold chosen by the sample count or at --iterations")
+    f.add_argument("--loss-table", default=None, metavar="N:LOSS,...",
+                   help="sample count -> loss threshold, interpolated (default: the seed's 100:0.3,500:0.1,5000:0.01,"
+                   "10000:0.001); also turns the stop rule on without --init")
+    f.add_argument("--loss-threshold", type=float, default=None,
+                   help="stop at this loss instead of the table's value")
+
     c = p.add_argument_group("calibration")
     c.add_argument("--holdout", type=float, default=0.2, help="fraction of good images kept for calibration")
     c.add_argument("--calibrate-with-test", action="store_true",
@@ -96,6 +107,12 @@ def reproduce_command(args: argparse.Namespace) -> str:
     else:
         parts += ["--data", str(args.data)]
     parts += ["--out", str(args.out)]
+    if args.init is not None:
+        parts += ["--init", str(args.init)]
+    if args.loss_table:
+        parts += ["--loss-table", args.loss_table]
+    if args.loss_threshold is not None:
+        parts += ["--loss-threshold", f"{args.loss_threshold:g}"]
     if args.name:
         parts += ["--name", args.name]
     h, w = args.input_size
@@ -117,6 +134,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 
 def build_job(args: argparse.Namespace):
+    from export.finetune import parse_loss_table
     from export.model import ModelConfig
     from export.train import TrainConfig
     from export.workflow import SyntheticSource, TrainJob
@@ -143,6 +161,8 @@ def build_job(args: argparse.Namespace):
         defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,
         evaluate=args.evaluate if args.synthetic else 0,
+        init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
+        stop_loss=args.loss_threshold,
     )
 
 

@@ -9,7 +9,9 @@ the clean target t:
     loss = (1 - ssim_weight) * l2 + ssim_weight * ssim
 
 The learning rate follows a cosine from `lr` down to `lr * min_lr_ratio` over the run; where a time budget is set,
-progress is the larger of the iteration fraction and the time fraction.
+progress is the larger of the iteration fraction and the time fraction. With `stop_loss` set (fine-tuning, seed
+002: see export/finetune.py), training also stops once the mean of the last `stop_window` batch losses is at or
+below it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class TrainConfig:
     log_every: int = 50
     checkpoint_every: int = 500  # 0 = only at the end
     final_loss_window: int = 50  # the reported final loss is the mean of the last this many batch losses
+    stop_loss: float | None = None  # stop once the mean of the last stop_window batch losses is <= this (None = never)
+    stop_window: int = 10
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -64,6 +68,12 @@ class TrainConfig:
         if not 0.0 <= self.ssim_weight <= 1.0:
             msg = f"ssim_weight must be within [0, 1], got {self.ssim_weight}"
             raise ValueError(msg)
+        if self.stop_loss is not None and not self.stop_loss >= 0:
+            msg = f"stop_loss must be >= 0 (or None), got {self.stop_loss}"
+            raise ValueError(msg)
+        if not 1 <= self.stop_window <= self.final_loss_window:
+            msg = f"stop_window must be within [1, final_loss_window={self.final_loss_window}], got {self.stop_window}"
+            raise ValueError(msg)
         if self.ssim_size % 2 != 1 or self.ssim_size < 3:
             msg = f"ssim_size must be odd and >= 3, got {self.ssim_size}"
             raise ValueError(msg)
@@ -74,7 +84,7 @@ class TrainResult:
     final_loss: float  # mean of the last `final_loss_window` batch losses
     iterations: int  # optimiser steps done in total (including resumed ones)
     seconds: float  # wall time of this run
-    stopped_by: str  # "iterations" or "time"
+    stopped_by: str  # "iterations", "time" or "loss" (stop_loss reached)
     checkpoint: Path | None
 
 
@@ -240,6 +250,10 @@ def train(
             )
         if ckpt_path is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, optimizer, it, cfg, loss_value)
+        if (cfg.stop_loss is not None and it - start_it >= cfg.stop_window
+                and float(np.mean(recent[-cfg.stop_window :])) <= cfg.stop_loss):
+            stopped_by = "loss"
+            break
 
     model.eval()
     final = float(np.mean(recent)) if recent else loss_value

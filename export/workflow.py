@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal
 
@@ -56,6 +56,9 @@ class TrainJob:
     resume: Path | None = None
     calibrate_with_test: bool = False  # --data only: also calibrate on DIR/test/* + ground_truth masks
     evaluate: int = 0  # synthetic only: evaluate on this many frames of the evaluation stream (0 = no)
+    init: Path | None = None  # fine-tune: continue from this model directory (export/finetune.py)
+    loss_table: tuple[tuple[int, float], ...] | None = None  # stop rule: sample count -> loss threshold
+    stop_loss: float | None = None  # stop rule: a fixed loss threshold instead of the table
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.synthetic is None):
@@ -98,6 +101,13 @@ class JobResult:
             lines.append(f"checkpoint:   {self.checkpoint}")
         lines.append(f"total time:   {self.total_seconds:.0f} s")
         return "\n".join(lines)
+
+
+def _data_facts(root: Path) -> dict:
+    """Which files the run saw (count and digest) and, for a collector's output, what it recorded."""
+    from export.finetune import data_facts
+
+    return data_facts(D.image_files(root), Path(root))
 
 
 def default_checkpoint_dir(out: Path) -> Path:
@@ -165,6 +175,15 @@ def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
         if log is not None:
             print(text, file=log, flush=True)
 
+    parent = None
+    if job.init is not None:  # fine-tuning (seed 002): the parent's architecture, colour and preprocessing
+        from export.finetune import load_parent
+
+        parent = load_parent(job.init)
+        pp = parent.manifest.preprocess
+        job = replace(job, model=parent.model_config, color=pp.color, mode=pp.mode, tile_overlap=pp.tile_overlap)
+        say(f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
+            f"(max abs diff {parent.parity_max_abs_diff:.1e})")
     cfg = job.model
     if cfg.channels != (1 if job.color == "gray" else 3):
         msg = f"model channels {cfg.channels} do not match color {job.color!r}"
@@ -186,13 +205,24 @@ def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
 
     torch.manual_seed(job.train.seed)
     model = ConvAutoencoder(cfg)
+    if parent is not None:
+        model.load_state_dict(parent.state_dict)
     say(f"model: {count_parameters(model):,} parameters, {cfg}")
     ckpt_dir = job.checkpoint_dir or default_checkpoint_dir(job.out)
-    result = train(model, dataset, job.train, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
+    rule = None
+    if parent is not None or job.loss_table is not None or job.stop_loss is not None:
+        from export.finetune import stop_rule
+
+        rule = stop_rule(len(train_frames), table=job.loss_table, threshold=job.stop_loss)
+        say(f"stop rule: loss <= {rule['threshold']:.4g} ({rule['chosen_by']}) or {job.train.iterations} iterations")
+    train_cfg = replace(job.train, stop_loss=rule["threshold"]) if rule is not None else job.train
+    result = train(model, dataset, train_cfg, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
 
     preprocess = PreprocessSpec(
         color=job.color, divide=255.0, mean=0.0, std=1.0, mode=job.mode, tile_overlap=job.tile_overlap, interpolation="area"
     )
+    if parent is not None:
+        preprocess = parent.manifest.preprocess
     held_set = D.TrainingSet(held_out, geometry, augment=D.AugmentConfig.off(), defect_prob=0.0)
     samples = held_set.plain_inputs(4)
     facts = {
@@ -211,13 +241,18 @@ def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
         "torch": torch.__version__,
         "time": utc_now(),
         "model": cfg.as_dict(),
-        "train_config": asdict(job.train),
+        "train_config": asdict(train_cfg),
         "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(DefectConfig())},
         "augment": asdict(dataset.augment),
+        **({"parent": parent.facts()} if parent is not None else {}),
+        **({"stop_rule": rule} if rule is not None else {}),
+        **({"data_files": _data_facts(job.data)} if job.data is not None else {}),
     }
     name = job.name or job.out.resolve().name
     manifest, parity = write_model_dir(
-        model, job.out, samples, name=name, preprocess=preprocess, ssim=SsimSpec(), score=ScoreSpec(), training=facts
+        model, job.out, samples, name=name, preprocess=preprocess, training=facts,
+        ssim=parent.manifest.ssim if parent is not None else SsimSpec(),
+        score=parent.manifest.score if parent is not None else ScoreSpec(),
     )
     say(f"export: {job.out}/model.onnx, parity max abs diff {parity.max_abs_diff:.2e}; calibrating ...")
 

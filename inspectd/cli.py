@@ -1,6 +1,6 @@
 """The `inspectd` console script: one entry point, subcommands contributed by each package.
 
-daemon/ contributes run and check-config; export/ contributes train (it imports torch only when train runs).
+daemon/ contributes run, check-config and mark; collector/ contributes collect; export/ contributes train (it imports torch only when train runs).
 This dispatcher lives outside daemon/ so that daemon/ never imports export/ or calibration/.
 """
 
@@ -13,7 +13,7 @@ import sys
 from daemon import __version__
 
 # packages that contribute subcommands through a `register(subparsers)` function in their cli module
-COMMAND_MODULES = ("daemon.cli", "export.cli", "calibration.cli")
+COMMAND_MODULES = ("daemon.cli", "collector.cli", "export.cli", "calibration.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,8 +33,12 @@ class CameraConfigBase(StrictModel):
     rate_hz: float = Field(
         10.0, ge=0, le=1000, description="free-run acquisition rate; 0 = as fast as the pipeline takes frames"
     )
-    trigger: Literal["free_run", "software"] = Field(
-        "free_run", description="free_run: acquire at rate_hz; software: one frame per trigger"
+    trigger: Literal["free_run", "software", "plc"] = Field(
+        "free_run",
+        description=(
+            "free_run: acquire at rate_hz; software: one frame per line on standard input; "
+            "plc: one frame per PLC trigger (needs a `plc:` section)"
+        ),
     )
     timeout_s: float = Field(2.0, gt=0, le=60, description="a read that takes longer is a camera fault")
     reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)

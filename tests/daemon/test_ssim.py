@@ -14,7 +14,9 @@ import pytest
 from scipy import ndimage as ndi
 from skimage.metrics import structural_similarity
 
-from daemon.ssim import SsimKernel, warmup
+import numba
+
+from daemon.ssim import SsimKernel, _tile_width, set_num_threads, warmup
 
 REPO = Path(__file__).resolve().parents[2]
 TOL = 1e-4  # max abs error allowed against the float64 references
@@ -150,6 +152,36 @@ def test_data_range_other_than_one_matches_skimage():
     assert max_err(got, skimage_map(a, b, "gaussian", 11, data_range=255.0)) < TOL
 
 
+@pytest.mark.parametrize(("window", "size", "sigma"), [("gaussian", 11, 1.5), ("gaussian", 29, 4.0), ("uniform", 3, 1.5)])
+def test_wide_images_across_several_column_tiles_match_skimage(window, size, sigma):
+    # widths at and around multiples of the kernel's column tile: interior tiles, edge tiles, a 1-column last tile
+    t = _tile_width(size)
+    for width in (t - 1, t, t + 1, 3 * t + 1, 2 * t + size // 2):
+        a, b = image_pair((size + 4, width), seed=width)
+        got = SsimKernel(window, size=size, sigma=sigma).ssim(a, b)
+        want = skimage_map(a, b, window, size, sigma)
+        assert max_err(got, want) < TOL, width
+
+
+@pytest.mark.parametrize("channels", [2, 3])
+def test_tall_multichannel_images_over_several_row_blocks_match_skimage(channels):
+    a, b = image_pair((300, 70, channels), seed=11)
+    got = SsimKernel("gaussian", size=11, sigma=1.5).difference(a, b)
+    want = 1.0 - skimage_map(a, b, "gaussian", 11, 1.5, channel_axis=2)
+    assert max_err(got, want) < TOL
+
+
+def test_bright_flat_region_next_to_an_edge_keeps_float32_precision():
+    # the hard case for float32 moments: a nearly flat bright area beside a dark one, inside the same windows
+    rng = np.random.default_rng(8)
+    a = np.full((64, 64), 0.97, np.float32)
+    a[:, :30] = 0.03
+    a += (0.001 * rng.standard_normal(a.shape)).astype(np.float32)
+    b = np.clip(a + (0.001 * rng.standard_normal(a.shape)).astype(np.float32), 0, 1)
+    a = np.clip(a, 0, 1)
+    assert max_err(SsimKernel().ssim(a, b), skimage_map(a, b, "gaussian", 11)) < TOL
+
+
 # ---------------------------------------------------------------------------------------------- odd shapes
 
 
@@ -229,6 +261,49 @@ def test_reused_kernel_across_frame_sizes_is_bitwise_identical_to_a_fresh_one():
         assert np.array_equal(reused.difference(a, b), fresh), shape
 
 
+@pytest.mark.parametrize("shape", [(300, 257), (64, 48, 3), (23, 500)])
+def test_result_is_bitwise_independent_of_the_thread_count(shape):
+    a, b = image_pair(shape, seed=12)
+    before = numba.get_num_threads()
+    try:
+        maps = []
+        for threads in sorted({1, 2, numba.config.NUMBA_NUM_THREADS}):
+            set_num_threads(threads)
+            maps.append(SsimKernel().difference(a, b))
+    finally:
+        numba.set_num_threads(before)
+    assert all(np.array_equal(maps[0], m) for m in maps[1:])
+
+
+def test_reused_kernel_across_sizes_and_thread_counts_matches_fresh_calls():
+    reused = SsimKernel("uniform", size=7)
+    before = numba.get_num_threads()
+    try:
+        for i, (shape, threads) in enumerate([((120, 90), 1), ((500, 40), 2), ((7, 300, 3), 2), ((120, 90), 1)]):
+            set_num_threads(threads)
+            a, b = image_pair(shape, seed=20 + i)
+            assert np.array_equal(reused.ssim(a, b), SsimKernel("uniform", size=7).ssim(a, b)), shape
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_identical_images_give_exactly_zero_difference():
+    a, _ = image_pair((50, 70), seed=13)
+    assert not SsimKernel().difference(a, a.copy()).any()
+    c, _ = image_pair((20, 30, 3), seed=14)
+    assert not SsimKernel("uniform", size=7).difference(c, c.copy()).any()
+
+
+def test_set_num_threads_clamps_to_what_numba_has():
+    before = numba.get_num_threads()
+    try:
+        assert set_num_threads(0) == 1
+        assert set_num_threads(10_000) == numba.config.NUMBA_NUM_THREADS
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba.set_num_threads(before)
+
+
 def test_float64_input_gives_the_float32_result():
     a, b = image_pair((25, 35), seed=6)
     k = SsimKernel()
@@ -294,6 +369,9 @@ def test_warmup_compiles_the_kernels_and_reports_seconds():
     seconds = warmup()
     assert isinstance(seconds, float)
     assert seconds >= 0
+    kernel = SsimKernel("gaussian", size=11)
+    assert warmup([kernel], channels=1) >= 0
+    assert kernel.warmup(channels=(1, 3)) >= 0
 
 
 # ---------------------------------------------------------------------------------------------- real images

@@ -12,8 +12,10 @@ SCRIPT = textwrap.dedent(
     """
     import importlib, pkgutil, sys
     import daemon
+    def fail(name):
+        raise ImportError(f"cannot import package {name}")  # walk_packages would otherwise skip it silently
     names = ["daemon"]
-    for info in pkgutil.walk_packages(daemon.__path__, prefix="daemon."):
+    for info in pkgutil.walk_packages(daemon.__path__, prefix="daemon.", onerror=fail):
         names.append(info.name)
         importlib.import_module(info.name)
     print(len(names), "modules")
