@@ -24,7 +24,15 @@ import structlog
 import zmq
 
 from collector.dataset import Dataset
-from daemon.protocol import ACK_TAG, MAX_META_BYTES, NACK_TAG, RecordMeta, Refused, parse_record, png_size
+from daemon.protocol import (
+    ACK_TAG,
+    MAX_META_BYTES,
+    NACK_TAG,
+    RecordMeta,
+    Refused,
+    parse_record,
+    png_size,
+)
 
 log = structlog.get_logger("inspectd.collect")
 

@@ -98,7 +98,8 @@ class PipelineConfig(StrictModel):
         "auto",
         description=(
             "when the queue is full: error = the new frame gets an ERROR verdict (live line: the item cannot wait); "
-            "block = acquisition waits (replay sources); auto = error for live cameras, block for files"
+            "block = acquisition waits (replay sources); auto = error for live cameras on a free-run clock, "
+            "block for files and for rate_hz 0"
         ),
     )
     drain_timeout_s: float = Field(

@@ -78,11 +78,8 @@ class ControlServer:
             finally:
                 probe.close()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o117)
-        try:
-            sock.bind(str(self.path))
-        finally:
-            os.umask(old)
+        sock.bind(str(self.path))
+        os.chmod(self.path, 0o660)  # the service user and its group may mark
         sock.listen(16)
         sock.settimeout(0.25)
         return sock
@@ -105,7 +102,7 @@ class ControlServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
-            except (socket.timeout, BlockingIOError):
+            except (TimeoutError, BlockingIOError):
                 continue
             except OSError as exc:
                 if not self._stop.is_set():
@@ -122,6 +119,8 @@ class ControlServer:
         except (OSError, ValueError) as exc:
             log.warning("control_bad_request", error=str(exc))
             _send(conn, {"ok": False, "error": f"bad request: {exc}", "kind": "invalid"})
+            return
+        if not raw.strip():  # a probe (another daemon checking whether this socket is alive): nothing to answer
             return
         try:
             request = json.loads(raw)

@@ -28,7 +28,8 @@ log = structlog.get_logger("inspectd.feedback")
 def camera_name(description: dict) -> str:
     """A short camera name for records: its type and, where it has one, its device/source/path."""
     where = description.get("source") or description.get("path")
-    return f"{description.get('type', 'camera')}:{where}" if where not in (None, "") else str(description.get("type", "camera"))
+    name = f"{description.get('type', 'camera')}:{where}" if where not in (None, "") else str(description.get("type", "camera"))
+    return name[:200]  # a GStreamer pipeline can be long; the record schema allows 256
 
 
 class Feedback:
@@ -41,7 +42,7 @@ class Feedback:
         self.control = ControlServer(control_path, self.handle) if control_path is not None else None
 
     @classmethod
-    def open(cls, cfg, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float) -> "Feedback":
+    def open(cls, cfg, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float) -> Feedback:
         """Build the parts the config asks for; ConfigError (exit 2) when a directory or the socket cannot be had."""
         rejects, feedback, control = (getattr(cfg, k, None) for k in ("rejects", "feedback", "control"))
         if feedback is not None and rejects is None:

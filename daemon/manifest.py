@@ -136,6 +136,7 @@ class Manifest(_Strict):
         text = json.dumps(self.model_dump(mode="json"), indent=2) + "\n"
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".manifest.", suffix=".tmp")
         try:
+            os.fchmod(fd, 0o644)  # mkstemp makes 0600; the daemon may run as another user than the trainer
             with os.fdopen(fd, "w") as f:
                 f.write(text)
                 f.flush()

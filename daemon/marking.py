@@ -116,12 +116,19 @@ class Marker:
                     )
                     raise MarkError(msg, "conflict")
                 return self._answer(entry, mark, already=True)
-            image = self.store.read_image(entry)
-            png_size(image)  # a damaged image file must not become a record
+            try:
+                image = self.store.read_image(entry)
+                png_size(image)  # a damaged image file must not become a record
+            except (OSError, ValueError) as exc:  # evicted this very moment, or damaged on disk
+                raise MarkError(f"{what} (reject {entry.id}): its image cannot be read: {exc}", "unknown") from exc
             now = time.time()
             meta = {k: v for k, v in entry.meta.items() if k not in _LOCAL_FIELDS}
             meta.update(mark=mark, marked_at=iso_utc(now), marked_by=source)
-            self.spool.put(entry.id, meta, image)  # durable when this returns
+            try:
+                self.spool.put(entry.id, meta, image)  # durable when this returns
+            except OSError as exc:
+                msg = f"{what}: the spool record could not be written ({exc}); nothing was marked, try again"
+                raise MarkError(msg, "failed") from exc
             self.store.record_mark(entry, {"mark": mark, "at": iso_utc(now), "by": source, "record_id": entry.id})
             log.info("marked", mark=mark, seq=entry.seq, plc_seq=entry.plc_seq, item_id=entry.meta.get("item_id"),
                      id=entry.id, by=source, spool_depth=self.spool.depth)

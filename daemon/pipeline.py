@@ -3,13 +3,13 @@
 Four threads, joined by bounded queues, so that a frame's preprocessing and the previous frame's SSIM map and
 decision run while the model works on the current one (onnxruntime and the Numba kernels release the GIL):
 
-    acquisition --frames--> prepare --(2)--> inference --(2)--> scoring --> dispatcher (in seq order) --> sinks
+    acquisition --frames--> prepare --(1)--> inference --(1)--> scoring --> dispatcher (in seq order) --> sinks
     camera read,            Inspector        Inspector          Inspector.finish: SSIM map, stitch,
     pacing, triggers        .prepare         .infer (ORT)       decide; the verdict; watchdog + heartbeat
 
-`frames` (pipeline.queue_size) is where the overrun policy applies; the hand-offs between the stages hold two
-frames each and block, so back-pressure reaches `frames`. An inspector that only has `inspect()` (a test double)
-runs whole in the inference thread.
+`frames` (pipeline.queue_size) is where the overrun policy applies; the hand-offs between the stages hold one
+frame each and block, so back-pressure reaches `frames` (at most queue_size + 5 frames are in flight). An
+inspector that only has `inspect()` (a test double) runs whole in the inference thread.
 
 Every frame that is admitted (gets a seq) gets exactly one verdict:
 - a queue overrun (live camera, pipeline too slow), a camera read failure/timeout, an unreadable image, or a
@@ -49,7 +49,7 @@ from daemon.types import Camera, CameraError, Capture, Code, EndOfStream, Frame,
 log = structlog.get_logger("inspectd.pipeline")
 
 _STOP = object()  # end-of-work marker, passed down from stage to stage
-_HANDOFF = 2  # frames waiting between two processing stages
+_HANDOFF = 1  # frames waiting between two processing stages (each stage also holds the one it works on)
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,11 @@ class Pipeline:
         self.drain_timeout_s = drain_timeout_s
         self.numba_threads = int(numba_threads)
         self.stall_s = float(stall_s)
-        self.block_on_full = overrun == "block" or (overrun == "auto" and not camera.live)
+        # auto: a live camera on a free-run clock cannot wait (overrun = error verdict); a replay source, or
+        # rate_hz 0 ("as fast as the pipeline takes frames"), waits for room in the queue
+        self.block_on_full = overrun == "block" or (
+            overrun == "auto" and (not camera.live or getattr(camera_cfg, "rate_hz", 1) == 0)
+        )
         self.frames: queue.Queue = queue.Queue(maxsize=queue_size)
         self._to_infer: queue.Queue = queue.Queue(maxsize=_HANDOFF)
         self._to_score: queue.Queue = queue.Queue(maxsize=_HANDOFF)

@@ -54,7 +54,7 @@ class FeedbackConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
-    def _order(self) -> "FeedbackConfig":
+    def _order(self) -> FeedbackConfig:
         if self.backoff_max_s < self.backoff_initial_s:
             msg = f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})"
             raise ValueError(msg)
@@ -132,9 +132,8 @@ class Sender:
         try:
             while True:
                 now = time.monotonic()
-                if self._stop.is_set():
-                    if self.spool.depth == 0 or now >= (self._flush_deadline or 0.0):
-                        break
+                if self._stop.is_set() and (self.spool.depth == 0 or now >= (self._flush_deadline or 0.0)):
+                    break
                 for s, _ in poller.poll(50):
                     self._receive(s)
                 self._expire(time.monotonic())

@@ -18,6 +18,7 @@ chosen by the sample count.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def loss_threshold(samples: int, table: tuple[tuple[int, float], ...] = DEFAULT_
         return table[0][1]
     if samples >= table[-1][0]:
         return table[-1][1]
-    for (c0, t0), (c1, t1) in zip(table, table[1:]):
+    for (c0, t0), (c1, t1) in itertools.pairwise(table):
         if c0 <= samples <= c1:
             f = (math.log(samples) - math.log(c0)) / (math.log(c1) - math.log(c0))
             return float(math.exp(math.log(t0) + f * (math.log(t1) - math.log(t0))))
@@ -88,7 +89,7 @@ class Parent:
 
     def facts(self) -> dict:
         m = self.manifest
-        return {"path": str(self.path), "name": m.name, "onnx_sha256": m.onnx.sha256,
+        return {"path": str(self.path.resolve()), "name": m.name, "onnx_sha256": m.onnx.sha256,
                 "final_loss": m.training.get("final_loss"), "sample_count": m.training.get("sample_count"),
                 "weights": "imported from the parent's model.onnx (BatchNorm folded)",
                 "import_parity_max_abs_diff": self.parity_max_abs_diff}

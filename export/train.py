@@ -36,6 +36,19 @@ from export.model import ConvAutoencoder, ModelConfig
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
+class _CurrentStderr:
+    """Writes to whatever sys.stderr is at the time of writing (not the one at import time)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+STDERR = _CurrentStderr()  # the default progress stream; pass log=None to train silently
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     iterations: int = 3000  # optimiser steps; training stops at whichever of iterations / minutes comes first
@@ -180,7 +193,7 @@ def train(
     *,
     checkpoint_dir: str | Path | None = None,
     resume: str | Path | None = None,
-    log: IO[str] | None = sys.stderr,
+    log: IO[str] | None = STDERR,
 ) -> TrainResult:
     """Train `model` in place on batches from `data`; returns the final loss and where the checkpoint is."""
     seed_everything(cfg.seed)

@@ -8,12 +8,12 @@ the daemon's own Inspector; see calibration/thresholds.py for the rules.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal
 
+import cv2
 import numpy as np
 
 from calibration import thresholds as calib
@@ -22,7 +22,7 @@ from export import data as D
 from export.defects import DefectConfig
 from export.model import ConvAutoencoder, ModelConfig, count_parameters
 from export.onnx_export import utc_now, write_model_dir
-from export.train import TrainConfig, train
+from export.train import STDERR, TrainConfig, train
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
 SYNTHETIC_EVAL_SEED = 1234
@@ -150,15 +150,13 @@ def load_mvtec_test(root: Path, color: str) -> tuple[list[np.ndarray], list[np.n
                 goods.append(img)
                 continue
             mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
-            mask = cv2_read_mask(mpath, img.shape[:2])
+            mask = _read_mask(mpath, img.shape[:2])
             defects.append(img)
             masks.append(mask)
     return goods, defects, masks
 
 
-def cv2_read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
-    import cv2
-
+def _read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         msg = f"missing or unreadable mask {path} (expected a 0/255 PNG of the image's size)"
@@ -168,7 +166,7 @@ def cv2_read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
     return (mask > 0).astype(np.uint8)
 
 
-def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
+def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
     def say(text: str) -> None:
@@ -264,8 +262,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
         t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color)
         goods = held_out + t_goods
         data_desc += f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks)"
-    calibration = calib.calibrate(model_dir=job.out, good_images=goods, defect_images=defect_images,
-                                  defect_masks=defect_masks, data=data_desc)
+    calibration = calib.calibrate(job.out, goods, defect_images, defect_masks, data=data_desc)
     calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
     say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
 
@@ -287,8 +284,13 @@ def run_job(job: TrainJob, *, log: IO[str] | None = sys.stderr) -> JobResult:
 
 
 def evaluate_synthetic(
-    model_dir: Path, n: int, width: int = 256, height: int = 256, color: str = "gray",
-    seed: int = SYNTHETIC_EVAL_SEED, defect_rate: float = SYNTHETIC_EVAL_DEFECT_RATE,
+    model_dir: Path,
+    n: int,
+    width: int = 256,
+    height: int = 256,
+    color: str = "gray",
+    seed: int = SYNTHETIC_EVAL_SEED,
+    defect_rate: float = SYNTHETIC_EVAL_DEFECT_RATE,
 ) -> calib.Confusion:
     """Confusion of the model's calibrated verdicts on frames 0..n-1 of the synthetic evaluation stream."""
     from daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig

@@ -124,7 +124,8 @@ class RejectStore:
         self.cfg = cfg
         self.dir = Path(cfg.dir)
         self.max_bytes = int(cfg.max_mb * MIB)
-        self._context = {"line": line, "camera": camera, "model_sha256": model_sha256, "model_name": model_name}
+        self._context = {"line": line, "camera": camera[:256], "model_sha256": model_sha256,
+                         "model_name": model_name[:128]}
         self._line_tag = safe_name(line)
         self.pixel_threshold = float(pixel_threshold)
         self._lock = threading.Lock()

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import subprocess
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -122,7 +123,7 @@ def collector(bind: str, out: Path, *extra: str) -> Proc:
 
 
 def daemon_config(tmp: Path, model: Path, port: int, *, max_count: int = 2000, trigger: str = "software",
-                  ack_timeout_s: float = 1.0) -> Path:
+                  ack_timeout_s: float = 1.0, extra: str = "") -> Path:
     """A daemon config with the whole false-reject channel; software trigger so the test decides the frames."""
     return write_config(
         tmp / "daemon.yaml",
@@ -155,7 +156,7 @@ def daemon_config(tmp: Path, model: Path, port: int, *, max_count: int = 2000, t
           log_interval_s: 1
         control:
           socket: ctl.sock
-        """,
+""" + textwrap.indent(extra, " " * 8),
     )
 
 

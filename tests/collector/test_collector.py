@@ -107,7 +107,7 @@ def test_when_storing_fails_no_ack_is_sent_and_the_collector_keeps_serving(runni
 
 
 def test_a_refusal_names_the_record_and_the_reason(running):
-    meta, png = record("r", w=40)  # meta says 40 wide, the PNG is 32
-    meta["width"] = 40
+    meta, _ = record("r")
+    meta["width"] = 40  # the PNG is 32 wide
     reply = running.send(meta, record("r")[1])
     assert reply[:2] == [NACK_TAG, b"r"] and b"32x24" in reply[2]

@@ -135,3 +135,22 @@ def test_a_stale_control_socket_of_a_killed_daemon_is_replaced_and_a_live_one_is
         assert request(path, {"op": "mark", "seq": 1, "mark": "good"})["kind"] == "unavailable"
     finally:
         fb.close()
+
+
+def test_a_mark_that_cannot_be_spooled_fails_clearly_and_can_be_made_again(parts, monkeypatch):
+    import errno
+
+    from daemon import spool as spool_module
+
+    store, spool = parts
+    marker = Marker(store, spool)
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "write_atomic", full)
+    with pytest.raises(MarkError, match="could not be written .*No space left") as exc:
+        marker.mark(mark="good", source="cli", seq=2)
+    assert exc.value.kind == "failed" and store.find(seq=2).mark is None and spool.depth == 0
+    monkeypatch.undo()
+    assert marker.mark(mark="good", source="cli", seq=2)["already"] is False

@@ -39,3 +39,36 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--input-size", "36", "--iterations", "1"]) == 2
     assert "multiple of" in capsys.readouterr().err
+
+
+def test_train_on_an_mvtec_folder_calibrates_with_its_test_defects_when_asked(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from tests.export.conftest import stripes
+
+    root = tmp_path / "data"
+    for sub in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (root / sub).mkdir(parents=True)
+    for i, img in enumerate(stripes(10, size=48, seed=1)):
+        cv2.imwrite(str(root / "train" / "good" / f"{i}.png"), img)
+    for i, img in enumerate(stripes(6, size=48, seed=2)):
+        if i < 3:
+            cv2.imwrite(str(root / "test" / "good" / f"{i}.png"), img)
+            continue
+        mask = np.zeros_like(img)
+        mask[10:22, 20:30] = 255
+        img[mask > 0] = 250
+        cv2.imwrite(str(root / "test" / "spot" / f"{i}.png"), img)
+        cv2.imwrite(str(root / "ground_truth" / "spot" / f"{i}_mask.png"), mask)
+    out = tmp_path / "model"
+    argv = [
+        "train", "--data", str(root), "--out", str(out), "--input-size", "32", "--base-width", "8",
+        "--max-width", "16", "--latent-channels", "8", "--depth", "2", "--iterations", "4", "--batch-size", "4",
+        "--threads", "1", "--log-every", "0", "--checkpoint-dir", str(tmp_path / "ckpt"), "--calibrate-with-test",
+    ]
+    assert main(argv) == 0
+    m = load_manifest(out)
+    assert m.thresholds.method.startswith("good+defect")
+    assert m.training["calibration"]["n_defect"] == 3 and m.training["calibration"]["n_good"] == 2 + 3
+    assert "--calibrate-with-test" in m.training["command"]

@@ -48,7 +48,7 @@ def _take_rejects(d: Daemon, n: int, timeout: float = 60) -> list[int]:
         batch = min(48, n - stored + 2)
         d.frames(batch)
         asked += batch
-        assert wait_until(lambda: len(d.events("verdict")) >= asked, 30)
+        assert wait_until(lambda n=asked: len(d.events("verdict")) >= n, 30)
         assert wait_until(lambda: d.status()["rejects"]["queued"] == 0, 10)
     # the store's own files: a reject the writer had to drop (queue full, logged) is in the log but not stored
     metas = [json.loads(p.read_text()) for p in (d.socket.parent / "rejects").glob("*.json")]
@@ -104,6 +104,28 @@ def test_with_the_collector_down_for_the_whole_run_every_record_arrives_once_it_
     assert all(m["line"] == "line-7" and m["camera"] == "synthetic" and len(m["model_sha256"]) == 64 for m in lines)
     res = run_cli("mark", str(seqs[21]), "--good", "--config", str(cfg), timeout=60)
     assert res.returncode == 2 and "no daemon is listening" in res.stderr
+
+
+def test_the_plcs_false_reject_register_marks_the_item_good_and_it_reaches_the_collector(tmp_path, blur_model):
+    from tests.plc.support import plc_client
+
+    port, modbus = free_port(), free_port()
+    out = tmp_path / "out"
+    plc = f"plc:\n  heartbeat_interval_s: 0.1\n  server:\n    host: 127.0.0.1\n    port: {modbus}\n"
+    c = collector(f"tcp://127.0.0.1:{port}", out)
+    d = Daemon(daemon_config(tmp_path, blur_model, port, extra=plc))
+    client = plc_client(modbus)
+    try:
+        seq = _take_rejects(d, 5)[2]
+        assert not client.write_register(21, seq).isError()  # the operator found item `seq` good
+        assert wait_until(lambda: len(meta_lines(out)) == 1, 20), d.events("false_reject_failed")
+        assert wait_until(lambda: client.read_holding_registers(21, count=1).registers == [0], 5)
+    finally:
+        client.close()
+        c.stop()
+        d.stop()
+    (line,) = meta_lines(out)
+    assert line["seq"] == seq and line["plc_seq"] == seq and line["mark"] == "good" and line["marked_by"] == "plc"
 
 
 def test_a_collector_killed_mid_stream_and_restarted_loses_nothing_and_stores_nothing_twice(tmp_path, blur_model):

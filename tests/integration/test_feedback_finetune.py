@@ -4,21 +4,20 @@ rejects the collector gathered, stops by seed 002's loss rule, and records its p
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="fine-tuning needs the train extra (pip install -e '.[train]')")
 
-from collector.dataset import Dataset  # noqa: E402
-from daemon.manifest import load_manifest  # noqa: E402
-from daemon.protocol import RecordMeta  # noqa: E402
-from export.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table  # noqa: E402
-from tests.helpers import make_blur_model, run_cli  # noqa: E402
+from collector.dataset import Dataset
+from daemon.manifest import load_manifest
+from daemon.protocol import RecordMeta
+from export.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table
+from tests.helpers import make_blur_model, run_cli
 
 TINY = ["--input-size", "32", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
-        "--batch-size", "8", "--threads", "2", "--log-every", "20"]
+        "--batch-size", "8", "--threads", "1", "--log-every", "20"]
 
 
 def _stripes(n: int, period: float, angle: float, seed: int, size: int = 48) -> list[np.ndarray]:
@@ -57,17 +56,16 @@ def test_training_stops_when_the_loss_reaches_the_threshold_or_else_at_the_itera
 
     cfg = ModelConfig(height=32, width=32, channels=1, base_width=8, max_width=16, latent_channels=8, depth=2)
     data = TrainingSet(_stripes(8, 8, 0.5, 0, size=32), InputGeometry(height=32, width=32))
-    easy = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=200, batch_size=4, threads=2, log_every=0,
+    easy = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=200, batch_size=4, threads=1, log_every=0,
                                                          stop_loss=10.0, stop_window=5), log=None)
     assert easy.stopped_by == "loss" and easy.iterations == 5
-    hard = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=12, batch_size=4, threads=2, log_every=0,
+    hard = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=12, batch_size=4, threads=1, log_every=0,
                                                          stop_loss=0.0, stop_window=5), log=None)
     assert hard.stopped_by == "iterations" and hard.iterations == 12
 
 
 def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_path):
     from calibration.thresholds import open_inspector
-    from export.cli import main
 
     t0 = time.monotonic()
     # the line's model: trained on one weave (stripes of period 8)
@@ -76,8 +74,9 @@ def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_
         (base / "train" / "good").mkdir(parents=True, exist_ok=True)
         (base / "train" / "good" / f"{i:03d}.png").write_bytes(_png(img))
     parent = tmp_path / "parent"
-    assert main(["train", "--data", str(base), "--out", str(parent), "--iterations", "40",
-                 "--checkpoint-dir", str(tmp_path / "ck1"), *TINY]) == 0
+    res = run_cli("train", "--data", str(base), "--out", str(parent), "--iterations", "40",
+                  "--checkpoint-dir", str(tmp_path / "ck1"), *TINY, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
     parent_sha = load_manifest(parent).onnx.sha256
 
     # a new batch of material the model has never seen: rejected, found good by operators, collected
