@@ -84,6 +84,7 @@ def test_with_the_collector_down_for_the_whole_run_every_record_arrives_once_it_
         assert len(_spooled(cfg)) == 20
         time.sleep(1.0)  # the sender is trying, the collector is not there
         assert len(_spooled(cfg)) == 20 and d.wait_event("collector_unreachable", 5)
+        assert wait_until(lambda: any(e.get("depth") == 20 for e in d.events("spool")), 5), "spool depth is logged"
 
         out = tmp_path / "out"
         c = collector(f"tcp://127.0.0.1:{port}", out)

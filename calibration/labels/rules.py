@@ -1,0 +1,147 @@
+"""Seed 000's label-check rules as pure functions on masks and probabilities (no I/O, no models).
+
+- One checker: the match between the labelled region and the checker's predicted region is their IoU
+  (intersection pixels / union pixels); a label whose IoU is below `iou_threshold` (default 0.8) is anomalous.
+- N checkers: their image-level defect probabilities are combined by sum or mean into a *target probability*,
+  each operation with its own thresholds.
+  * wrong label: target < low threshold while the label says defective;
+  * missed label: target > high threshold and the predicted region's area > `area_threshold` (default 15 px)
+    while the label says defect-free.
+  Defaults: mean -> low 0.5, high 0.8; sum -> low 0.5 * k, high 0.8 * k for the k checkers that scored the image
+  (with k = 5 the high threshold is the seed's example "target > 4").
+
+The region rule (IoU) is applied after the probability rules whatever N is: the probability rules cannot see a
+label that is too large (a ring around the defect) or too small (an eroded region), the IoU can.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+WRONG_LABEL = "wrong_label"  # labelled defective, the checkers see no defect
+MISSED_LABEL = "missed_label"  # labelled defect-free, the checkers see a defect
+REGION_MISMATCH = "region_mismatch"  # labelled region and predicted region disagree (IoU below threshold)
+REASONS = (WRONG_LABEL, MISSED_LABEL, REGION_MISMATCH)
+
+Combine = Literal["mean", "sum"]
+
+
+@dataclass(frozen=True)
+class RuleConfig:
+    iou_threshold: float = 0.8
+    combine: Combine = "mean"
+    low_threshold: float | None = None  # wrong label below it; None = 0.5 (mean) or 0.5 * k (sum)
+    high_threshold: float | None = None  # missed label above it; None = 0.8 (mean) or 0.8 * k (sum)
+    area_threshold: int = 15  # px of the predicted region (frame pixels) needed to call a missed label
+
+    def __post_init__(self) -> None:
+        if self.combine not in ("mean", "sum"):
+            msg = f"combine must be 'mean' or 'sum', got {self.combine!r}"
+            raise ValueError(msg)
+        if not 0.0 <= self.iou_threshold <= 1.0:
+            msg = f"iou_threshold must lie in [0, 1], got {self.iou_threshold}"
+            raise ValueError(msg)
+        if self.area_threshold < 0:
+            msg = f"area_threshold must be >= 0 px, got {self.area_threshold}"
+            raise ValueError(msg)
+
+    def thresholds(self, k: int) -> tuple[float, float]:
+        """(low, high) for a target combined from k checker probabilities."""
+        scale = 1.0 if self.combine == "mean" else float(k)
+        low = 0.5 * scale if self.low_threshold is None else self.low_threshold
+        high = 0.8 * scale if self.high_threshold is None else self.high_threshold
+        return low, high
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one image: reason is None when the label is accepted."""
+
+    reason: str | None
+    iou: float
+    probability: float
+    label_area: int
+    predicted_area: int
+
+    @property
+    def flagged(self) -> bool:
+        return self.reason is not None
+
+
+def iou(label: np.ndarray, predicted: np.ndarray) -> float:
+    """Intersection over union of two same-shaped masks (nonzero = region); two empty masks match (1.0)."""
+    a = np.asarray(label) > 0
+    b = np.asarray(predicted) > 0
+    if a.shape != b.shape:
+        msg = f"masks differ in shape: label {a.shape}, predicted {b.shape}"
+        raise ValueError(msg)
+    union = int(np.count_nonzero(a | b))
+    if union == 0:
+        return 1.0
+    return int(np.count_nonzero(a & b)) / union
+
+
+def combine(probabilities: Sequence[float], how: Combine) -> float:
+    """The target probability of N checkers' probabilities: their sum or their mean."""
+    p = np.asarray(list(probabilities), dtype=np.float64)
+    if p.size == 0:
+        msg = "combine() needs at least one checker probability"
+        raise ValueError(msg)
+    if how == "sum":
+        return float(p.sum())
+    if how == "mean":
+        return float(p.mean())
+    msg = f"combine must be 'mean' or 'sum', got {how!r}"
+    raise ValueError(msg)
+
+
+def single_rule(label: np.ndarray, predicted: np.ndarray, iou_threshold: float = 0.8) -> tuple[bool, float]:
+    """One checker: (anomalous, iou) with anomalous = IoU < threshold."""
+    value = iou(label, predicted)
+    return value < iou_threshold, value
+
+
+def ensemble_rule(
+    target: float,
+    label_defective: bool,
+    predicted_area: int,
+    *,
+    low: float,
+    high: float,
+    area_threshold: int = 15,
+) -> str | None:
+    """N checkers: WRONG_LABEL, MISSED_LABEL or None, from the combined target probability."""
+    if label_defective and target < low:
+        return WRONG_LABEL
+    if not label_defective and target > high and predicted_area > area_threshold:
+        return MISSED_LABEL
+    return None
+
+
+def judge(
+    label: np.ndarray,
+    predicted: np.ndarray,
+    probabilities: Sequence[float],
+    config: RuleConfig = RuleConfig(),
+) -> Verdict:
+    """Apply the probability rules, then the region (IoU) rule to a defective label, for one image.
+
+    `label` and `predicted` are same-shaped masks; `probabilities` are the image-level probabilities of the
+    checkers that scored this image (those that did not train on it)."""
+    label_area = int(np.count_nonzero(label))
+    predicted_area = int(np.count_nonzero(predicted))
+    target = combine(probabilities, config.combine)
+    low, high = config.thresholds(len(probabilities))
+    value = iou(label, predicted)
+    reason = ensemble_rule(
+        target, label_area > 0, predicted_area, low=low, high=high, area_threshold=config.area_threshold
+    )
+    if reason is None and label_area > 0 and value < config.iou_threshold:
+        reason = REGION_MISMATCH
+    return Verdict(reason, value, target, label_area, predicted_area)
