@@ -48,6 +48,7 @@ class Collector:
         max_image_bytes: int = 64 * 1024 * 1024,
         max_pixels: int = 100_000_000,
         context: zmq.Context | None = None,
+        curve_keypair: tuple[bytes, bytes] | None = None,
     ) -> None:
         self.dataset = dataset
         self.max_image_bytes = max_image_bytes
@@ -60,6 +61,9 @@ class Collector:
         self.sock.setsockopt(zmq.RCVHWM, 512)
         self.sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
         self.sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        if curve_keypair is not None:  # CURVE: encrypted, and only clients the authenticator allows get through
+            self.sock.curve_publickey, self.sock.curve_secretkey = curve_keypair
+            self.sock.curve_server = True
         self.sock.bind(bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 

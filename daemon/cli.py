@@ -192,7 +192,12 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     )
     dispatcher.attach(DaemonControls(pipeline, mark_good=feedback.mark_good))
     feedback.start()
-    install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"))
+    from daemon.reload import ModelReloader  # SIGHUP / control `reload`: validate the model, then swap it in
+
+    reloader = ModelReloader(cfg, pipeline, intra_op_threads=budget.onnxruntime, on_swapped=lambda new: feedback.set_model(
+        model_sha256=new.manifest.onnx.sha256, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold))
+    feedback.ops["reload"] = reloader.handle
+    install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"), on_reload=reloader.request)
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
     pipeline.start()
     if cfg.camera.trigger == "software":

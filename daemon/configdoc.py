@@ -70,6 +70,12 @@ def _rows(model: type[BaseModel], prefix: str, skip: tuple[str, ...] = ()) -> li
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(_rows(ann, key + "."))
             continue
+        sub = [a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if sub and type(None) in typing.get_args(ann):  # an optional sub-section: its own row, then its keys
+            sub_desc = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{key}` | section or null | null | {sub_desc} |")
+            rows.extend(_rows(sub[0], key + "."))
+            continue
         limits = _limits(field)
         desc = (field.description or "").replace("|", "\\|")
         if limits:

@@ -207,6 +207,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
     p.set_defaults(func=cmd_mark)
 
+    r = sub.add_parser(
+        "reload",
+        help="reload the running daemon's model from model.path (validated first; the old one stays on failure)",
+        description="Asks the running daemon, over its control socket, to load the model directory at model.path, "
+        "check it (manifest, sha256, shapes, warm-up) and swap it in between frames. Same as `systemctl reload "
+        "inspectd` / SIGHUP, but waits for the answer. Exit 0 reloaded (or unchanged), 2 refused or no daemon.",
+    )
+    r.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
+    r.set_defaults(func=cmd_reload)
+
 
 def cmd_mark(args: argparse.Namespace) -> int:
     from daemon.config import load_config
@@ -238,4 +248,34 @@ def cmd_mark(args: argparse.Namespace) -> int:
     state = "was already marked" if answer.get("already") else "marked"
     print(f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
           f"record {answer['record_id']}; {answer['spool_depth']} record(s) waiting for the collector")
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from daemon.config import load_config
+    from daemon.types import ConfigError
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"inspectd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    control = getattr(cfg, "control", None)
+    if control is None:
+        print(f"inspectd reload: {args.config} has no `control:` section; send SIGHUP instead "
+              "(`systemctl reload inspectd`) and read the `model_reloaded` / `model_reload_failed` log event",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        answer = request(control.socket, {"op": "reload"}, timeout=300.0)
+    except ControlError as exc:
+        print(f"inspectd reload: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not answer.get("ok"):
+        print(f"inspectd reload: {answer.get('error', answer)}", file=sys.stderr)
+        return EXIT_USAGE
+    if answer.get("changed"):
+        print(f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})")
+    else:
+        print(f"model unchanged: sha256 {answer.get('sha256')}")
     return EXIT_OK

@@ -18,6 +18,17 @@ REDUCTIONS = ("max", "p99", "p999", "mean")
 _QUANTILE = {"p99": 0.99, "p999": 0.999}
 
 
+def smooth_map(score_map: np.ndarray, sigma: float) -> np.ndarray:
+    """The manifest's score-map post-processing (score.smooth_sigma): a Gaussian blur of the difference map with
+    standard deviation `sigma` pixels (OpenCV's kernel, reflected borders), applied by the Inspector before the
+    decision, so regions, the image score, calibration and evaluation all see the same smoothed map. It averages
+    the texture's scattered single-pixel noise away while a defect's coherent patch of high scores survives.
+    sigma 0 returns the map unchanged."""
+    if sigma <= 0:
+        return score_map
+    return cv2.GaussianBlur(score_map, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
 def reduce_map(score_map: np.ndarray, reduction: str) -> float:
     """One image score from a (finite) map: max, 99th / 99.9th percentile (linear interpolation, as
     np.percentile's default) or mean."""

@@ -40,6 +40,7 @@ class Feedback:
         self.sender = sender
         self.marker = Marker(store, spool) if store is not None and spool is not None else None
         self.control = ControlServer(control_path, self.handle) if control_path is not None else None
+        self.ops: dict[str, Callable[[dict], dict]] = {}  # more control-socket ops, e.g. "reload" (daemon/reload.py)
 
     @classmethod
     def open(cls, cfg, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float) -> Feedback:
@@ -98,8 +99,11 @@ class Feedback:
         op = request.get("op")
         if op == "status":
             return {"ok": True, **self.status()}
+        if isinstance(op, str) and op in self.ops:
+            return self.ops[op](request)
         if op != "mark":
-            return {"ok": False, "error": f"unknown op {op!r} (expected mark or status)", "kind": "invalid"}
+            known = ", ".join(["mark", "status", *self.ops])
+            return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}
         if self.marker is None:
             missing = "rejects: and feedback: sections" if self.store is None else "feedback: section"
             return {"ok": False, "error": f"marking is not configured: the daemon's config has no {missing}",
@@ -111,6 +115,11 @@ class Feedback:
             return self.marker.mark(mark=mark, source="cli", seq=seq, reject_id=rid)
         except MarkError as exc:
             return {"ok": False, "error": str(exc), "kind": exc.kind}
+
+    def set_model(self, *, model_sha256: str, model_name: str, pixel_threshold: float) -> None:
+        """After a model hot reload: rejects stored from now on name the new model and its threshold."""
+        if self.store is not None:
+            self.store.set_model(model_sha256=model_sha256, model_name=model_name, pixel_threshold=pixel_threshold)
 
     def status(self) -> dict:
         out: dict = {}

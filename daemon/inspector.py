@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.decide import Decider
+from daemon.decide import Decider, smooth_map
 from daemon.detector import DEFAULT_PROVIDERS, Detector
 from daemon.preprocess import Prepared, Preprocessor
 from daemon.ssim import SsimKernel
@@ -108,15 +108,16 @@ class Inspector:
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None)
 
     def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(frame-sized difference map, per-tile reconstructions in [0, 1])."""
+        """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
+        manifest's score.smooth_sigma says (decide.smooth_map)."""
         recon = self.preprocessor.to_unit(output)
         ref = prepared.reference
         if ref.shape[0] == 1 and prepared.layout.frame_hw == ref.shape[1:3]:  # one tile the frame's size: no stitch
-            return self.ssim.difference(ref[0], recon[0]), recon
+            return smooth_map(self.ssim.difference(ref[0], recon[0]), self.manifest.score.smooth_sigma), recon
         maps = np.empty(ref.shape[:3], dtype=np.float32)
         for i in range(ref.shape[0]):
             self.ssim.difference(ref[i], recon[i], out=maps[i])
-        return self.preprocessor.stitch(maps, prepared.layout), recon
+        return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), recon
 
     # --- one call ----------------------------------------------------------------------------------------------
 

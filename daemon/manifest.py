@@ -79,6 +79,8 @@ class SsimSpec(_Strict):
 class ScoreSpec(_Strict):
     # how one image score is made from the difference map: its maximum, or a high percentile of it
     reduction: Literal["max", "p99", "p999", "mean"] = "max"
+    # post-processing of the difference map before everything else (decide.smooth_map): Gaussian blur, pixels
+    smooth_sigma: float = Field(0.0, ge=0, le=32)
 
 
 class Thresholds(_Strict):

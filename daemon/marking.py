@@ -129,7 +129,13 @@ class Marker:
             except OSError as exc:
                 msg = f"{what}: the spool record could not be written ({exc}); nothing was marked, try again"
                 raise MarkError(msg, "failed") from exc
-            self.store.record_mark(entry, {"mark": mark, "at": iso_utc(now), "by": source, "record_id": entry.id})
+            try:
+                self.store.record_mark(entry, {"mark": mark, "at": iso_utc(now), "by": source, "record_id": entry.id})
+            except OSError as exc:  # the store's disk is full: the spool record (the durable copy) is made anyway
+                entry.meta = dict(entry.meta, mark={"mark": mark, "at": iso_utc(now), "by": source,
+                                                    "record_id": entry.id})  # this run still knows it is marked
+                log.warning("mark_not_saved_in_store", id=entry.id, error=str(exc),
+                            detail="the record is spooled; the mark is lost from the store's JSON at a restart")
             log.info("marked", mark=mark, seq=entry.seq, plc_seq=entry.plc_seq, item_id=entry.meta.get("item_id"),
                      id=entry.id, by=source, spool_depth=self.spool.depth)
             return self._answer(entry, mark, already=False)

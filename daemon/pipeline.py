@@ -96,6 +96,7 @@ class _Work:
     pending: object = None  # the stage result handed to the next stage
     error: Exception | None = None
     failed_in: str = ""
+    stages: "_Stages | None" = None  # the inspector this frame was prepared with (model hot reload)
 
 
 class _Stages:
@@ -203,6 +204,12 @@ class Pipeline:
     @property
     def running(self) -> bool:
         return any(t.is_alive() for t in self._threads)
+
+    def swap_inspector(self, inspector) -> None:
+        """Model hot reload: frames prepared from now on use `inspector`; frames already past the prepare stage
+        finish with the inspector that prepared them (each frame is inspected wholly by one model)."""
+        self._stages = _Stages(inspector)
+        self.inspector = inspector
 
     def queue_depth(self) -> int:
         """Frames admitted but not yet answered that wait in a queue (not those a stage is working on)."""
@@ -378,14 +385,15 @@ class Pipeline:
 
     def _prepare_loop(self) -> None:
         def prepare(work: _Work) -> None:
-            work.pending = self._stages.prepare(work.frame.capture.image)
+            work.stages = self._stages  # a swapped-in model takes over at this frame boundary
+            work.pending = work.stages.prepare(work.frame.capture.image)
 
         # frames arrive as Frame; wrapped, so that every stage from here on handles a _Work
         self._stage_loop("prepare", _Wrapping(self.frames), self._to_infer, prepare)
 
     def _infer_loop(self) -> None:
         def infer(work: _Work) -> None:
-            work.pending = self._stages.infer(work.pending)
+            work.pending = (work.stages or self._stages).infer(work.pending)
 
         self._stage_loop("inference", self._to_infer, self._to_score, infer)
 
@@ -418,7 +426,7 @@ class Pipeline:
         if work.error is None:
             self._busy_since["scoring"] = time.monotonic()
             try:
-                result = self._stages.finish(work.pending)
+                result = (work.stages or self._stages).finish(work.pending)
             except Exception as exc:  # SSIM, stitch or decide failed: this frame's ERROR verdict
                 work.error, work.failed_in = exc, "scoring"
             finally:

@@ -31,6 +31,16 @@ log = structlog.get_logger("inspectd.sender")
 _ENDPOINT = re.compile(r"^(tcp://[^\s:/]+:\d{1,5}|ipc://\S+)$")
 
 
+class CurveConfig(StrictModel):
+    """ZeroMQ CURVE towards a collector started with --curve-secret-key (docs/operations.md, 'Security')."""
+
+    server_public_key: ConfigPath = Field(description="the collector's public key file (collector.key from `inspectd keygen`)")
+    client_secret_key: ConfigPath = Field(
+        description="this line PC's secret key file (NAME.key_secret, mode 0600); its NAME.key must be in the "
+        "collector's --curve-allowed-clients directory"
+    )
+
+
 class FeedbackConfig(StrictModel):
     """Where marked rejects go: the local spool and the central collector (`inspectd collect`)."""
 
@@ -44,6 +54,7 @@ class FeedbackConfig(StrictModel):
     backoff_max_s: float = Field(60.0, gt=0, le=86400, description="longest wait between attempts (doubling backoff)")
     flush_timeout_s: float = Field(3.0, ge=0, le=300, description="at shutdown, how long to go on sending what is spooled")
     log_interval_s: float = Field(60.0, gt=0, le=86400, description="how often the spool depth is logged (event `spool`)")
+    curve: CurveConfig | None = Field(None, description="CURVE keys (encryption + authentication); null = plain TCP")
 
     @field_validator("collector")
     @classmethod
@@ -89,6 +100,7 @@ class Sender:
         self._link_backoff = cfg.backoff_initial_s
         self._link_next = 0.0
         self._reachable: bool | None = None
+        self._curve = _load_curve(cfg.curve) if cfg.curve is not None else None
         self._thread = threading.Thread(target=self._run, name="feedback-sender", daemon=True)
 
     def start(self) -> None:
@@ -119,6 +131,8 @@ class Sender:
         s.setsockopt(zmq.RECONNECT_IVL_MAX, int(min(self.cfg.backoff_max_s, 5.0) * 1000))
         s.setsockopt(zmq.TCP_KEEPALIVE, 1)
         s.setsockopt(zmq.TCP_KEEPALIVE_IDLE, 30)
+        if self._curve is not None:
+            s.curve_serverkey, s.curve_publickey, s.curve_secretkey = self._curve
         s.connect(self.cfg.collector)
         return s
 
@@ -237,3 +251,21 @@ class Sender:
                 log.warning("collector_unreachable", collector=self.cfg.collector, depth=self.spool.depth,
                             retry_in_s=round(self._link_backoff, 2))
             self._reachable = up
+
+
+def _load_curve(cfg: CurveConfig) -> tuple[bytes, bytes, bytes]:
+    """(server public, client public, client secret) from zmq.auth key files; ConfigError (exit 2) when unusable."""
+    import zmq.auth
+
+    from daemon.types import ConfigError
+
+    try:
+        server_public, _ = zmq.auth.load_certificate(cfg.server_public_key)
+        public, secret = zmq.auth.load_certificate(cfg.client_secret_key)
+    except (OSError, ValueError) as exc:
+        msg = f"feedback.curve: cannot read the key files: {exc}"
+        raise ConfigError(msg) from exc
+    if not secret:
+        msg = f"feedback.curve.client_secret_key: {cfg.client_secret_key} holds no secret key (give NAME.key_secret)"
+        raise ConfigError(msg)
+    return server_public, public, secret

@@ -69,13 +69,17 @@ class Notifier:
             self._sock = None
 
 
-def install_signal_handlers(on_stop: Callable[[str], None]) -> None:
-    """SIGTERM/SIGINT ask for a graceful stop; a second SIGINT is not special (the stop is bounded anyway)."""
+def install_signal_handlers(on_stop: Callable[[str], None], on_reload: Callable[[str], None] | None = None) -> None:
+    """SIGTERM/SIGINT ask for a graceful stop; a second SIGINT is not special (the stop is bounded anyway).
+    SIGHUP: on_reload (the daemon reloads its model) where given, else a stop as well."""
 
     def handler(signum, _frame) -> None:
         on_stop(signal.Signals(signum).name)
 
+    def reload_handler(signum, _frame) -> None:
+        on_reload(signal.Signals(signum).name)  # must return at once: it only starts a thread
+
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
     if hasattr(signal, "SIGHUP"):
-        signal.signal(signal.SIGHUP, handler)
+        signal.signal(signal.SIGHUP, reload_handler if on_reload is not None else handler)

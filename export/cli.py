@@ -78,6 +78,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where checkpoints go (default ~/.cache/inspectd/checkpoints/<out name>)")
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint.pt")
+    t.add_argument("--hard-defects", type=Path, default=None, metavar="DIR",
+                   help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
+                   "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask")
+    t.add_argument("--hard-prob", type=float, default=0.1, help="share of samples from the hard-defect set (default 0.1)")
+
+    s = p.add_argument_group("difference map and image score (written to the manifest; the daemon applies them)")
+    s.add_argument("--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too")
+    s.add_argument("--ssim-sigma", type=float, default=1.5, help="Gaussian SSIM window sigma (default 1.5)")
+    s.add_argument("--smooth-sigma", type=float, default=0.0,
+                   help="Gaussian blur of the difference map before regions and the image score (default 0 = off)")
+    s.add_argument("--reduction", choices=("max", "p99", "p999", "mean"), default="max",
+                   help="image score from the (smoothed) map (default max)")
 
     f = p.add_argument_group("fine-tuning (seed 002)")
     f.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
@@ -126,6 +138,10 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
               "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
               "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
+    if args.hard_defects is not None:
+        parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}"]
+    parts += ["--ssim-size", str(args.ssim_size), "--ssim-sigma", f"{args.ssim_sigma:g}",
+              "--smooth-sigma", f"{args.smooth_sigma:g}", "--reduction", args.reduction]
     if args.calibrate_with_test:
         parts.append("--calibrate-with-test")
     if args.evaluate:
@@ -134,6 +150,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 
 def build_job(args: argparse.Namespace):
+    from daemon.manifest import ScoreSpec, SsimSpec
     from export.finetune import parse_loss_table
     from export.model import ModelConfig
     from export.train import TrainConfig
@@ -163,6 +180,9 @@ def build_job(args: argparse.Namespace):
         evaluate=args.evaluate if args.synthetic else 0,
         init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
         stop_loss=args.loss_threshold,
+        hard_defects=args.hard_defects, hard_prob=args.hard_prob,
+        ssim=SsimSpec(size=args.ssim_size, sigma=args.ssim_sigma),
+        score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
     )
 
 

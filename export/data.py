@@ -3,9 +3,13 @@
 Sources: an MVTec-layout folder (`DIR/train/good/*`) or a plain folder of images, or the synthetic camera's good
 frames. Each sample is drawn from one good frame: a small random rotation and translation (on the frame, borders
 reflected), then the frame is brought to the model input exactly as the daemon will (`resize` with INTER_AREA, or a
-random model-size crop in `tile` mode), then an illumination gain/offset, then, with probability `defect_prob`, one
-synthetic defect. The input is the (possibly corrupted) image, the target the clean one, and the per-pixel loss
-weight is `defect_weight` inside the defect and 1 elsewhere.
+random model-size crop at native resolution in `tile` mode), then an illumination gain/offset, then, with probability
+`defect_prob`, one synthetic defect. The input is the (possibly corrupted) image, the target the clean one, and the
+per-pixel loss weight is `defect_weight` inside the defect and 1 elsewhere.
+
+Hard defects (seed 001, optional): real defect images with pixel masks join the set; a sample is one of them with
+probability `hard_prob`, augmented like the good frames (the mask moved with the image; in tile mode the crop holds
+defect pixels), and its target is the image with the masked pixels set to 0, weighted like a synthetic defect.
 
 Images are uint8 until the very end, so the model trains on the same quantised values the daemon feeds it.
 """
@@ -109,6 +113,38 @@ def load_folder(path: str | Path, color: str = "gray", limit: int | None = None)
     return [read_image(p, color) for p in files]
 
 
+@dataclass(frozen=True)
+class HardDefect:
+    """A real, labelled defect image (seed 001's hard-defect set): its target is the image with the mask set to 0."""
+
+    image: np.ndarray  # uint8 in the model's colour
+    mask: np.ndarray  # uint8 0/1 of the image's size
+    source: str = ""
+
+
+def load_hard_defects(path: str | Path, color: str = "gray") -> list[HardDefect]:
+    """Defect images with pixel masks in MVTec layout: DIR/test/<class>/* (every class but good) with
+    DIR/ground_truth/<class>/<stem>_mask.png (nonzero = defect), as `inspectd collect` (confirmed_defect) and
+    `inspectd label check --accepted` write them. Images without a usable mask are skipped."""
+    root = Path(path)
+    test = root / "test"
+    if not test.is_dir():
+        msg = f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and DIR/ground_truth/<class>/<stem>_mask.png)"
+        raise FileNotFoundError(msg)
+    out = []
+    for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
+        for f in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            mask = cv2.imread(str(root / "ground_truth" / sub.name / f"{f.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+            image = read_image(f, color)
+            if mask is None or mask.shape != image.shape[:2] or not mask.any():
+                continue
+            out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=f"{sub.name}/{f.name}"))
+    if not out:
+        msg = f"no defect images with masks under {test}/<class>/ (masks: {root}/ground_truth/<class>/<stem>_mask.png)"
+        raise FileNotFoundError(msg)
+    return out
+
+
 def synthetic_frames(
     n: int, *, width: int = 256, height: int = 256, seed: int = 0, color: str = "gray"
 ) -> list[np.ndarray]:
@@ -126,16 +162,25 @@ def synthetic_description(width: int, height: int, seed: int) -> str:
 # --- samples -----------------------------------------------------------------------------------------------------
 
 
-def augment_frame(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Small random rotation + translation of a whole frame (reflected borders)."""
+def random_affine(rng: np.random.Generator, hw: tuple[int, int], cfg: AugmentConfig) -> np.ndarray | None:
+    """A small random rotation + translation (2x3 matrix) for a frame of size hw; None when switched off."""
     if not cfg.enabled or (cfg.max_rotation_deg <= 0 and cfg.max_shift <= 0):
-        return image
-    h, w = image.shape[:2]
+        return None
+    h, w = hw
     angle = float(rng.uniform(-cfg.max_rotation_deg, cfg.max_rotation_deg))
     dx = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * w
     dy = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * h
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
     m[:, 2] += (dx, dy)
+    return m
+
+
+def augment_frame(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Small random rotation + translation of a whole frame (reflected borders)."""
+    m = random_affine(rng, image.shape[:2], cfg)
+    if m is None:
+        return image
+    h, w = image.shape[:2]
     return cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
 
 
@@ -149,20 +194,42 @@ def illuminate(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
 
 
 def to_model_input(image: np.ndarray, geom: InputGeometry, rng: np.random.Generator | None = None) -> np.ndarray:
-    """A frame -> model-size uint8 image: resized (as the daemon's `resize` mode) or, in `tile` mode, a crop
-    (random where rng is given, else the top-left tile); frames smaller than a tile are padded by reflection."""
+    """A frame -> model-size uint8 image: resized (as the daemon's `resize` mode) or, in `tile` mode, a crop at
+    native resolution (random where rng is given, else the top-left tile); frames smaller than a tile are padded by
+    reflection at their far end, as the daemon pads them."""
     h, w = image.shape[:2]
     if geom.mode == "resize":
         if (h, w) == (geom.height, geom.width):
             return image
         return cv2.resize(image, (geom.width, geom.height), interpolation=_INTERPOLATION[geom.interpolation])
+    image = pad_to_tile(image, geom)
+    y, x = crop_origin(image.shape[:2], geom, rng)
+    return np.ascontiguousarray(image[y : y + geom.height, x : x + geom.width])
+
+
+def pad_to_tile(image: np.ndarray, geom: InputGeometry, border: int = cv2.BORDER_REFLECT_101) -> np.ndarray:
+    h, w = image.shape[:2]
     pad_h, pad_w = max(0, geom.height - h), max(0, geom.width - w)
     if pad_h or pad_w:
-        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, cv2.BORDER_REFLECT_101)
-        h, w = image.shape[:2]
-    y = int(rng.integers(0, h - geom.height + 1)) if rng is not None else 0
-    x = int(rng.integers(0, w - geom.width + 1)) if rng is not None else 0
-    return np.ascontiguousarray(image[y : y + geom.height, x : x + geom.width])
+        image = cv2.copyMakeBorder(image, 0, pad_h, 0, pad_w, border)
+    return image
+
+
+def crop_origin(
+    hw: tuple[int, int], geom: InputGeometry, rng: np.random.Generator | None, focus: np.ndarray | None = None
+) -> tuple[int, int]:
+    """(y, x) of a model-size crop of a (padded) frame of size hw: uniform over all positions, or, with `focus` (a
+    mask of the frame), a crop that contains a random nonzero pixel of it; the top-left tile without rng."""
+    h, w = hw
+    if rng is None:
+        return 0, 0
+    if focus is not None and focus.any():
+        ys, xs = np.nonzero(focus)
+        k = int(rng.integers(ys.size))
+        y_lo, x_lo = max(0, int(ys[k]) - geom.height + 1), max(0, int(xs[k]) - geom.width + 1)
+        y_hi, x_hi = min(int(ys[k]), h - geom.height), min(int(xs[k]), w - geom.width)
+        return int(rng.integers(y_lo, y_hi + 1)), int(rng.integers(x_lo, x_hi + 1))
+    return int(rng.integers(0, h - geom.height + 1)), int(rng.integers(0, w - geom.width + 1))
 
 
 def to_nchw(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -184,6 +251,9 @@ class TrainingSet:
         defect_prob: float = 0.5,
         defect_weight: float = 5.0,
         description: str = "",
+        hard: Sequence[HardDefect] = (),
+        hard_prob: float = 0.0,
+        hard_value: int = 0,
     ) -> None:
         if not frames:
             msg = "a training set needs at least one good image"
@@ -194,6 +264,12 @@ class TrainingSet:
         if defect_weight < 1.0 or not math.isfinite(defect_weight):
             msg = f"defect_weight must be a finite number >= 1, got {defect_weight}"
             raise ValueError(msg)
+        if not 0.0 <= hard_prob <= 1.0 or (hard_prob > 0 and not hard):
+            msg = f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
+            raise ValueError(msg)
+        self.hard = [HardDefect(to_color(h.image, geometry.color), h.mask, h.source) for h in hard]
+        self.hard_prob = float(hard_prob) if self.hard else 0.0
+        self.hard_value = int(hard_value)
         self.frames = [to_color(f, geometry.color) for f in frames]
         self.geometry = geometry
         self.augment = augment
@@ -206,7 +282,10 @@ class TrainingSet:
         return len(self.frames)
 
     def sample_one(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(input uint8, clean target uint8, defect mask 0/1) at model size."""
+        """(input uint8, target uint8, defect mask 0/1) at model size: a good frame with, at defect_prob, a
+        synthetic defect (target: the clean frame); or, at hard_prob, a hard-defect image (target: 0 in its mask)."""
+        if self.hard_prob and rng.random() < self.hard_prob:
+            return self.sample_hard(rng)
         frame = self.frames[int(rng.integers(len(self.frames))) if index is None else index]
         frame = augment_frame(frame, rng, self.augment)
         clean = illuminate(to_model_input(frame, self.geometry, rng), rng, self.augment)
@@ -215,6 +294,31 @@ class TrainingSet:
         else:
             corrupted, mask = clean, np.zeros(clean.shape[:2], dtype=np.uint8)
         return corrupted, clean, mask
+
+    def sample_hard(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A hard-defect sample: the same rotation/shift for image and mask, in tile mode a crop that contains
+        defect pixels, illumination on the input; the target is the input with the defect pixels set to
+        hard_value (seed 001: 0), so such defects reconstruct dark and stand out."""
+        item = self.hard[int(rng.integers(len(self.hard))) if index is None else index]
+        image, mask = item.image, item.mask
+        m = random_affine(rng, image.shape[:2], self.augment)
+        if m is not None:
+            h, w = image.shape[:2]
+            image = cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+            mask = cv2.warpAffine(mask, m, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+        g = self.geometry
+        if g.mode == "resize":
+            image = to_model_input(image, g)
+            mask = cv2.resize(mask, (g.width, g.height), interpolation=cv2.INTER_NEAREST)
+        else:
+            image, mask = pad_to_tile(image, g), pad_to_tile(mask, g)
+            y, x = crop_origin(image.shape[:2], g, rng, focus=mask)
+            image = np.ascontiguousarray(image[y : y + g.height, x : x + g.width])
+            mask = np.ascontiguousarray(mask[y : y + g.height, x : x + g.width])
+        inp = illuminate(image, rng, self.augment)
+        target = inp.copy()
+        target[mask.astype(bool)] = self.hard_value
+        return inp, target, mask
 
     def sample(self, rng: np.random.Generator, batch_size: int) -> Batch:
         items = [self.sample_one(rng) for _ in range(batch_size)]

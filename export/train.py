@@ -1,5 +1,6 @@
 """The training loop: Adam on a weighted L2 loss (optionally mixed with a Gaussian-SSIM loss), a fixed iteration
-count and/or a time budget, reproducible seeds, progress lines on stderr and checkpoints.
+count and/or a time budget, reproducible seeds, progress on stderr (a progress bar on a terminal, plus a line every
+`log_every` iterations) and checkpoints.
 
 Loss per batch, with per-pixel weight w (seed 001: raised inside the synthetic defects) and reconstruction r of
 the clean target t:
@@ -44,6 +45,9 @@ class _CurrentStderr:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 STDERR = _CurrentStderr()  # the default progress stream; pass log=None to train silently
@@ -212,9 +216,31 @@ def train(
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
 
+    tty = bool(log is not None and getattr(log, "isatty", lambda: False)())
+    bar_shown = [0.0]  # when the progress bar was last drawn (0: not on screen)
+
     def say(text: str) -> None:
         if log is not None:
+            if bar_shown[0]:
+                log.write("\r\033[K")  # clear the progress bar's line, print, let the bar redraw below
+                bar_shown[0] = 0.0
             print(text, file=log, flush=True)
+
+    def draw_bar(it: int, loss: float, elapsed: float) -> None:
+        """A one-line progress bar on a terminal (the log lines stay): iterations or time, whichever is nearer."""
+        now = time.monotonic()
+        if not tty or now - bar_shown[0] < 0.25:
+            return
+        frac = it / cfg.iterations
+        if budget_s is not None:
+            frac = max(frac, elapsed / budget_s)
+        frac = min(frac, 1.0)
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        filled = int(30 * frac)
+        log.write(f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%}  it {it}  loss {loss:.4f}  "
+                  f"{elapsed:.0f} s, eta {eta:.0f} s")
+        log.flush()
+        bar_shown[0] = now
 
     say(
         f"train: {len(data)} images, input {data.geometry.height}x{data.geometry.width} {data.geometry.color}, "
@@ -254,6 +280,7 @@ def train(
             raise FloatingPointError(msg)
         recent.append(loss_value)
         del recent[: -cfg.final_loss_window]
+        draw_bar(it, loss_value, time.monotonic() - t0)
 
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
             rate = (it - start_it) / max(time.monotonic() - t0, 1e-9)
@@ -269,6 +296,8 @@ def train(
             break
 
     model.eval()
+    if bar_shown[0]:
+        say("")
     final = float(np.mean(recent)) if recent else loss_value
     if ckpt_path is not None and it > start_it:
         save_checkpoint(ckpt_path, model, optimizer, it, cfg, final)

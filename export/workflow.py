@@ -59,6 +59,11 @@ class TrainJob:
     init: Path | None = None  # fine-tune: continue from this model directory (export/finetune.py)
     loss_table: tuple[tuple[int, float], ...] | None = None  # stop rule: sample count -> loss threshold
     stop_loss: float | None = None  # stop rule: a fixed loss threshold instead of the table
+    hard_defects: Path | None = None  # seed 001's hard-defect set: DIR/test/<class>/* + ground_truth masks
+    hard_prob: float = 0.1  # share of samples drawn from the hard-defect set (when given)
+    ssim: SsimSpec = field(default_factory=SsimSpec)  # the daemon's difference map; the SSIM loss uses its window
+    score: ScoreSpec = field(default_factory=ScoreSpec)  # map post-processing and the image score's reduction
+    defects: DefectConfig = field(default_factory=DefectConfig)
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.synthetic is None):
@@ -190,13 +195,19 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     frames, description = _load_source(job)
     train_frames, held_out = _split(frames, job.holdout, job.train.seed)
     say(f"data: {description}: {len(train_frames)} for training, {len(held_out)} held out for calibration")
+    hard = D.load_hard_defects(job.hard_defects, job.color) if job.hard_defects is not None else []
+    if hard:
+        say(f"hard defects: {len(hard)} labelled images of {job.hard_defects} (target 0 inside the mask), "
+            f"{job.hard_prob:.0%} of the samples")
     dataset = D.TrainingSet(
         train_frames,
         geometry,
-        defects=DefectConfig(),
+        defects=job.defects,
         defect_prob=job.defect_prob,
         defect_weight=job.defect_weight,
         description=description,
+        hard=hard,
+        hard_prob=job.hard_prob if hard else 0.0,
     )
 
     import torch
@@ -214,6 +225,9 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         rule = stop_rule(len(train_frames), table=job.loss_table, threshold=job.stop_loss)
         say(f"stop rule: loss <= {rule['threshold']:.4g} ({rule['chosen_by']}) or {job.train.iterations} iterations")
     train_cfg = replace(job.train, stop_loss=rule["threshold"]) if rule is not None else job.train
+    ssim_spec = parent.manifest.ssim if parent is not None else job.ssim
+    score_spec = parent.manifest.score if parent is not None else job.score
+    train_cfg = replace(train_cfg, ssim_size=ssim_spec.size, ssim_sigma=ssim_spec.sigma)  # loss = the daemon's window
     result = train(model, dataset, train_cfg, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
 
     preprocess = PreprocessSpec(
@@ -240,7 +254,9 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         "time": utc_now(),
         "model": cfg.as_dict(),
         "train_config": asdict(train_cfg),
-        "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(DefectConfig())},
+        "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(job.defects)},
+        **({"hard_defects": {"data": str(job.hard_defects), "images": len(hard), "prob": job.hard_prob,
+                             "target_value": dataset.hard_value}} if hard else {}),
         "augment": asdict(dataset.augment),
         **({"parent": parent.facts()} if parent is not None else {}),
         **({"stop_rule": rule} if rule is not None else {}),
@@ -249,8 +265,8 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     name = job.name or job.out.resolve().name
     manifest, parity = write_model_dir(
         model, job.out, samples, name=name, preprocess=preprocess, training=facts,
-        ssim=parent.manifest.ssim if parent is not None else SsimSpec(),
-        score=parent.manifest.score if parent is not None else ScoreSpec(),
+        ssim=ssim_spec,
+        score=score_spec,
     )
     say(f"export: {job.out}/model.onnx, parity max abs diff {parity.max_abs_diff:.2e}; calibrating ...")
 
@@ -265,6 +281,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     calibration = calib.calibrate(job.out, goods, defect_images, defect_masks, data=data_desc)
     calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
     say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
+    _record_score_variants(job.out, goods, defect_images, defect_masks, data_desc)
 
     evaluation = None
     if job.evaluate and job.synthetic is not None:
@@ -301,6 +318,18 @@ def evaluate_synthetic(
     captures = [gen.render(i) for i in range(n)]
     inspector = calib.open_inspector(model_dir)
     return calib.evaluate(inspector, (c.image for c in captures), (bool(c.truth) for c in captures))
+
+
+def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:
+    """Thresholds for the other difference maps of the same model (`inspectd evaluate --score`), calibrated by the
+    same rule on the same images, in the manifest's training facts (the daemon uses only the manifest's own)."""
+    from calibration.scoring import calibrate_variants
+    from daemon.manifest import Manifest, load_manifest
+
+    variants = calibrate_variants(model_dir, goods, defect_images, defect_masks, data=data)
+    raw = load_manifest(model_dir).model_dump(mode="json")
+    raw["training"]["score_variants"] = calib.json_safe(variants)
+    Manifest.model_validate(raw).write(model_dir)
 
 
 def _record_evaluation(model_dir: Path, confusion: calib.Confusion, n: int, src: SyntheticSource) -> None:

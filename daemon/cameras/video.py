@@ -33,6 +33,10 @@ class VideoCamera:
         self._cap: cv2.VideoCapture | None = None
         self._index = 0  # index in the file of the next frame
         self._info: dict = {}
+        # a read that failed mid-file (CameraError, then the pipeline reopens): where to resume, so that the frames
+        # already inspected are not replayed; a second failure at the same frame ends the stream there
+        self._failed_at: int | None = None
+        self._retry_at: int | None = None
 
     def open(self) -> None:
         self.close()
@@ -43,6 +47,11 @@ class VideoCamera:
             raise CameraError(msg)
         self._cap = self._open_capture()
         cap = self._cap
+        if self._failed_at is not None:  # resume after a mid-file failure: skip what was inspected already
+            k, self._failed_at = self._failed_at, None
+            while self._index < k and cap.grab():
+                self._index += 1
+            self._retry_at = self._index
         self._info = {
             "frames": int(cap.get(cv2.CAP_PROP_FRAME_COUNT)),
             "fps": round(float(cap.get(cv2.CAP_PROP_FPS)), 3),
@@ -86,12 +95,20 @@ class VideoCamera:
     def _at_end(self) -> None:
         """After a failed read: rewind when looping at the real end; EndOfStream; or CameraError mid-file."""
         count = self._info.get("frames", 0)
+        if self._retry_at is not None and self._index <= self._retry_at:  # failed again where it failed before
+            self._retry_at = None
+            count = 0  # the readable part of the file ends here: treat it as the end
+            if not self.cfg.loop:
+                msg = (f"end of video {self.cfg.path}: unreadable from frame {self._index} on "
+                       f"(truncated or corrupt; {self._info.get('frames', 0)} frames announced)")
+                raise EndOfStream(msg)
         # FFmpeg's frame count is an estimate for some containers: allow a little slack before calling it a failure
         if count > 0 and count - self._index > max(2, count // 100):
             msg = (
                 f"reading frame {self._index} of {self.cfg.path} failed with {count - self._index} of {count} frames "
                 "left (expected the file to be readable to its end: truncated or corrupt?)"
             )
+            self._failed_at = self._index
             raise CameraError(msg)
         if not self.cfg.loop:
             msg = f"end of video {self.cfg.path} after {self._index} frames"

@@ -7,9 +7,10 @@ do no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from daemon.schema import StrictModel
 
@@ -157,8 +158,29 @@ class ServerConfig(StrictModel):
             "on stop, keep answering this long after setting ready = 0 and state = 4, so a polling PLC reads them"
         ),
     )
+    allow_writes_from: tuple[str, ...] | None = Field(
+        None,
+        description=(
+            "IP addresses allowed to write (trigger, item id, false reject); writes from any other peer get "
+            "exception 01 and change nothing, reads stay open; null = any peer (set it to the PLC's address)"
+        ),
+    )
     coils: CoilMap = Field(default_factory=CoilMap)
     holding: HoldingMap = Field(default_factory=HoldingMap)
+
+    @field_validator("allow_writes_from")
+    @classmethod
+    def _ip_addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        out = []
+        for text in value:
+            try:
+                out.append(str(ipaddress.ip_address(text.strip())))
+            except ValueError:
+                msg = f"{text!r} is not an IP address (expected e.g. 192.168.10.20; host names are not resolved)"
+                raise ValueError(msg) from None
+        return tuple(out)
 
 
 class PlcReconnectConfig(StrictModel):

@@ -20,6 +20,10 @@ import threading
 import time
 
 import structlog
+import ipaddress
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
@@ -40,12 +44,31 @@ class _Connection(ServerRequestHandler):
         super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
         self.last_rx = time.monotonic()
         self.peer = "?"
+        self.may_write = owner.allow_writes_from is None
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.server.allow_writes_from is not None and isinstance(peer, tuple):
+            self.may_write = _normalise_ip(peer[0]) in self.server.allow_writes_from
         self.server.clients_changed(self, connected=True)
+
+    async def handle_request(self):
+        """plc.server.allow_writes_from: a write from any other peer gets exception 01 and changes nothing."""
+        pdu = self.last_pdu
+        if pdu is not None and not self.may_write and pdu.function_code in _WRITE_FCS:
+            self.server.writes_refused += 1
+            n = self.server.writes_refused
+            if n <= 3 or n % 1000 == 0:
+                log.warning("plc_write_refused", peer=self.peer, function=pdu.function_code, refused=n,
+                            reason="peer not in plc.server.allow_writes_from")
+            response = ExceptionResponse(pdu.function_code, ExcCodes.ILLEGAL_FUNCTION)
+            response.transaction_id = pdu.transaction_id
+            response.dev_id = pdu.dev_id
+            self.server_send(response, self.last_addr)
+            return
+        await super().handle_request()
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
@@ -67,6 +90,8 @@ class _Server(ModbusTcpServer):
         self.max_clients = max_clients
         self.idle_timeout_s = idle_timeout_s
         self.link_up = False
+        self.allow_writes_from: frozenset[str] | None = None
+        self.writes_refused = 0
 
     def callback_new_connection(self) -> _Connection:
         return _Connection(self)
@@ -157,6 +182,8 @@ class ModbusServerSink:
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
         server = _Server(self.store, self.address, self.cfg.max_clients, self.cfg.idle_timeout_s)
+        if self.cfg.allow_writes_from is not None:
+            server.allow_writes_from = frozenset(self.cfg.allow_writes_from)
         await server.serve_forever(background=True)
         self._server = server
         reaper = asyncio.create_task(server.reap_idle())
@@ -215,6 +242,18 @@ class ModbusServerSink:
     def _false_reject(self, seq: int) -> None:
         self.requests.false_reject(seq)  # queued: the hand-over runs in the request worker's thread
         self.store.clear_false_reject(seq)
+
+
+_WRITE_FCS = frozenset({5, 6, 15, 16, 22, 23})  # write coil(s), write register(s), mask write, read/write
+
+
+def _normalise_ip(text: str) -> str:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def _check_bind(host: str, port: int) -> None:

@@ -192,6 +192,12 @@ class RejectStore:
             write_atomic(self.dir / f"{entry.id}.json", _json(meta), fsync=False)
             entry.meta = meta
 
+    def set_model(self, *, model_sha256: str, model_name: str, pixel_threshold: float) -> None:
+        """A model hot reload: rejects stored from now on carry the new model's sha256, name and threshold."""
+        with self._lock:
+            self._context = {**self._context, "model_sha256": model_sha256, "model_name": model_name[:128]}
+            self.pixel_threshold = float(pixel_threshold)
+
     def wait_idle(self, timeout: float) -> bool:
         """Wait until every reject handed to emit() so far is written (or failed); True when idle."""
         deadline = time.monotonic() + timeout

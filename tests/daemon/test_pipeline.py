@@ -56,12 +56,20 @@ def test_max_frames_stops_after_exactly_n_verdicts(inspector):
 
 def test_overrun_of_a_live_camera_gives_error_verdicts_not_drops(inspector):
     slow = SlowInspector(inspector, 0.03)
-    pipe, disp, verdicts = _run(ScriptedCamera(live=True, read_delay_s=0.002), slow, max_frames=60, queue_size=2)
+    cam = ScriptedCamera(live=True, read_delay_s=0.002)
+    pipe, disp, verdicts = _run(cam, slow, cfg=_Cfg(rate_hz=500), max_frames=60, queue_size=2)
     _assert_one_verdict_each_in_order(verdicts, 60)
     errors = [v for v in verdicts if v.code is Code.ERROR]
     assert errors, "a camera 15x faster than inspection must overrun the queue"
     assert all("queue overrun" in v.error for v in errors)
     assert disp.summary()["error"] == len(errors)
+
+
+def test_live_camera_at_rate_0_waits_for_the_pipeline_instead_of_overrunning(inspector):
+    slow = SlowInspector(inspector, 0.01)
+    _, _, verdicts = _run(ScriptedCamera(live=True), slow, cfg=_Cfg(rate_hz=0), max_frames=30, queue_size=1)
+    _assert_one_verdict_each_in_order(verdicts, 30)
+    assert not [v for v in verdicts if v.code is Code.ERROR]
 
 
 def test_replay_source_blocks_instead_of_overrunning(inspector):

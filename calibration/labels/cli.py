@@ -1,0 +1,153 @@
+"""`inspectd label ...`: the labelling assistant of seed 000 (prelabel, import, train-checker, check).
+
+The loop: prelabel with the autoencoder -> review in LabelMe -> import into the MVTec layout -> train-checker ->
+check -> fix the flagged labels (LabelMe or masks) -> import -> check again, until check flags nothing (exit 0);
+`check --accepted DIR` writes the labels it accepts in MVTec ground_truth layout for seed 001's hard-defect training.
+torch is imported only by train-checker; check runs the exported checkers with onnxruntime.
+
+Exit codes: 0 done (check: nothing flagged); 3 check flagged labels; 2 bad arguments or data; 1 failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
+
+
+def _err(msg: str) -> int:
+    print(f"inspectd label: {msg}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _prelabel(a: argparse.Namespace) -> int:
+    from calibration.labels.prelabel import prelabel
+    from daemon.types import ModelError
+
+    try:
+        done = prelabel(a.model, a.images, a.out, pixel_threshold=a.pixel_threshold,
+                        min_region_area=a.min_area, log=print)
+    except (FileNotFoundError, ModelError, OSError) as exc:
+        return _err(str(exc))
+    labelled = sum(d["regions"] > 0 for d in done)
+    print(f"pre-labelled {len(done)} images ({labelled} with regions) into {a.out}: masks/, labelme/, overlays/")
+    return EXIT_OK
+
+
+def _import(a: argparse.Namespace) -> int:
+    from calibration.labels.dataset import import_labels
+
+    try:
+        ids = import_labels(a.labels, a.images, a.out, default_class=a.defect_class)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        return _err(str(exc))
+    good = sum(i.startswith("good/") for i in ids)
+    print(f"imported {len(ids)} labels into {a.out} ({len(ids) - good} defective, {good} defect-free)")
+    return EXIT_OK
+
+
+def _train(a: argparse.Namespace) -> int:
+    from calibration.labels.dataset import scan
+    from calibration.labels.training import TrainSettings, train_checkers
+    from export.checker import CheckerConfig
+
+    try:
+        items = scan(a.data)
+        config = CheckerConfig(a.size, a.size, base_width=a.base_width)
+        settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, batch_size=a.batch_size, seed=a.seed,
+                                 threads=a.threads)
+    except (FileNotFoundError, ValueError) as exc:
+        return _err(str(exc))
+    if a.folds > len(items):
+        return _err(f"--folds {a.folds} exceeds the {len(items)} images")
+    dirs = train_checkers(items, a.out, folds=a.folds, config=config, settings=settings, data_root=str(a.data),
+                          area_threshold=a.area_threshold)
+    print(f"wrote {len(dirs)} checker(s) to {a.out}")
+    return EXIT_OK
+
+
+def _check(a: argparse.Namespace) -> int:
+    from calibration.labels.check import load_checkers, run_check, summary, worst_first, write_json
+    from calibration.labels.dataset import link_image, read_mask, scan, write_mask
+    from calibration.labels.rules import RuleConfig
+    from daemon.types import ModelError
+
+    try:
+        config = RuleConfig(iou_threshold=a.iou_threshold, combine=a.combine, low_threshold=a.low_threshold,
+                            high_threshold=a.high_threshold, area_threshold=a.area_threshold)
+        items = scan(a.data)
+        checkers = load_checkers(a.checkers)
+    except (FileNotFoundError, ValueError, ModelError) as exc:
+        return _err(str(exc))
+    results = run_check(items, checkers, config, log=print)
+    doc = summary(results, checkers, config)
+    write_json(a.json, doc)
+    if a.report:
+        from calibration.labels.report import write_report
+
+        page = write_report(a.report, worst_first(results), checked=len(results))
+        print(f"review page: {page}")
+    if a.accepted:
+        for r in results:
+            if not r.verdict.flagged:
+                link_image(r.item.image_path, a.accepted, r.item.id)
+                mask = read_mask(r.item)
+                if mask.any():
+                    write_mask(a.accepted, r.item.id, mask)
+        print(f"accepted labels written to {a.accepted} (MVTec layout)")
+    n = len(doc["flagged"])
+    print(f"checked {doc['checked']} labels, flagged {n}: {doc['counts']} -> {a.json}")
+    return EXIT_FLAGGED if n else EXIT_OK
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("label", help="labelling assistant: pre-label, import, train checkers, check labels (seed 000)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    lsub = p.add_subparsers(dest="label_command", metavar="STEP")
+    lsub.required = True
+
+    q = lsub.add_parser("prelabel", help="pre-label images with an autoencoder: masks, LabelMe JSON, overlays")
+    q.add_argument("--model", type=Path, required=True, help="autoencoder model directory")
+    q.add_argument("--images", type=Path, required=True, help="folder of images (searched recursively)")
+    q.add_argument("--out", type=Path, required=True)
+    q.add_argument("--pixel-threshold", type=float, default=None, help="default: the manifest's calibrated one")
+    q.add_argument("--min-area", type=int, default=None, help="default: the manifest's min_region_area")
+    q.set_defaults(func=_prelabel)
+
+    q = lsub.add_parser("import", help="reviewed LabelMe JSON or mask PNGs -> MVTec layout")
+    q.add_argument("--labels", type=Path, required=True, help="LabelMe *.json and/or *_mask.png (class sub-folders kept)")
+    q.add_argument("--images", type=Path, required=True, help="where the images are (matched by file stem)")
+    q.add_argument("--out", type=Path, required=True, help="MVTec-layout folder to write (images are symlinked)")
+    q.add_argument("--class", dest="defect_class", default="defect", help="class of labels not in a sub-folder")
+    q.set_defaults(func=_import)
+
+    q = lsub.add_parser("train-checker", help="train N supervised checker models on disjoint folds, export to ONNX")
+    q.add_argument("--data", type=Path, required=True, help="MVTec-layout folder (test/<class>/, ground_truth/)")
+    q.add_argument("--out", type=Path, required=True, help="writes checker_<k>/ (model.onnx, manifest.json), folds.json")
+    q.add_argument("--folds", type=int, default=2, help="number of checkers, one per disjoint fold (1 allowed)")
+    q.add_argument("--size", type=int, default=128, help="checker input HxW (multiple of 8)")
+    q.add_argument("--base-width", type=int, default=12)
+    q.add_argument("--iterations", type=int, default=600, help="per checker")
+    q.add_argument("--minutes", type=float, default=None, help="wall-clock budget per checker")
+    q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--area-threshold", type=int, default=15, help="recorded in the manifests (px)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=0)
+    q.set_defaults(func=_train)
+
+    q = lsub.add_parser("check", help="flag labelling anomalies with the checkers (exit 3 when any is flagged)")
+    q.add_argument("--data", type=Path, required=True, help="MVTec-layout folder whose labels are checked")
+    q.add_argument("--checkers", type=Path, required=True, help="folder written by train-checker")
+    q.add_argument("--json", type=Path, required=True, help="result: {flagged: [...], checked: N, ...}")
+    q.add_argument("--report", type=Path, default=None, help="write an HTML review page into this folder")
+    q.add_argument("--accepted", type=Path, default=None, help="write the accepted labels here (MVTec layout)")
+    q.add_argument("--iou-threshold", type=float, default=0.8, help="region rule: IoU below it is flagged (0.8)")
+    q.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how checker probabilities combine")
+    q.add_argument("--low-threshold", type=float, default=None,
+                   help="wrong label below it (default 0.5 for mean, 0.5 x checkers for sum)")
+    q.add_argument("--high-threshold", type=float, default=None,
+                   help="missed label above it (default 0.8 for mean, 0.8 x checkers for sum)")
+    q.add_argument("--area-threshold", type=int, default=15, help="missed label needs a predicted region > this (px)")
+    q.set_defaults(func=_check)

@@ -1,0 +1,197 @@
+"""The label-check measurement of issue #7: corrupt a known 10 % of a labelled MVTec set, train checkers on the
+corrupted labels, run the check, and count what it finds, per corruption kind.
+
+    python -m calibration.labels.experiment --data ../shared/datasets/magnetic-tile --work /tmp/labelcheck
+
+Nothing is copied: the corrupted set under --work links its images to --data and holds only masks. Corruptions
+(each leaves the corrupted label at IoU 0.4 with the true one, or IoU 0 for the last two):
+- ring: the defect's label grown by a band around it to 2.5x its area (distance transform of the outside);
+- eroded: the label shrunk to its innermost 40 % (distance transform of the inside);
+- deleted: the mask removed (a missed label);
+- false_region: an ellipse, sized like a real defect, drawn on a good image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from calibration.labels.dataset import LabelledImage, link_image, read_gray, read_mask, scan, write_mask
+from calibration.labels.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, RuleConfig
+
+KINDS = ("ring", "eroded", "deleted", "false_region")
+EXPECTED = {"ring": {REGION_MISMATCH}, "eroded": {REGION_MISMATCH}, "deleted": {MISSED_LABEL},
+            "false_region": {WRONG_LABEL, REGION_MISMATCH}}
+
+
+def grow(mask: np.ndarray, factor: float = 2.5) -> np.ndarray:
+    inside = mask > 0
+    area = int(inside.sum())
+    d = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
+    extra = min(int(round((factor - 1) * area)), int((~inside).sum()))
+    if extra <= 0:
+        return mask.copy()
+    r = np.sort(d[~inside])[extra - 1]
+    return ((inside | (d <= r)) * 255).astype(np.uint8)
+
+
+def shrink(mask: np.ndarray, keep: float = 0.4) -> np.ndarray:
+    inside = mask > 0
+    d = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    n = max(1, int(round(keep * inside.sum())))
+    t = np.sort(d[inside])[::-1][n - 1]
+    return ((inside & (d >= t)) * 255).astype(np.uint8)
+
+
+def false_region(shape: tuple[int, int], area: float, rng: np.random.Generator) -> np.ndarray:
+    h, w = shape
+    ratio = rng.uniform(1.0, 3.0)
+    b = max(2.0, np.sqrt(area / (np.pi * ratio)))
+    a = min(b * ratio, 0.4 * min(h, w))
+    cx, cy = rng.uniform(a, w - a), rng.uniform(a, h - a)
+    m = np.zeros(shape, np.uint8)
+    cv2.ellipse(m, (int(cx), int(cy)), (int(a), int(b)), float(rng.uniform(0, 180)), 0, 360, 255, -1)
+    return m
+
+
+def corrupt(data: Path, work: Path, fraction: float, seed: int) -> tuple[list[LabelledImage], dict[str, str], list[str]]:
+    """Build work/ (image links + masks); returns (items, {id: kind}, ids whose original mask is empty)."""
+    rng = np.random.default_rng(seed)
+    items = scan(data)
+    n_bad = int(round(fraction * len(items)))
+    masks = {i.id: read_mask(i, read_gray(i.image_path).shape) for i in items}
+    defective = [i.id for i in items if masks[i.id].any()]
+    good = [i.id for i in items if i.defect_class == "good"]
+    empty_originals = [i.id for i in items if i.defect_class != "good" and not masks[i.id].any()]
+    r = random.Random(seed)
+    per = [n_bad // 4 + (k < n_bad % 4) for k in range(4)]
+    picked_def = r.sample(defective, per[0] + per[1] + per[2])
+    kinds = {}
+    for k, kind in enumerate(KINDS[:3]):
+        for i in picked_def[sum(per[:k]) : sum(per[: k + 1])]:
+            kinds[i] = kind
+    for i in r.sample(good, per[3]):
+        kinds[i] = "false_region"
+    areas = [int(np.count_nonzero(masks[i])) for i in defective]
+    out = []
+    for item in items:
+        link = link_image(item.image_path, work, item.id)
+        new = LabelledImage(item.id, link, work / "ground_truth" / item.mask_path.relative_to(item.mask_path.parents[1]))
+        m = masks[item.id]
+        kind = kinds.get(item.id)
+        if kind == "ring":
+            m = grow(m)
+        elif kind == "eroded":
+            m = shrink(m)
+        elif kind == "deleted":
+            m = np.zeros_like(m)
+        elif kind == "false_region":
+            m = false_region(m.shape, float(rng.choice(areas)), rng)
+        if m.any():
+            write_mask(work, item.id, m)
+        out.append(new)
+    return out, kinds, empty_originals
+
+
+def score(records: list[dict], kinds: dict[str, str], empty: list[str]) -> dict:
+    flagged = {r["image"]: r["reason"] for r in records if r["reason"]}
+    per_kind = {}
+    for kind in KINDS:
+        ids = [i for i, k in kinds.items() if k == kind]
+        per_kind[kind] = {
+            "corrupted": len(ids),
+            "flagged": sum(i in flagged for i in ids),
+            "right_reason": sum(flagged.get(i) in EXPECTED[kind] for i in ids),
+            "reasons": dict(Counter(flagged[i] for i in ids if i in flagged)),
+        }
+    tp = sum(i in kinds for i in flagged)
+    fp_ids = [i for i in flagged if i not in kinds]
+    fp_empty = sum(i in empty for i in fp_ids)
+    return {
+        "corrupted": len(kinds),
+        "flagged": len(flagged),
+        "true_positives": tp,
+        "recall": tp / max(len(kinds), 1),
+        "precision": tp / max(len(flagged), 1),
+        "precision_counting_empty_originals_as_found": (tp + fp_empty) / max(len(flagged), 1),
+        "false_positives_by_reason": dict(Counter(flagged[i] for i in fp_ids)),
+        "false_positives_on_defective_images": sum(i.split("/")[0] != "good" for i in fp_ids),
+        "flagged_empty_originals": fp_empty,
+        "per_kind": per_kind,
+    }
+
+
+def rejudge(rows: list[dict], cfg: RuleConfig) -> list[dict]:
+    """Re-apply the rules to stored per-image numbers (iou, target, areas, k checkers) under other thresholds."""
+    out = []
+    for r in rows:
+        low, high = cfg.thresholds(r["k"])
+        reason = None
+        if r["label_area"] > 0 and r["probability"] < low:
+            reason = WRONG_LABEL
+        elif r["label_area"] == 0 and r["probability"] > high and r["predicted_area"] > cfg.area_threshold:
+            reason = MISSED_LABEL
+        elif r["label_area"] > 0 and r["iou"] < cfg.iou_threshold:
+            reason = REGION_MISMATCH
+        out.append({"image": r["image"], "reason": reason})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from calibration.labels.check import load_checkers, run_check
+    from calibration.labels.training import TrainSettings, train_checkers
+    from export.checker import CheckerConfig
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--work", type=Path, default=Path("/tmp/inspectd-labelcheck"))
+    p.add_argument("--fraction", type=float, default=0.10)
+    p.add_argument("--folds", type=int, default=2)
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
+    a = p.parse_args(argv)
+    t0 = time.monotonic()
+    items, kinds, empty = corrupt(a.data, a.work / "data", a.fraction, a.seed)
+    print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
+    if not a.skip_training:
+        train_checkers(items, a.work / "checkers", folds=a.folds, config=CheckerConfig(a.size, a.size),
+                       settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=2),
+                       data_root=str(a.work / "data"))
+    t_train = time.monotonic() - t0
+    checkers = load_checkers(a.work / "checkers")
+    results = run_check(items, checkers, RuleConfig(), log=print)
+    rows = [{**r.as_json(), "k": len(r.checkers)} for r in results]
+    default = score(rows, kinds, empty)
+    sweep = []
+    for iou_t in (0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1):
+        for low in (0.5, 0.3, 0.2, 0.1):
+            cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low)
+            s = score(rejudge(rows, cfg), kinds, empty)
+            sweep.append({"iou_threshold": iou_t, "low_threshold": low, "recall": round(s["recall"], 3),
+                          "precision": round(s["precision"], 3), "flagged": s["flagged"]})
+    doc = {"default_rules": default, "sweep": sweep, "rows": rows, "kinds": kinds,
+           "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
+           "args": {k: str(v) for k, v in vars(a).items()}}
+    (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
+    print(json.dumps({k: default[k] for k in default if k != "per_kind"}, indent=1))
+    for kind, v in default["per_kind"].items():
+        print(f"{kind:13s} {v}")
+    print("sweep (iou_threshold, low_threshold, recall, precision, flagged):")
+    for s in sweep:
+        print(f"  {s['iou_threshold']:.1f} {s['low_threshold']:.1f}  R={s['recall']:.3f} P={s['precision']:.3f} n={s['flagged']}")
+    print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

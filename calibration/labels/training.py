@@ -1,0 +1,165 @@
+"""`inspectd label train-checker`: train N checker models (export/checker.py), one per disjoint fold, and export
+each to checkers/checker_<k>/ (model.onnx + manifest.json), plus checkers/folds.json.
+
+Inputs are resized to the checker's input (area interpolation); masks are resized the same way and used as soft
+targets, so a defect smaller than one model pixel still teaches something. Loss: pixel BCE (positives weighted)
++ soft Dice on the map + BCE on the image-level probability (target: the label has any region). Augmentation:
+horizontal and vertical flips. After training, the pixel threshold that gives the best mean IoU on the fold's own
+defective images is stored as the manifest's pixel threshold. torch is imported here, never by check.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from calibration.labels.dataset import LabelledImage, read_gray, read_mask
+from calibration.labels.folds import assign_folds
+from export.checker import CheckerConfig, CheckerNet, write_checker_dir
+
+FOLDS_FILE = "folds.json"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    iterations: int = 600
+    minutes: float | None = None  # wall-clock budget per checker; stops at whichever comes first
+    batch_size: int = 16
+    lr: float = 3e-3
+    pos_weight: float = 3.0
+    seed: int = 0
+    threads: int = 0  # 0 = torch's default
+
+
+def load_arrays(items: Sequence[LabelledImage], config: CheckerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(images N,1,H,W in [0,1], soft masks N,1,H,W in [0,1], image labels N) at the checker's input size."""
+    size = (config.width, config.height)
+    xs, ms, ys = [], [], []
+    for item in items:
+        img = read_gray(item.image_path)
+        mask = read_mask(item, img.shape)
+        xs.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0)
+        ms.append(cv2.resize(mask.astype(np.float32) / 255.0, size, interpolation=cv2.INTER_AREA))
+        ys.append(float(mask.any()))
+    return np.stack(xs)[:, None], np.clip(np.stack(ms), 0, 1)[:, None], np.asarray(ys, np.float32)
+
+
+def _loss(model: CheckerNet, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, pos_weight: float) -> torch.Tensor:
+    pixel, image = model.logits(x)
+    bce = F.binary_cross_entropy_with_logits(pixel, m, pos_weight=torch.tensor(pos_weight))
+    p = torch.sigmoid(pixel)
+    inter = (p * m).sum()
+    dice = 1 - (2 * inter + 1) / (p.sum() + m.sum() + 1)
+    img = F.binary_cross_entropy_with_logits(image[:, 0], y)
+    return bce + dice + img
+
+
+def train_one(
+    images: np.ndarray, masks: np.ndarray, labels: np.ndarray, config: CheckerConfig, settings: TrainSettings,
+    log: Callable[[str], None] | None = print,
+) -> tuple[CheckerNet, float]:
+    """Train one checker on the given arrays; returns (model in eval mode, final loss)."""
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model = CheckerNet(config)
+    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=max(settings.iterations, 2))
+    x_all, m_all, y_all = (torch.from_numpy(a) for a in (images, masks, labels))
+    t0, loss_value, step = time.monotonic(), float("nan"), 0
+    model.train()
+    for step in range(1, settings.iterations + 1):
+        idx = torch.from_numpy(rng.choice(len(images), size=min(settings.batch_size, len(images)), replace=False))
+        x, m, y = x_all[idx], m_all[idx], y_all[idx]
+        if rng.random() < 0.5:
+            x, m = x.flip(3), m.flip(3)
+        if rng.random() < 0.5:
+            x, m = x.flip(2), m.flip(2)
+        loss = _loss(model, x, m, y, settings.pos_weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step < settings.iterations:
+            sched.step()
+        loss_value = float(loss.item())
+        if log and (step % 100 == 0 or step == 1):
+            log(f"  step {step}/{settings.iterations} loss {loss_value:.4f} ({time.monotonic() - t0:.0f}s)")
+        if settings.minutes is not None and time.monotonic() - t0 > settings.minutes * 60:
+            if log:
+                log(f"  time budget reached at step {step}")
+            break
+    return model.eval(), loss_value
+
+
+def predict(model: CheckerNet, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    maps, probs = [], []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            m, p = model(torch.from_numpy(images[i : i + batch]))
+            maps.append(m.numpy())
+            probs.append(p.numpy().reshape(-1))
+    return np.concatenate(maps), np.concatenate(probs)
+
+
+def best_pixel_threshold(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> float:
+    """The map probability with the best mean IoU over the defective images (0.5 if there are none)."""
+    sel = labels > 0
+    if not sel.any():
+        return 0.5
+    truth = masks[sel] > 0.5
+    best, best_t = -1.0, 0.5
+    for t in np.arange(0.2, 0.81, 0.05):
+        pred = maps[sel] > t
+        inter = (pred & truth).sum(axis=(1, 2, 3))
+        union = (pred | truth).sum(axis=(1, 2, 3))
+        score = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
+        if score > best:
+            best, best_t = score, float(round(t, 2))
+    return best_t
+
+
+def train_checkers(
+    items: Sequence[LabelledImage], out: str | Path, *, folds: int, config: CheckerConfig = CheckerConfig(),
+    settings: TrainSettings = TrainSettings(), data_root: str = "", area_threshold: int = 15,
+    log: Callable[[str], None] | None = print,
+) -> list[Path]:
+    """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    members = assign_folds([i.id for i in items], folds, seed=settings.seed)
+    by_id = {i.id: i for i in items}
+    (out / FOLDS_FILE).write_text(json.dumps({"folds": members, "data": data_root}, indent=1) + "\n")
+    dirs = []
+    for k, ids in enumerate(members):
+        fold_items = [by_id[i] for i in ids]
+        images, masks, labels = load_arrays(fold_items, config)
+        if log:
+            log(f"checker {k}: {len(ids)} images ({int(labels.sum())} labelled defective)")
+        model, final_loss = train_one(images, masks, labels, config, settings, log)
+        maps, _ = predict(model, images)
+        pixel = best_pixel_threshold(maps, masks, labels)
+        facts = {
+            "data": data_root,
+            "command": "inspectd label train-checker",
+            "sample_count": len(ids),
+            "defective_count": int(labels.sum()),
+            "final_loss": final_loss,
+            "settings": settings.__dict__,
+            "checker": {"fold": k, "folds": folds, "members": ids},
+        }
+        d = out / f"checker_{k}"
+        write_checker_dir(model, d, images[: min(4, len(images))], name=f"checker_{k}", pixel_threshold=pixel,
+                          area_threshold=area_threshold, training=facts)
+        dirs.append(d)
+        if log:
+            log(f"checker {k}: wrote {d} (pixel threshold {pixel}, final loss {final_loss:.4f})")
+    return dirs

@@ -1,0 +1,110 @@
+"""Seed 001's hard-defect set (target 0 inside the mask) and the native-resolution random crops of tiled models."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from export.data import AugmentConfig, HardDefect, InputGeometry, TrainingSet, load_hard_defects, to_model_input
+from tests.export.conftest import stripes
+
+TILE = InputGeometry(height=32, width=32, mode="tile")
+
+
+def _hard(size: tuple[int, int] = (80, 120)) -> HardDefect:
+    img = stripes(1, size=max(size))[0][: size[0], : size[1]].copy()
+    mask = np.zeros(size, np.uint8)
+    mask[50:60, 90:104] = 1
+    img[mask.astype(bool)] = 240
+    return HardDefect(image=img, mask=mask)
+
+
+@pytest.mark.parametrize("mode", ["tile", "resize"])
+def test_a_hard_defect_sample_has_target_0_inside_its_mask_and_the_input_elsewhere(mode):
+    geom = InputGeometry(height=32, width=32, mode=mode)
+    ds = TrainingSet(stripes(4, size=64), geom, hard=[_hard()], hard_prob=1.0, defect_prob=0.0, defect_weight=5.0)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        inp, target, mask = ds.sample_one(rng)
+        inside = mask.astype(bool)
+        assert inp.shape == target.shape == mask.shape == (32, 32)
+        assert inside.any()  # tile crops are chosen to hold defect pixels
+        assert np.all(target[inside] == 0)
+        np.testing.assert_array_equal(target[~inside], inp[~inside])
+    batch = ds.sample(rng, 4)
+    inside = batch.masks[:, None].astype(bool)
+    np.testing.assert_array_equal(batch.targets[inside], 0.0)
+    np.testing.assert_array_equal(batch.weights[inside], 5.0)
+    np.testing.assert_array_equal(batch.weights[~inside], 1.0)
+
+
+def test_without_augmentation_the_hard_sample_is_a_crop_of_the_image_and_mask_at_the_same_place():
+    hard = _hard()
+    ds = TrainingSet(stripes(2, size=64), TILE, augment=AugmentConfig.off(), hard=[hard], hard_prob=1.0)
+    inp, target, mask = ds.sample_one(np.random.default_rng(3))
+    ys, xs = np.nonzero(hard.mask)
+    hits = [
+        (y, x)
+        for y in range(0, 80 - 32 + 1)
+        for x in range(0, 120 - 32 + 1)
+        if np.array_equal(hard.image[y : y + 32, x : x + 32], inp) and np.array_equal(hard.mask[y : y + 32, x : x + 32], mask)
+    ]
+    assert hits, "the sample is not a crop of the hard-defect image with its mask"
+
+
+def test_hard_defects_load_from_an_mvtec_tree_and_skip_images_without_a_mask(tmp_path):
+    for sub in ("test/good", "test/crack", "ground_truth/crack"):
+        (tmp_path / sub).mkdir(parents=True)
+    img = stripes(1, size=48)[0]
+    cv2.imwrite(str(tmp_path / "test" / "good" / "g.png"), img)
+    cv2.imwrite(str(tmp_path / "test" / "crack" / "a.png"), img)
+    cv2.imwrite(str(tmp_path / "test" / "crack" / "b.png"), img)  # no mask: skipped
+    mask = np.zeros_like(img)
+    mask[5:9, 5:30] = 255
+    cv2.imwrite(str(tmp_path / "ground_truth" / "crack" / "a_mask.png"), mask)
+    hard = load_hard_defects(tmp_path)
+    assert len(hard) == 1 and hard[0].source == "crack/a.png"
+    assert set(np.unique(hard[0].mask)) == {0, 1} and hard[0].mask.sum() == 4 * 25
+    with pytest.raises(FileNotFoundError, match="test/"):
+        load_hard_defects(tmp_path / "test")
+
+
+def test_a_hard_prob_without_hard_defects_is_refused():
+    with pytest.raises(ValueError, match="hard"):
+        TrainingSet(stripes(2), TILE, hard_prob=0.5)
+
+
+def test_tiled_models_train_on_random_native_resolution_crops_of_the_frame():
+    frame = np.random.default_rng(1).integers(0, 256, (70, 90), dtype=np.uint8)
+    rng = np.random.default_rng(2)
+    origins = set()
+    for _ in range(40):
+        crop = to_model_input(frame, TILE, rng)
+        assert crop.shape == (32, 32)
+        where = [(y, x) for y in range(70 - 31) for x in range(90 - 31) if np.array_equal(frame[y : y + 32, x : x + 32], crop)]
+        assert len(where) == 1  # an unscaled window of the frame
+        origins.add(where[0])
+    assert len(origins) > 30  # random positions, not a fixed grid
+    assert max(y for y, _ in origins) > 70 - 32 - 10 and max(x for _, x in origins) > 90 - 32 - 10  # far parts too
+
+
+def test_frames_smaller_than_a_tile_are_padded_at_their_far_end_as_the_daemon_pads_them():
+    from daemon.manifest import PreprocessSpec, TensorSpec
+    from daemon.preprocess import Preprocessor
+
+    frame = np.random.default_rng(3).integers(0, 256, (20, 50), dtype=np.uint8)
+    crop = to_model_input(frame, TILE, np.random.default_rng(0))
+    np.testing.assert_array_equal(crop[:20], frame[:, crop_x(frame, crop) : crop_x(frame, crop) + 32])
+    pre = Preprocessor(PreprocessSpec(color="gray", mode="tile", tile_overlap=8), TensorSpec(name="x", shape=(None, 1, 32, 32)))
+    tiles = pre.prepare(frame).batch[:, 0]
+    padded_rows = (tiles[0] * 255).round().astype(np.uint8)[20:, :]
+    np.testing.assert_array_equal(padded_rows, cv2.copyMakeBorder(frame[:, :32], 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[20:])
+    np.testing.assert_array_equal(crop[20:], cv2.copyMakeBorder(frame, 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[20:, crop_x(frame, crop) : crop_x(frame, crop) + 32])
+
+
+def crop_x(frame: np.ndarray, crop: np.ndarray) -> int:
+    for x in range(frame.shape[1] - 31):
+        if np.array_equal(frame[:, x : x + 32], crop[: frame.shape[0]]):
+            return x
+    raise AssertionError("crop not found in the frame")

@@ -1,0 +1,90 @@
+"""Checker models: export parity (onnxruntime vs PyTorch), manifests, disjoint folds, and the check itself."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+torch = pytest.importorskip("torch", reason="checker export tests need the train extra")
+
+
+def test_checker_export_matches_pytorch(tmp_path):
+    import onnxruntime as ort
+
+    from daemon.manifest import load_manifest
+    from export.checker import MAP_OUTPUT, PROB_OUTPUT, CheckerConfig, CheckerNet, write_checker_dir
+
+    torch.manual_seed(0)
+    model = CheckerNet(CheckerConfig(32, 32, base_width=4))
+    model.train()
+    with torch.no_grad():  # give BatchNorm non-trivial running statistics
+        model(torch.rand(8, 1, 32, 32))
+    samples = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
+    manifest, parity = write_checker_dir(model.eval(), tmp_path, samples, name="t", pixel_threshold=0.4)
+    assert parity.max_abs_diff <= 1e-4 and parity.batch_sizes == (1, 3)
+    loaded = load_manifest(tmp_path)
+    assert loaded.kind == "classifier" and loaded.onnx.opset >= 17
+    assert loaded.input.shape == (None, 1, 32, 32) and loaded.output.name == MAP_OUTPUT
+    assert loaded.training["checker"]["image_output"] == PROB_OUTPUT and loaded.thresholds.pixel == 0.4
+    sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    prob_map, prob = sess.run([MAP_OUTPUT, PROB_OUTPUT], {"image": samples})
+    with torch.no_grad():
+        want_map, want_prob = model(torch.from_numpy(samples))
+    assert prob_map.shape == (3, 1, 32, 32) and prob.shape == (3, 1, 1, 1)
+    np.testing.assert_allclose(prob_map, want_map.numpy(), atol=1e-4)
+    np.testing.assert_allclose(prob, want_prob.numpy(), atol=1e-4)
+    assert ((prob_map >= 0) & (prob_map <= 1)).all()
+
+
+def test_checker_folds_are_disjoint_and_cover_the_data(checkers_dir, mvtec_dir):
+    from calibration.labels.dataset import scan
+    from daemon.manifest import load_manifest
+
+    members = [set(load_manifest(checkers_dir / f"checker_{k}").training["checker"]["members"]) for k in range(2)]
+    assert members[0] and members[1] and not members[0] & members[1]
+    assert members[0] | members[1] == {i.id for i in scan(mvtec_dir)}
+    assert json.loads((checkers_dir / "folds.json").read_text())["folds"] == [sorted(m) for m in members]
+
+
+def test_each_image_is_checked_only_by_checkers_that_did_not_train_on_it(checkers_dir, mvtec_dir):
+    from calibration.labels.check import load_checkers, run_check
+    from calibration.labels.dataset import scan
+    from calibration.labels.rules import RuleConfig
+
+    checkers = load_checkers(checkers_dir)
+    by_name = {c.name: c for c in checkers}
+    results = run_check(scan(mvtec_dir), checkers, RuleConfig())
+    assert len(results) == 20
+    for r in results:
+        assert len(r.checkers) == 1 and not r.in_sample
+        assert r.item.id not in by_name[r.checkers[0]].members
+
+
+def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_path):
+    out, report = tmp_path / "check.json", tmp_path / "report"
+    # IoU threshold 1.0 flags every defective label a tiny checker does not reproduce exactly: a full report
+    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
+                   "--report", str(report), "--iou-threshold", "1.0", "--accepted", str(tmp_path / "accepted"))
+    assert proc.returncode in (0, 3), proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["checked"] == 20 and doc["flagged"] and proc.returncode == 3
+    for f in doc["flagged"]:
+        assert set(f) >= {"image", "reason", "iou", "probability"} and re.fullmatch(r"(good|spot)/\d{3}", f["image"])
+    page = (report / "index.html").read_text()
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) == 3 * len(doc["flagged"]) and all((report / s).is_file() for s in srcs)
+    assert doc["flagged"][0]["image"] in page
+    accepted = {p.stem for p in (tmp_path / "accepted" / "test").rglob("*.png")}
+    assert accepted == {f"{i:03d}" for i in range(20)} - {f["image"].split("/")[1] for f in doc["flagged"]}
+
+
+def test_check_does_not_import_torch():
+    code = "import sys, calibration.labels.check, calibration.labels.report; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
