@@ -103,21 +103,29 @@ def calibrate_variants(
     from calibration import thresholds as calib
 
     base = calib.open_inspector(model_dir)
-    out = {}
-    for score in SCORES:
-        if score == native_score(base.manifest):
-            continue
-        insp, _ = variant_inspector(base, score)
-        goods = calib.score_maps(insp, good_images)
+    variants = {s: variant_inspector(base, s)[0] for s in SCORES if s != native_score(base.manifest)}
+
+    def maps(images) -> dict[str, list[np.ndarray]]:
+        out: dict[str, list[np.ndarray]] = {s: [] for s in variants}
+        for image in images:  # one inference per image, scored by every variant
+            pending = base.infer(base.prepare(image))
+            for s, insp in variants.items():
+                out[s].append(insp.finish(pending).score_map)
+        return out
+
+    good_maps = maps(good_images)
+    defect_maps = maps(defect_images) if defect_images else {}
+    result = {}
+    for score in variants:
         if defect_images:
-            cal = calib.calibrate_with_defects(goods, calib.score_maps(insp, defect_images), defect_masks, data=data)
+            cal = calib.calibrate_with_defects(good_maps[score], defect_maps[score], defect_masks, data=data)
         else:
-            cal = calib.calibrate_good_only(goods, data=data)
-        out[score] = {
+            cal = calib.calibrate_good_only(good_maps[score], data=data)
+        result[score] = {
             "pixel": cal.pixel,
             "min_region_area": cal.min_region_area,
             "method": cal.method,
             "good_pass_rate": cal.good_pass_rate,
             "model_sha256": base.manifest.onnx.sha256,
         }
-    return out
+    return result

@@ -59,6 +59,10 @@ class PreprocessSpec(_Strict):
     mode: Literal["resize", "tile"] = "resize"
     tile_overlap: int = Field(32, ge=0, description="pixels shared by neighbouring tiles (tile mode)")
     interpolation: Literal["area", "linear", "nearest"] = "area"
+    # exposure normalisation, first of all (preprocess.normalize_exposure): none, or scale every frame so that its
+    # median grey level becomes normalize_to (one gain per frame: camera exposure and lamp drift cancel out)
+    normalize: Literal["none", "median"] = "none"
+    normalize_to: float = Field(100.0, gt=0, le=255)
 
 
 class SsimSpec(_Strict):

@@ -15,6 +15,12 @@ along each axis (ties go to the earlier tile). The overlap between two neighbour
 tile's border band, where the SSIM window suffers border effects, is never used where a neighbour covers the
 pixel better. There is no blending: a defect straddling a seam keeps its full score on both sides.
 
+Exposure (PreprocessSpec.normalize = "median"): before anything else each frame is multiplied by one gain so that
+its median grey level becomes `normalize_to` (uint8, rounded and saturated, as cv2.convertScaleAbs does); the model
+and the SSIM reference both see the normalised frame. A camera's exposure or a lamp's brightness then no longer
+changes the difference map's scale (a brighter frame has proportionally more texture contrast, which the SSIM
+constants C1 and C2 would otherwise weigh differently).
+
 Values: the model sees (u - mean) / std with u = pixel / divide (float32, NCHW, C-contiguous); the SSIM compares
 the reconstruction against `reference` = u clipped to [0, 1]. `to_unit` maps model output back to that scale.
 """
@@ -110,6 +116,16 @@ def _stitch_plan(layout: TileLayout) -> tuple[tuple[int, slice, slice, slice, sl
     return tuple(plan)
 
 
+def normalize_exposure(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 frame -> the frame with its median grey level scaled to spec.normalize_to (normalize = "median"; all
+    channels share one gain); unchanged for normalize = "none". The median is the lower median of all values."""
+    if spec.normalize == "none":
+        return image
+    counts = np.bincount(image.ravel(), minlength=256)
+    median = int(np.searchsorted(np.cumsum(counts), (image.size + 1) // 2))
+    return cv2.convertScaleAbs(image, alpha=float(spec.normalize_to) / max(median, 1))
+
+
 def _pad_axis(image: np.ndarray, axis: int, size: int) -> np.ndarray:
     """Pad `image` at the far end of `axis` (0 rows, 1 columns) by reflection up to `size` pixels."""
     extra = size - image.shape[axis]
@@ -150,7 +166,7 @@ class Preprocessor:
 
     def prepare(self, image: np.ndarray) -> Prepared:
         """uint8 HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA) frame -> model batch, SSIM reference and tile layout."""
-        img = self._convert_color(image)
+        img = normalize_exposure(self._convert_color(image), self.spec)
         layout = self.layout_for(img.shape[:2])
         th, tw = self.tile_hw
         if layout.mode == "resize":

@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--mode", choices=("resize", "tile"), default="resize",
                    help="resize whole frames to the input, or cut model-size tiles (default resize)")
     m.add_argument("--tile-overlap", type=int, default=32, help="tile mode: pixels shared by neighbouring tiles")
+    m.add_argument("--normalize", choices=("none", "median"), default="none",
+                   help="exposure normalisation: scale every frame so its median grey is --normalize-to (default none)")
+    m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
     m.add_argument("--latent-channels", type=int, default=64)
@@ -71,6 +74,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--ssim-weight", type=float, default=0.5, help="share of the SSIM loss (0 = weighted L2 only)")
     t.add_argument("--defect-prob", type=float, default=0.5, help="probability of a synthetic defect per sample")
     t.add_argument("--defect-weight", type=float, default=5.0, help="loss weight inside synthetic defects")
+    t.add_argument("--texture-defects", type=float, default=0.0, metavar="P",
+                   help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
+                   "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
     t.add_argument("--log-every", type=int, default=50)
@@ -131,12 +137,16 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
     if args.mode == "tile":
         parts += ["--tile-overlap", str(args.tile_overlap)]
+    parts += ["--normalize", args.normalize]
+    if args.normalize != "none":
+        parts += ["--normalize-to", f"{args.normalize_to:g}"]
     parts += ["--base-width", str(args.base_width), "--max-width", str(args.max_width), "--latent-channels", str(args.latent_channels),
               "--depth", str(args.depth), "--iterations", str(args.iterations)]
     if args.minutes is not None:
         parts += ["--minutes", f"{args.minutes:g}"]
     parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
               "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
+              "--texture-defects", f"{args.texture_defects:g}",
               "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
     if args.hard_defects is not None:
         parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}"]
@@ -151,6 +161,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 def build_job(args: argparse.Namespace):
     from daemon.manifest import ScoreSpec, SsimSpec
+    from export.defects import DefectConfig
     from export.finetune import parse_loss_table
     from export.model import ModelConfig
     from export.train import TrainConfig
@@ -175,12 +186,13 @@ def build_job(args: argparse.Namespace):
     return TrainJob(
         out=args.out, command=reproduce_command(args), data=args.data, synthetic=synthetic, name=args.name,
         model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, train=train_cfg,
+        normalize=args.normalize, normalize_to=args.normalize_to,
         defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,
         evaluate=args.evaluate if args.synthetic else 0,
         init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
         stop_loss=args.loss_threshold,
-        hard_defects=args.hard_defects, hard_prob=args.hard_prob,
+        hard_defects=args.hard_defects, hard_prob=args.hard_prob, defects=DefectConfig(texture_prob=args.texture_defects),
         ssim=SsimSpec(size=args.ssim_size, sigma=args.ssim_sigma),
         score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
     )

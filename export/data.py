@@ -11,7 +11,9 @@ Hard defects (seed 001, optional): real defect images with pixel masks join the 
 probability `hard_prob`, augmented like the good frames (the mask moved with the image; in tile mode the crop holds
 defect pixels), and its target is the image with the masked pixels set to 0, weighted like a synthetic defect.
 
-Images are uint8 until the very end, so the model trains on the same quantised values the daemon feeds it.
+Images are uint8 until the very end, so the model trains on the same quantised values the daemon feeds it. With
+exposure normalisation (InputGeometry.normalize, the manifest's preprocess.normalize) every whole frame is
+normalised first, by the daemon's own function.
 """
 
 from __future__ import annotations
@@ -54,10 +56,22 @@ class InputGeometry:
     color: Literal["gray", "bgr"] = "gray"
     mode: Literal["resize", "tile"] = "resize"
     interpolation: Literal["area", "linear", "nearest"] = "area"
+    normalize: Literal["none", "median"] = "none"  # exposure normalisation of whole frames (the daemon's)
+    normalize_to: float = 100.0
 
     @property
     def channels(self) -> int:
         return 1 if self.color == "gray" else 3
+
+    def normalized(self, image: np.ndarray) -> np.ndarray:
+        """A whole frame in the model's colour -> exposure-normalised exactly as daemon.preprocess does it."""
+        if self.normalize == "none":
+            return image
+        from daemon.manifest import PreprocessSpec
+        from daemon.preprocess import normalize_exposure
+
+        spec = PreprocessSpec(color=self.color, normalize=self.normalize, normalize_to=self.normalize_to)
+        return normalize_exposure(image, spec)
 
 
 @dataclass(frozen=True)
@@ -267,10 +281,10 @@ class TrainingSet:
         if not 0.0 <= hard_prob <= 1.0 or (hard_prob > 0 and not hard):
             msg = f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
             raise ValueError(msg)
-        self.hard = [HardDefect(to_color(h.image, geometry.color), h.mask, h.source) for h in hard]
+        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), h.mask, h.source) for h in hard]
         self.hard_prob = float(hard_prob) if self.hard else 0.0
         self.hard_value = int(hard_value)
-        self.frames = [to_color(f, geometry.color) for f in frames]
+        self.frames = [geometry.normalized(to_color(f, geometry.color)) for f in frames]
         self.geometry = geometry
         self.augment = augment
         self.defects = defects

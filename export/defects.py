@@ -6,17 +6,25 @@ a*b / sqrt((b cos phi)^2 + (a sin phi)^2), and sampled at 16 angles phi_k = 2*pi
 random angle and moved to a random centre, are joined into a polygon that is filled (cv2.fillPoly) with one random
 grey value in 0..255. Rectangles and triangles are the other shapes. The training target stays the clean image, so
 the autoencoder learns to repair defects; the returned mask marks the filled pixels so the loss can weigh them up.
+
+Texture defects (an extension, off by default: `texture_prob`): some real defects are not a foreign grey blob but a
+region whose surface texture is wrong (worn smooth, ground rougher, brighter or darker). With probability
+`texture_prob` a defect is drawn as a larger, rounder shape of the same kinds whose pixels are not filled with one
+grey but replaced by the image's own texture changed one way: "smooth" (blurred: the texture worn away),
+"contrast" (the deviation from the local mean amplified: rougher) or "gain" (brighter or darker). The target is
+still the clean image, so the model also learns to restore the normal texture.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
 SHAPES = ("ellipse", "rectangle", "triangle")
+TEXTURES = ("smooth", "contrast", "gain")
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class DefectConfig:
     min_side: float = 0.03  # rectangle sides and triangle radius
     max_side: float = 0.15
     grey_range: tuple[int, int] = (0, 255)  # inclusive range of the fill value
+    texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = the seed's grey fill only
+    texture_scale: float = 3.0  # texture defects' shapes are this much larger (capped at half the shorter side)
 
     def __post_init__(self) -> None:
         if len(self.shape_weights) != len(SHAPES) or min(self.shape_weights) < 0 or sum(self.shape_weights) <= 0:
@@ -49,6 +59,9 @@ class DefectConfig:
         if self.n_points < 3:
             msg = f"n_points must be >= 3, got {self.n_points}"
             raise ValueError(msg)
+        if not 0.0 <= self.texture_prob <= 1.0 or self.texture_scale < 1.0:
+            msg = f"need 0 <= texture_prob <= 1 and texture_scale >= 1, got {self.texture_prob}, {self.texture_scale}"
+            raise ValueError(msg)
         lo, hi = self.grey_range
         if not 0 <= lo <= hi <= 255:
             msg = f"grey_range must lie within 0..255 with lo <= hi, got {self.grey_range}"
@@ -63,6 +76,8 @@ class Defect:
     polygon: np.ndarray  # (N, 2) int32 vertices (x, y), all inside the image
     value: int  # the single grey value it was filled with
     params: dict = field(default_factory=dict)  # a, b, angle, centre ... for inspection and tests
+    texture: str = ""  # "" = filled with `value` (the seed); else smooth / contrast / gain of the image's texture
+    amount: float = 0.0  # the texture change's strength: blur sigma, contrast factor or gain
 
 
 def ellipse_polygon(
@@ -126,13 +141,50 @@ def random_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = 
     return Defect(shape=shape, polygon=_to_pixels(pts, h, w), value=value, params=params)
 
 
+def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = DefectConfig()) -> Defect:
+    """A texture defect: a larger, rounder shape (scaled by texture_scale) and a texture change with its amount."""
+    k = cfg.texture_scale
+    big = replace(
+        cfg,
+        min_long=min(0.49, cfg.min_long * k), max_long=min(0.5, cfg.max_long * k),
+        min_aspect=max(cfg.min_aspect, 0.3), max_aspect=max(cfg.max_aspect, 0.9),
+        min_side=min(0.49, cfg.min_side * k), max_side=min(0.5, cfg.max_side * k),
+    )
+    shape = random_defect(rng, h, w, big)
+    texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    if texture == "smooth":
+        amount = float(rng.uniform(1.5, 4.0))  # blur sigma, pixels
+    elif texture == "contrast":
+        amount = float(rng.uniform(1.8, 3.0))  # factor on the deviation from the local mean
+    else:
+        amount = float(rng.uniform(0.55, 0.8)) if rng.random() < 0.5 else float(rng.uniform(1.25, 1.8))  # gain
+    return replace(shape, texture=texture, amount=amount)
+
+
+def _retextured(image: np.ndarray, defect: Defect) -> np.ndarray:
+    img = image.astype(np.float32)
+    if defect.texture == "smooth":
+        out = cv2.GaussianBlur(img, (0, 0), defect.amount, borderType=cv2.BORDER_REFLECT)
+    elif defect.texture == "contrast":
+        local = cv2.GaussianBlur(img, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)
+        out = local + defect.amount * (img - local)
+    else:
+        out = img * defect.amount
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def paint(image: np.ndarray, defect: Defect) -> tuple[np.ndarray, np.ndarray]:
-    """Fill the defect's polygon with its grey value; returns (corrupted copy, uint8 mask 0/1 of filled pixels)."""
+    """Fill the defect's polygon with its grey value (or, for a texture defect, with the image's texture changed);
+    returns (corrupted copy, uint8 mask 0/1 of the changed pixels)."""
     h, w = image.shape[:2]
     mask = np.zeros((h, w), dtype=np.uint8)
     cv2.fillPoly(mask, [defect.polygon.reshape(-1, 1, 2)], 1)
     out = image.copy()
-    out[mask.astype(bool)] = defect.value  # one grey value; on BGR images every channel gets it
+    inside = mask.astype(bool)
+    if defect.texture:
+        out[inside] = _retextured(image, defect)[inside]
+    else:
+        out[inside] = defect.value  # one grey value; on BGR images every channel gets it
     return out, mask
 
 
@@ -143,6 +195,9 @@ def add_defect(
     if image.dtype != np.uint8 or image.ndim not in (2, 3):
         msg = f"add_defect expects a uint8 HxW or HxWxC image, got {image.dtype} with shape {image.shape}"
         raise ValueError(msg)
-    defect = random_defect(rng, image.shape[0], image.shape[1], cfg)
+    if cfg.texture_prob > 0 and rng.random() < cfg.texture_prob:
+        defect = random_texture_defect(rng, image.shape[0], image.shape[1], cfg)
+    else:
+        defect = random_defect(rng, image.shape[0], image.shape[1], cfg)
     corrupted, mask = paint(image, defect)
     return corrupted, mask, defect

@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.10)
     p.add_argument("--folds", type=int, default=2)
     p.add_argument("--size", type=int, default=128)
-    p.add_argument("--iterations", type=int, default=200)
+    p.add_argument("--iterations", type=int, default=2500)
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
     if not a.skip_training:
         train_checkers(items, a.work / "checkers", folds=a.folds, config=CheckerConfig(a.size, a.size),
-                       settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=2),
+                       settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1),
                        data_root=str(a.work / "data"))
     t_train = time.monotonic() - t0
     checkers = load_checkers(a.work / "checkers")

@@ -4,7 +4,10 @@ each to checkers/checker_<k>/ (model.onnx + manifest.json), plus checkers/folds.
 Inputs are resized to the checker's input (area interpolation); masks are resized the same way and used as soft
 targets, so a defect smaller than one model pixel still teaches something. Loss: pixel BCE (positives weighted)
 + soft Dice on the map + BCE on the image-level probability (target: the label has any region). Augmentation:
-horizontal and vertical flips. After training, the pixel threshold that gives the best mean IoU on the fold's own
+horizontal and vertical flips, and random crops (default 64 px, 35 % of them placed on a labelled defect pixel):
+the network is fully convolutional, so it is trained on crops (4x cheaper per sample at 128 px) and run on whole
+inputs. The learning rate warms up, then follows a cosine to zero over the iterations or the time budget,
+whichever ends first. After training, the pixel threshold that gives the best mean IoU on the fold's own
 defective images is stored as the manifest's pixel threshold. torch is imported here, never by check.py.
 """
 
@@ -34,9 +37,11 @@ class TrainSettings:
     minutes: float | None = None  # wall-clock budget per checker; stops at whichever comes first
     batch_size: int = 16
     lr: float = 3e-3
-    pos_weight: float = 3.0
+    pos_weight: float = 1.0
     seed: int = 0
     threads: int = 0  # 0 = torch's default
+    crop: int | None = 64  # train on random crops of this size; None = whole inputs
+    defect_crop_prob: float = 0.35  # share of crops placed on a labelled defect pixel
 
 
 def load_arrays(items: Sequence[LabelledImage], config: CheckerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -73,13 +78,43 @@ def train_one(
     rng = np.random.default_rng(settings.seed)
     model = CheckerNet(config)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=settings.lr, total_steps=max(settings.iterations, 2))
-    x_all, m_all, y_all = (torch.from_numpy(a) for a in (images, masks, labels))
+    h, w = images.shape[2:]
+    crop = settings.crop if settings.crop and settings.crop < min(h, w) else None
+    if crop is not None and crop % 2**config.depth:
+        msg = f"crop {crop} must be a multiple of 2^depth = {2**config.depth}"
+        raise ValueError(msg)
+    defect_pixels = [np.argwhere(m[0] > 0.25) for m in masks]
+    budget = None if settings.minutes is None else settings.minutes * 60
     t0, loss_value, step = time.monotonic(), float("nan"), 0
     model.train()
     for step in range(1, settings.iterations + 1):
-        idx = torch.from_numpy(rng.choice(len(images), size=min(settings.batch_size, len(images)), replace=False))
-        x, m, y = x_all[idx], m_all[idx], y_all[idx]
+        elapsed = time.monotonic() - t0
+        progress = max(step / settings.iterations, elapsed / budget if budget else 0.0)
+        if progress >= 1.0 and step > 1:
+            if log:
+                log(f"  time budget reached at step {step}")
+            break
+        warm = min(1.0, step / 20)
+        for group in opt.param_groups:
+            group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * progress))
+        idx = rng.choice(len(images), size=min(settings.batch_size, len(images)), replace=False)
+        if crop is None:
+            x, m, y = images[idx], masks[idx], labels[idx]
+        else:
+            xs, ms = [], []
+            for i in idx:
+                pix = defect_pixels[i]
+                if len(pix) and rng.random() < settings.defect_crop_prob:
+                    cy, cx = pix[rng.integers(len(pix))]
+                    top = int(np.clip(cy - rng.integers(0, crop), 0, h - crop))
+                    left = int(np.clip(cx - rng.integers(0, crop), 0, w - crop))
+                else:
+                    top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+                xs.append(images[i, :, top : top + crop, left : left + crop])
+                ms.append(masks[i, :, top : top + crop, left : left + crop])
+            x, m = np.stack(xs), np.stack(ms)
+            y = (m.max(axis=(1, 2, 3)) > 0.25).astype(np.float32)
+        x, m, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m)), torch.from_numpy(y)
         if rng.random() < 0.5:
             x, m = x.flip(3), m.flip(3)
         if rng.random() < 0.5:
@@ -88,15 +123,9 @@ def train_one(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step < settings.iterations:
-            sched.step()
         loss_value = float(loss.item())
         if log and (step % 100 == 0 or step == 1):
             log(f"  step {step}/{settings.iterations} loss {loss_value:.4f} ({time.monotonic() - t0:.0f}s)")
-        if settings.minutes is not None and time.monotonic() - t0 > settings.minutes * 60:
-            if log:
-                log(f"  time budget reached at step {step}")
-            break
     return model.eval(), loss_value
 
 
@@ -117,7 +146,7 @@ def best_pixel_threshold(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray
         return 0.5
     truth = masks[sel] > 0.5
     best, best_t = -1.0, 0.5
-    for t in np.arange(0.2, 0.81, 0.05):
+    for t in np.arange(0.2, 0.96, 0.05):
         pred = maps[sel] > t
         inter = (pred & truth).sum(axis=(1, 2, 3))
         union = (pred | truth).sum(axis=(1, 2, 3))

@@ -27,7 +27,7 @@ def test_checker_export_matches_pytorch(tmp_path):
     with torch.no_grad():  # give BatchNorm non-trivial running statistics
         model(torch.rand(8, 1, 32, 32))
     samples = np.random.default_rng(0).random((3, 1, 32, 32), dtype=np.float32)
-    manifest, parity = write_checker_dir(model.eval(), tmp_path, samples, name="t", pixel_threshold=0.4)
+    _, parity = write_checker_dir(model.eval(), tmp_path, samples, name="t", pixel_threshold=0.4)
     assert parity.max_abs_diff <= 1e-4 and parity.batch_sizes == (1, 3)
     loaded = load_manifest(tmp_path)
     assert loaded.kind == "classifier" and loaded.onnx.opset >= 17

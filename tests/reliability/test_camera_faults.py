@@ -10,6 +10,7 @@ import http.server
 import shutil
 import socketserver
 import threading
+import time
 from pathlib import Path
 
 import cv2
@@ -125,7 +126,7 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
     www = tmp_path / "www"
     www.mkdir()
     w = cv2.VideoWriter(str(www / "cam.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 25, (96, 96))
-    for i in range(400):
+    for i in range(3000):  # OpenCV decodes it as fast as it can: a few seconds of stream at most
         w.write(np.full((96, 96, 3), 120 + i % 8, np.uint8))
     w.release()
     http_port, port = free_port(), free_port()
@@ -158,13 +159,15 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
             assert wait_until(lambda: plc_view(c)["state"] == 1, 15), "camera did not reconnect"
             got = [item(200 + i) for i in range(10)]
             # a finite HTTP video: when it runs out the camera reconnects, and an item taken then is an error
-            assert got.count(3) <= 4 and set(got) <= {1, 2, 3}, got
+            assert got.count(3) <= 5 and set(got) <= {1, 2, 3}, got
         finally:
             srv.stop()  # and goes away: the stream runs out or the connection drops; reopening is refused
-        for i in range(40):  # items keep coming; the loss is found on a read (the stream ends, the reopen is refused)
-            if plc_view(c)["state"] == 2:
+        deadline = time.monotonic() + 30
+        for i in range(300):  # items keep coming; the loss is found on a read (the stream ends, the reopen is refused)
+            if plc_view(c)["state"] == 2 or time.monotonic() > deadline:
                 break
             item(300 + i)
+            time.sleep(0.05)
         assert plc_view(c)["state"] == 2
         assert [item(400 + i) for i in range(3)] == [3] * 3
         assert plc_view(c)["state"] == 2 and not plc_view(c)["ready"]
