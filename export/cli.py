@@ -58,6 +58,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--mode", choices=("resize", "tile"), default="resize",
                    help="resize whole frames to the input, or cut model-size tiles (default resize)")
     m.add_argument("--tile-overlap", type=int, default=32, help="tile mode: pixels shared by neighbouring tiles")
+    m.add_argument("--edge-crops", type=float, default=0.5, metavar="P",
+                   help="tile mode: share of training crops flush with a frame edge, as the daemon's edge tiles "
+                   "always are (default 0.5)")
     m.add_argument("--normalize", choices=("none", "median"), default="none",
                    help="exposure normalisation: scale every frame so its median grey is --normalize-to (default none)")
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
@@ -136,7 +139,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     h, w = args.input_size
     parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
     if args.mode == "tile":
-        parts += ["--tile-overlap", str(args.tile_overlap)]
+        parts += ["--tile-overlap", str(args.tile_overlap), "--edge-crops", f"{args.edge_crops:g}"]
     parts += ["--normalize", args.normalize]
     if args.normalize != "none":
         parts += ["--normalize-to", f"{args.normalize_to:g}"]
@@ -186,7 +189,7 @@ def build_job(args: argparse.Namespace):
     return TrainJob(
         out=args.out, command=reproduce_command(args), data=args.data, synthetic=synthetic, name=args.name,
         model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, train=train_cfg,
-        normalize=args.normalize, normalize_to=args.normalize_to,
+        normalize=args.normalize, normalize_to=args.normalize_to, edge_prob=args.edge_crops,
         defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,
         evaluate=args.evaluate if args.synthetic else 0,

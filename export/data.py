@@ -207,7 +207,9 @@ def illuminate(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def to_model_input(image: np.ndarray, geom: InputGeometry, rng: np.random.Generator | None = None) -> np.ndarray:
+def to_model_input(
+    image: np.ndarray, geom: InputGeometry, rng: np.random.Generator | None = None, edge_prob: float = 0.0
+) -> np.ndarray:
     """A frame -> model-size uint8 image: resized (as the daemon's `resize` mode) or, in `tile` mode, a crop at
     native resolution (random where rng is given, else the top-left tile); frames smaller than a tile are padded by
     reflection at their far end, as the daemon pads them."""
@@ -217,7 +219,7 @@ def to_model_input(image: np.ndarray, geom: InputGeometry, rng: np.random.Genera
             return image
         return cv2.resize(image, (geom.width, geom.height), interpolation=_INTERPOLATION[geom.interpolation])
     image = pad_to_tile(image, geom)
-    y, x = crop_origin(image.shape[:2], geom, rng)
+    y, x = crop_origin(image.shape[:2], geom, rng, edge_prob=edge_prob)
     return np.ascontiguousarray(image[y : y + geom.height, x : x + geom.width])
 
 
@@ -230,13 +232,27 @@ def pad_to_tile(image: np.ndarray, geom: InputGeometry, border: int = cv2.BORDER
 
 
 def crop_origin(
-    hw: tuple[int, int], geom: InputGeometry, rng: np.random.Generator | None, focus: np.ndarray | None = None
+    hw: tuple[int, int],
+    geom: InputGeometry,
+    rng: np.random.Generator | None,
+    focus: np.ndarray | None = None,
+    edge_prob: float = 0.0,
 ) -> tuple[int, int]:
-    """(y, x) of a model-size crop of a (padded) frame of size hw: uniform over all positions, or, with `focus` (a
-    mask of the frame), a crop that contains a random nonzero pixel of it; the top-left tile without rng."""
+    """(y, x) of a model-size crop of a (padded) frame of size hw: uniform over all positions; with probability
+    `edge_prob` flush with one of the four frame edges (as the daemon's edge tiles always are), the other
+    coordinate uniform; or, with `focus` (a mask of the frame), a crop that contains a random nonzero pixel of it.
+    The top-left tile without rng."""
     h, w = hw
     if rng is None:
         return 0, 0
+    if edge_prob > 0 and focus is None and rng.random() < edge_prob:
+        y, x = int(rng.integers(0, h - geom.height + 1)), int(rng.integers(0, w - geom.width + 1))
+        side = int(rng.integers(4))
+        if side < 2:
+            y = 0 if side == 0 else h - geom.height
+        else:
+            x = 0 if side == 2 else w - geom.width
+        return y, x
     if focus is not None and focus.any():
         ys, xs = np.nonzero(focus)
         k = int(rng.integers(ys.size))
@@ -268,6 +284,7 @@ class TrainingSet:
         hard: Sequence[HardDefect] = (),
         hard_prob: float = 0.0,
         hard_value: int = 0,
+        edge_prob: float = 0.0,
     ) -> None:
         if not frames:
             msg = "a training set needs at least one good image"
@@ -284,6 +301,10 @@ class TrainingSet:
         self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), h.mask, h.source) for h in hard]
         self.hard_prob = float(hard_prob) if self.hard else 0.0
         self.hard_value = int(hard_value)
+        if not 0.0 <= edge_prob <= 1.0:
+            msg = f"edge_prob must be within [0, 1], got {edge_prob}"
+            raise ValueError(msg)
+        self.edge_prob = float(edge_prob) if geometry.mode == "tile" else 0.0
         self.frames = [geometry.normalized(to_color(f, geometry.color)) for f in frames]
         self.geometry = geometry
         self.augment = augment
@@ -302,7 +323,7 @@ class TrainingSet:
             return self.sample_hard(rng)
         frame = self.frames[int(rng.integers(len(self.frames))) if index is None else index]
         frame = augment_frame(frame, rng, self.augment)
-        clean = illuminate(to_model_input(frame, self.geometry, rng), rng, self.augment)
+        clean = illuminate(to_model_input(frame, self.geometry, rng, self.edge_prob), rng, self.augment)
         if rng.random() < self.defect_prob:
             corrupted, mask, _ = add_defect(clean, rng, self.defects)
         else:

@@ -29,6 +29,11 @@ SYNTHETIC_EVAL_SEED = 1234
 SYNTHETIC_EVAL_DEFECT_RATE = 0.25
 
 
+# Tile mode: random crops already translate, and a whole-frame shift or a large rotation would put reflected copies of
+# the frame's edges (on magnetic tile: the part's rim) where the daemon's edge tiles see the real edge.
+TILE_AUGMENT = D.AugmentConfig(max_shift=0.0, max_rotation_deg=2.0)
+
+
 @dataclass(frozen=True)
 class SyntheticSource:
     frames: int = 800
@@ -66,6 +71,7 @@ class TrainJob:
     ssim: SsimSpec = field(default_factory=SsimSpec)  # the daemon's difference map; the SSIM loss uses its window
     score: ScoreSpec = field(default_factory=ScoreSpec)  # map post-processing and the image score's reduction
     defects: DefectConfig = field(default_factory=DefectConfig)
+    edge_prob: float = 0.5  # tile mode: share of training crops flush with a frame edge (as the daemon's edge tiles)
 
     def __post_init__(self) -> None:
         if (self.data is None) == (self.synthetic is None):
@@ -212,6 +218,8 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         description=description,
         hard=hard,
         hard_prob=job.hard_prob if hard else 0.0,
+        augment=TILE_AUGMENT if job.mode == "tile" else D.AugmentConfig(),
+        edge_prob=job.edge_prob,
     )
 
     import torch

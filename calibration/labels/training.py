@@ -89,8 +89,8 @@ def train_one(
     model.train()
     for step in range(1, settings.iterations + 1):
         elapsed = time.monotonic() - t0
-        progress = max(step / settings.iterations, elapsed / budget if budget else 0.0)
-        if progress >= 1.0 and step > 1:
+        progress = min(1.0, max((step - 1) / settings.iterations, elapsed / budget if budget else 0.0))
+        if budget is not None and elapsed >= budget and step > 1:
             if log:
                 log(f"  time budget reached at step {step}")
             break
