@@ -84,8 +84,7 @@ __all__ = ["SsimKernel", "set_num_threads", "warmup"]
 _WINDOWS = ("gaussian", "uniform")
 _MAX_CHANNELS = 4
 _FASTMATH = {"contract"}  # fused multiply-add only: no reassociation, no finite-math assumptions
-_BLOCK_ROWS = 128  # most rows per block (bounds the pages touched per column tile)
-_MIN_BLOCK_ROWS = 48  # fewest: each block recomputes size - 1 halo rows of the horizontal pass
+_BLOCK_ROWS = 128  # rows per block within a thread's stripe (bounds the pages touched per column tile)
 _RING_BYTES = 24 * 1024  # one ring window (5 planes x size rows x tile width, float32) should fit in L1
 
 
@@ -240,18 +239,22 @@ def _stripe_overload(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # 
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH, nogil=True)
-def _ssim_map(x, y, wts, c1, c2, pad, ring, out, difference, blocks):  # noqa: PLR0913 (one kernel, its buffers)
+def _ssim_map(x, y, wts, c1, c2, pad, ring, out, difference, stripes):  # noqa: PLR0913 (one kernel, its buffers)
     """Fill `out` (H, W) with the (channel-mean) SSIM map of x, y (H, W or H, W, C), or 1 - it when `difference`.
 
-    wts: the k window weights as a tuple (its length selects the generated loop body); pad, ring: per-thread
-    scratch (indexed by Numba's thread id). The rows are cut into `blocks` horizontal blocks, which the threads
-    take one at a time (the caller sets a parallel chunk size of 1), so a thread the OS preempts holds up one
-    block, not a whole share.
+    wts: the k window weights as a tuple (its length selects the generated loop body); pad, ring: per-stripe
+    scratch, rows 0..stripes-1 used. One stripe of rows per thread, cut into blocks of about _BLOCK_ROWS rows.
     """
     h = x.shape[0]
-    for q in prange(blocks):
-        t = numba.get_thread_id()
-        _stripe(x, y, wts, c1, c2, pad[t], ring[t], out, difference, q * h // blocks, (q + 1) * h // blocks)
+    for b in prange(stripes):
+        i0 = b * h // stripes
+        i1 = (b + 1) * h // stripes
+        rows = i1 - i0
+        blocks = max(1, (rows + _BLOCK_ROWS // 2) // _BLOCK_ROWS)
+        for q in range(blocks):
+            lo = i0 + q * rows // blocks
+            hi = i0 + (q + 1) * rows // blocks
+            _stripe(x, y, wts, c1, c2, pad[b], ring[b], out, difference, lo, hi)
 
 
 def _window(window: str, size: int, sigma: float) -> np.ndarray:
@@ -366,22 +369,18 @@ class SsimKernel:
             got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
             msg = f"out must be a writeable C-contiguous float32 array of shape {(h, w)}, got {got}"
             raise ValueError(msg)
-        blocks = self._blocks(h)
-        with numba.parallel_chunksize(1):
-            _ssim_map(x, y, self._wts, self._c1, self._c2, self._pad, self._ring, out, difference, blocks)
+        stripes = self._stripes(h)
+        _ssim_map(x, y, self._wts, self._c1, self._c2, self._pad, self._ring, out, difference, stripes)
         return out
 
-    def _blocks(self, h: int) -> int:
-        """How many row blocks (about 3 per thread, 48..128 rows each; 128 with one thread), and scratch for every
-        thread of the calling thread's Numba thread count (allocated once; grows only)."""
-        threads = numba.get_num_threads()
-        rows = _BLOCK_ROWS if threads == 1 else min(_BLOCK_ROWS, max(_MIN_BLOCK_ROWS, h // (3 * threads)))
-        blocks = max(1, (h + rows // 2) // rows)
-        if self._pad is None or self._pad.shape[0] < threads:
+    def _stripes(self, h: int) -> int:
+        """One stripe per thread (none shorter than two windows), and scratch for that many; grows only."""
+        stripes = max(1, min(numba.get_num_threads(), h // (2 * self.size)))
+        if self._pad is None or self._pad.shape[0] < stripes:
             k, t = self.size, _tile_width(self.size)
-            self._pad = np.empty((threads, 2 * (t + 2 * (k // 2)) + t), dtype=np.float32)
-            self._ring = np.empty((threads, 5 * 2 * k * t), dtype=np.float32)
-        return blocks
+            self._pad = np.empty((stripes, 2 * (t + 2 * (k // 2)) + t), dtype=np.float32)
+            self._ring = np.empty((stripes, 5 * 2 * k * t), dtype=np.float32)
+        return stripes
 
 
 def set_num_threads(n: int) -> int:
