@@ -8,7 +8,7 @@ No torch: onnxruntime does the inference, as on a line.
 Metrics (calibration/metrics.py):
 
 - image_auroc: the image score (Decision.score: the manifest's score.reduction of the map) of test/good against
-  every other test/<class>.
+  every other test/<class> (null when one of the two is missing).
 - pixel_auroc: every pixel of every image with ground truth (test/good counts as all-normal), defect pixels from
   ground_truth/<class>/<stem>_mask.png. All pixels are used, none subsampled: each map's scores go into per-label
   histograms of 2^18 bins over sqrt(score) in [0, sqrt(2)] (scores above 2 in the top bin), and the AUROC is read
@@ -78,9 +78,6 @@ def find_test_images(data: str | Path) -> list[TestImage]:
             out.append(TestImage(f, sub.name, mask))
     if not out:
         msg = f"no images ({', '.join(IMAGE_SUFFIXES)}) under {test}/<class>/"
-        raise FileNotFoundError(msg)
-    if not any(t.cls == "good" for t in out) or all(t.cls == "good" for t in out):
-        msg = f"{test} needs both test/good/ and at least one defect class folder for an AUROC"
         raise FileNotFoundError(msg)
     return out
 
@@ -283,7 +280,7 @@ def evaluate(
         insp, thr = variant_inspector(base, s)
         runs.append(_ScoreResults(s, insp, thr))
     base.warmup()
-    for r in runs[1:] if runs[0].inspector is base else runs:
+    for r in runs:
         if r.inspector is not base:
             r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
 

@@ -53,25 +53,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)")
 
     m = p.add_argument_group("model")
-    m.add_argument("--input-size", type=_size, default=(128, 128), help="model input, 128 or HxW (default 128)")
+    m.add_argument("--input-size", type=_size, default=(64, 64), help="model input (the tile in tile mode), 64 or HxW (default 64)")
     m.add_argument("--color", choices=("gray", "bgr"), default="gray")
-    m.add_argument("--mode", choices=("resize", "tile"), default="resize",
-                   help="resize whole frames to the input, or cut model-size tiles (default resize)")
-    m.add_argument("--tile-overlap", type=int, default=32, help="tile mode: pixels shared by neighbouring tiles")
+    m.add_argument("--mode", choices=("resize", "tile"), default="tile",
+                   help="cut native-resolution model-size tiles (default), or resize whole frames to the input")
+    m.add_argument("--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)")
     m.add_argument("--edge-crops", type=float, default=0.5, metavar="P",
                    help="tile mode: share of training crops flush with a frame edge, as the daemon's edge tiles "
                    "always are (default 0.5)")
-    m.add_argument("--normalize", choices=("none", "median"), default="none",
-                   help="exposure normalisation: scale every frame so its median grey is --normalize-to (default none)")
+    m.add_argument("--normalize", choices=("none", "median"), default="median",
+                   help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)")
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
     m.add_argument("--latent-channels", type=int, default=64)
-    m.add_argument("--depth", type=int, default=4, help="stride-2 stages (input must be a multiple of 2^depth)")
+    m.add_argument("--depth", type=int, default=2, help="stride-2 stages (input must be a multiple of 2^depth; default 2)")
 
     t = p.add_argument_group("training")
-    t.add_argument("--iterations", type=int, default=3000)
-    t.add_argument("--minutes", type=float, default=None, help="wall-clock budget; stops at whichever comes first")
+    t.add_argument("--iterations", type=int, default=4000, help="optimiser steps (default 4000)")
+    t.add_argument("--minutes", type=float, default=25.0,
+                   help="wall-clock budget, stops at whichever comes first (default 25; 0 = none)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--ssim-weight", type=float, default=0.5, help="share of the SSIM loss (0 = weighted L2 only)")
@@ -95,8 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_argument_group("difference map and image score (written to the manifest; the daemon applies them)")
     s.add_argument("--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too")
     s.add_argument("--ssim-sigma", type=float, default=1.5, help="Gaussian SSIM window sigma (default 1.5)")
-    s.add_argument("--smooth-sigma", type=float, default=0.0,
-                   help="Gaussian blur of the difference map before regions and the image score (default 0 = off)")
+    s.add_argument("--smooth-sigma", type=float, default=4.0,
+                   help="Gaussian blur of the difference map before regions and the image score (default 4; 0 = off)")
     s.add_argument("--reduction", choices=("max", "p99", "p999", "mean"), default="max",
                    help="image score from the (smoothed) map (default max)")
 
@@ -138,15 +139,15 @@ def reproduce_command(args: argparse.Namespace) -> str:
         parts += ["--name", args.name]
     h, w = args.input_size
     parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
+    parts += ["--tile-overlap", str(args.tile_overlap)]  # recorded in the manifest's preprocess in both modes
     if args.mode == "tile":
-        parts += ["--tile-overlap", str(args.tile_overlap), "--edge-crops", f"{args.edge_crops:g}"]
+        parts += ["--edge-crops", f"{args.edge_crops:g}"]
     parts += ["--normalize", args.normalize]
     if args.normalize != "none":
         parts += ["--normalize-to", f"{args.normalize_to:g}"]
     parts += ["--base-width", str(args.base_width), "--max-width", str(args.max_width), "--latent-channels", str(args.latent_channels),
               "--depth", str(args.depth), "--iterations", str(args.iterations)]
-    if args.minutes is not None:
-        parts += ["--minutes", f"{args.minutes:g}"]
+    parts += ["--minutes", f"{args.minutes or 0:g}"]
     parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
               "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
               "--texture-defects", f"{args.texture_defects:g}",
@@ -176,7 +177,7 @@ def build_job(args: argparse.Namespace):
         max_width=args.max_width, latent_channels=args.latent_channels, depth=args.depth,
     )
     train_cfg = TrainConfig(
-        iterations=args.iterations, minutes=args.minutes, batch_size=args.batch_size, lr=args.lr,
+        iterations=args.iterations, minutes=args.minutes or None, batch_size=args.batch_size, lr=args.lr,
         ssim_weight=args.ssim_weight, seed=args.seed, threads=args.threads or None, log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
     )

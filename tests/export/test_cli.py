@@ -37,7 +37,7 @@ def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_p
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "m"), "--iterations", "1"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--input-size", "36", "--iterations", "1"]) == 2
+    assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--input-size", "34", "--iterations", "1"]) == 2
     assert "multiple of" in capsys.readouterr().err
 
 

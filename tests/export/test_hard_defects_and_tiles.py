@@ -108,3 +108,31 @@ def crop_x(frame: np.ndarray, crop: np.ndarray) -> int:
         if np.array_equal(frame[:, x : x + 32], crop[: frame.shape[0]]):
             return x
     raise AssertionError("crop not found in the frame")
+
+
+def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
+    from daemon.manifest import load_manifest
+    from export.cli import main
+
+    root = tmp_path / "data"
+    for sub in ("train/good", "test/crack", "ground_truth/crack"):
+        (root / sub).mkdir(parents=True)
+    for i, img in enumerate(stripes(8, size=48, seed=4)):
+        cv2.imwrite(str(root / "train" / "good" / f"{i}.png"), img)
+    hard = _hard((48, 48))
+    hard_mask = np.zeros((48, 48), np.uint8)
+    hard_mask[20:30, 10:40] = 255
+    cv2.imwrite(str(root / "test" / "crack" / "c.png"), hard.image)
+    cv2.imwrite(str(root / "ground_truth" / "crack" / "c_mask.png"), hard_mask)
+    out = tmp_path / "model"
+    argv = [
+        "train", "--data", str(root), "--out", str(out), "--input-size", "32", "--base-width", "8", "--max-width", "16",
+        "--latent-channels", "8", "--iterations", "4", "--batch-size", "4", "--threads", "1", "--log-every", "0",
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--hard-defects", str(root), "--hard-prob", "0.5",
+    ]
+    assert main(argv) == 0
+    t = load_manifest(out).training
+    assert t["hard_defects"]["images"] == 1 and t["hard_defects"]["prob"] == 0.5 and t["hard_defects"]["target_value"] == 0
+    assert "--hard-defects" in t["command"] and "--hard-prob 0.5" in t["command"]
+    m = load_manifest(out)
+    assert m.preprocess.mode == "tile" and m.preprocess.normalize == "median" and m.score.smooth_sigma == 4.0
