@@ -136,3 +136,36 @@ def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
     assert "--hard-defects" in t["command"] and "--hard-prob 0.5" in t["command"]
     m = load_manifest(out)
     assert m.preprocess.mode == "tile" and m.preprocess.normalize == "median" and m.score.smooth_sigma == 4.0
+
+
+def test_edge_crops_put_a_share_of_the_tiles_flush_with_a_frame_edge_as_the_daemons_edge_tiles_are():
+    from export.data import crop_origin
+
+    rng = np.random.default_rng(4)
+    h, w = 200, 300
+    flush = [crop_origin((h, w), TILE, rng, edge_prob=0.5) for _ in range(400)]
+    on_edge = [y in (0, h - 32) or x in (0, w - 32) for y, x in flush]
+    assert 0.4 < np.mean(on_edge) < 0.65
+    plain = [crop_origin((h, w), TILE, rng) for _ in range(400)]
+    assert np.mean([y in (0, h - 32) or x in (0, w - 32) for y, x in plain]) < 0.1
+    ds = TrainingSet(stripes(2, size=64), TILE, edge_prob=0.5)
+    assert ds.edge_prob == 0.5
+    assert TrainingSet(stripes(2, size=64), InputGeometry(height=32, width=32), edge_prob=0.5).edge_prob == 0.0
+
+
+def test_training_draws_a_progress_bar_on_a_terminal():
+    import io
+
+    from export.model import ConvAutoencoder, ModelConfig
+    from export.train import TrainConfig, train
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    log = Tty()
+    data = TrainingSet(stripes(4), InputGeometry(height=32, width=32))
+    cfg = ModelConfig(height=32, width=32, base_width=8, max_width=16, latent_channels=8, depth=2)
+    train(ConvAutoencoder(cfg), data, TrainConfig(iterations=6, batch_size=2, log_every=3, threads=1), log=log)
+    text = log.getvalue()
+    assert "\rtrain [" in text and "it 3/6" in text and text.rstrip().endswith("final loss " + text.rstrip().split()[-1])
