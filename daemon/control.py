@@ -218,7 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_reload)
 
 
-def cmd_mark(args: argparse.Namespace) -> int:
+def _ask_daemon(args: argparse.Namespace, command: str, payload: dict, no_control: str, timeout: float) -> dict | None:
+    """Load the config, send one request to the daemon's control socket; the answer, or None after printing why."""
     from daemon.config import load_config
     from daemon.types import ConfigError
 
@@ -226,24 +227,31 @@ def cmd_mark(args: argparse.Namespace) -> int:
         cfg = load_config(args.config)
     except ConfigError as exc:
         print(f"inspectd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return None
     control = getattr(cfg, "control", None)
     if control is None:
-        print(f"inspectd mark: {args.config} has no `control:` section, so the daemon has no control socket "
-              "(add control.socket, restart the daemon)", file=sys.stderr)
-        return EXIT_USAGE
+        print(f"inspectd {command}: {args.config} has no `control:` section{no_control}", file=sys.stderr)
+        return None
+    try:
+        answer = request(control.socket, payload, timeout=timeout)
+    except ControlError as exc:
+        print(f"inspectd {command}: {exc}", file=sys.stderr)
+        return None
+    if not answer.get("ok"):
+        print(f"inspectd {command}: {answer.get('error', answer)}", file=sys.stderr)
+        return None
+    return answer
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
     payload: dict = {"op": "mark", "mark": args.mark}
     if args.seq.isdigit():
         payload["seq"] = int(args.seq)
     else:
         payload["reject_id"] = args.seq
-    try:
-        answer = request(control.socket, payload)
-    except ControlError as exc:
-        print(f"inspectd mark: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not answer.get("ok"):
-        print(f"inspectd mark: {answer.get('error', answer)}", file=sys.stderr)
+    no_control = ", so the daemon has no control socket (add control.socket, restart the daemon)"
+    answer = _ask_daemon(args, "mark", payload, no_control, timeout=15.0)
+    if answer is None:
         return EXIT_USAGE
     state = "was already marked" if answer.get("already") else "marked"
     print(f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
@@ -252,27 +260,10 @@ def cmd_mark(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    from daemon.config import load_config
-    from daemon.types import ConfigError
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"inspectd: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    control = getattr(cfg, "control", None)
-    if control is None:
-        print(f"inspectd reload: {args.config} has no `control:` section; send SIGHUP instead "
-              "(`systemctl reload inspectd`) and read the `model_reloaded` / `model_reload_failed` log event",
-              file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        answer = request(control.socket, {"op": "reload"}, timeout=300.0)
-    except ControlError as exc:
-        print(f"inspectd reload: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    if not answer.get("ok"):
-        print(f"inspectd reload: {answer.get('error', answer)}", file=sys.stderr)
+    no_control = ("; send SIGHUP instead (`systemctl reload inspectd`) and read the `model_reloaded` / "
+                  "`model_reload_failed` log event")
+    answer = _ask_daemon(args, "reload", {"op": "reload"}, no_control, timeout=300.0)
+    if answer is None:
         return EXIT_USAGE
     if answer.get("changed"):
         print(f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})")

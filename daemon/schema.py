@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationInfo, model_validator
 
 
 class StrictModel(BaseModel):
@@ -28,3 +28,18 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 # a filesystem path; relative paths are taken relative to the config file's directory
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+
+
+class BackoffConfig(StrictModel):
+    """Doubling backoff from initial_s to max_s. Subclasses declare the two fields with their own defaults and
+    descriptions; the order check lives here once."""
+
+    initial_s: float
+    max_s: float
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max_s < self.initial_s:
+            msg = f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})"
+            raise ValueError(msg)
+        return self

@@ -18,8 +18,6 @@ min_region_area = the area threshold of the missed-label rule (15 px).
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +27,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from daemon.manifest import Manifest, OnnxSpec, PreprocessSpec, TensorSpec, Thresholds, sha256_file
-from export.onnx_export import EXPORTER, OPSET, PARITY_TOLERANCE, ParityError, ParityReport, utc_now
+from export.onnx_export import (
+    EXPORTER,
+    OPSET,
+    PARITY_TOLERANCE,
+    ParityReport,
+    check_parity,
+    export_onnx,
+    utc_now,
+)
 
 INPUT_NAME = "image"
 MAP_OUTPUT = "defect_map"
@@ -110,58 +116,14 @@ class CheckerNet(nn.Module):
 
 
 def export_checker_onnx(model: CheckerNet, path: str | Path, *, opset: int = OPSET) -> Path:
-    if opset < 17:
-        msg = f"opset {opset} is too old: inspectd models use opset >= 17"
-        raise ValueError(msg)
-    path = Path(path)
-    model = model.eval()
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "legacy TorchScript-based ONNX export": chosen on purpose
-        torch.onnx.export(
-            model,
-            (torch.zeros(model.input_shape(1)),),
-            buf,
-            dynamo=False,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[MAP_OUTPUT, PROB_OUTPUT],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, MAP_OUTPUT: {0: "batch"}, PROB_OUTPUT: {0: "batch"}},
-            do_constant_folding=True,
-        )
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    tmp.replace(path)
-    import onnx
-
-    onnx.checker.check_model(str(path))
-    return path
+    return export_onnx(model, path, opset=opset, output_names=(MAP_OUTPUT, PROB_OUTPUT))
 
 
 def check_checker_parity(
     model: CheckerNet, onnx_path: str | Path, samples: np.ndarray, *, tolerance: float = PARITY_TOLERANCE
 ) -> ParityReport:
     """onnxruntime vs PyTorch on both outputs at batch 1 and the full batch; ParityError above `tolerance`."""
-    import onnxruntime as ort
-
-    samples = np.ascontiguousarray(samples, dtype=np.float32)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    model = model.eval()
-    worst = 0.0
-    sizes = sorted({1, samples.shape[0]})
-    for n in sizes:
-        got = session.run([MAP_OUTPUT, PROB_OUTPUT], {INPUT_NAME: samples[:n]})
-        with torch.no_grad():
-            want = [t.numpy() for t in model(torch.from_numpy(samples[:n]))]
-        for g, w in zip(got, want):
-            if g.shape != w.shape:
-                msg = f"onnxruntime returned shape {g.shape} for batch {n}, PyTorch {w.shape}: the export is broken"
-                raise ParityError(msg)
-            worst = max(worst, float(np.max(np.abs(g - w))))
-    if not worst <= tolerance:
-        msg = f"onnxruntime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}"
-        raise ParityError(msg)
-    return ParityReport(max_abs_diff=worst, batch_sizes=tuple(sizes), provider="CPUExecutionProvider")
+    return check_parity(model, onnx_path, samples, tolerance=tolerance, output_names=(MAP_OUTPUT, PROB_OUTPUT))
 
 
 def write_checker_dir(

@@ -58,8 +58,11 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
-def export_onnx(model: ConvAutoencoder, path: str | Path, *, opset: int = OPSET) -> Path:
-    """Write the model as ONNX with a dynamic batch dimension (file written whole, then renamed into place)."""
+def export_onnx(
+    model: torch.nn.Module, path: str | Path, *, opset: int = OPSET, output_names: tuple[str, ...] = (OUTPUT_NAME,)
+) -> Path:
+    """Write the model as ONNX with a dynamic batch dimension on the input and every output (file written whole,
+    then renamed into place). `model.input_shape(batch)` gives the example input's shape."""
     if opset < 17:
         msg = f"opset {opset} is too old: inspectd models use opset >= 17"
         raise ValueError(msg)
@@ -68,7 +71,7 @@ def export_onnx(model: ConvAutoencoder, path: str | Path, *, opset: int = OPSET)
     example = torch.zeros(model.input_shape(1))
     buf = io.BytesIO()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export": chosen on purpose
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export": on purpose
         torch.onnx.export(
             model,
             (example,),
@@ -76,8 +79,8 @@ def export_onnx(model: ConvAutoencoder, path: str | Path, *, opset: int = OPSET)
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            output_names=list(output_names),
+            dynamic_axes={name: {0: "batch"} for name in (INPUT_NAME, *output_names)},
             do_constant_folding=True,
         )
     tmp = path.with_name(path.name + ".tmp")
@@ -90,14 +93,16 @@ def export_onnx(model: ConvAutoencoder, path: str | Path, *, opset: int = OPSET)
 
 
 def check_parity(
-    model: ConvAutoencoder,
+    model: torch.nn.Module,
     onnx_path: str | Path,
     samples: np.ndarray,
     *,
     tolerance: float = PARITY_TOLERANCE,
+    output_names: tuple[str, ...] = (OUTPUT_NAME,),
 ) -> ParityReport:
     """Run onnxruntime (CPU) and PyTorch on `samples` (float32 NCHW) at batch 1 and at the full batch;
-    raise ParityError when they differ by more than `tolerance` (max abs) or the shapes disagree."""
+    raise ParityError when any output differs by more than `tolerance` (max abs) or the shapes disagree.
+    A model with several outputs returns them as a tuple in the order of `output_names`."""
     import onnxruntime as ort
 
     samples = np.ascontiguousarray(samples, dtype=np.float32)
@@ -107,13 +112,15 @@ def check_parity(
     sizes = sorted({1, samples.shape[0]})
     for n in sizes:
         x = samples[:n]
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        got = session.run(list(output_names), {INPUT_NAME: x})
         with torch.no_grad():
-            want = model(torch.from_numpy(x)).numpy()
-        if got.shape != want.shape:
-            msg = f"onnxruntime returned shape {got.shape} for batch {n}, PyTorch {want.shape}: the export is broken"
-            raise ParityError(msg)
-        worst = max(worst, float(np.max(np.abs(got - want))))
+            out = model(torch.from_numpy(x))
+        want = [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
+        for g, w in zip(got, want, strict=True):
+            if g.shape != w.shape:
+                msg = f"onnxruntime returned shape {g.shape} for batch {n}, PyTorch {w.shape}: the export is broken"
+                raise ParityError(msg)
+            worst = max(worst, float(np.max(np.abs(g - w))))
     if not worst <= tolerance:
         msg = f"onnxruntime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}: the export is broken"
         raise ParityError(msg)

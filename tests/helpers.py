@@ -84,6 +84,66 @@ def write_config(path: Path, body: str) -> Path:
     return path
 
 
+def synthetic_camera(*, rate_hz: float = 0, trigger: str = "free_run", size: int = 128) -> str:
+    """The body of a `camera:` section (indented for daemon_config) for the synthetic camera."""
+    return (
+        f"          type: synthetic\n          width: {size}\n          height: {size}\n"
+        f"          rate_hz: {rate_hz}\n          trigger: {trigger}"
+    )
+
+
+def daemon_config(
+    tmp: Path,
+    model: Path,
+    camera: str,
+    *,
+    extra: str = "",
+    line: str = "test-line",
+    status_interval_s: float = 0.2,
+    name: str = "c.yaml",
+) -> Path:
+    """A daemon config for tests: JSON logs, CPU only. `camera` is the indented body of the camera section
+    (10 spaces, e.g. synthetic_camera()), `extra` more top-level sections (8 spaces, as the text below)."""
+    return write_config(
+        tmp / name,
+        f"""
+        line: {line}
+        camera:
+{camera}
+        model:
+          path: {model}
+          providers: [CPUExecutionProvider]
+        logging:
+          format: json
+        service:
+          status_interval_s: {status_interval_s}
+{extra}
+        """,
+    )
+
+
+def verify_systemd_unit(tmp: Path, unit_name: str) -> str:
+    """`systemd-analyze verify` on systemd/<unit_name> with the venv's inspectd in place of /opt/...; skips where
+    systemd-analyze is missing, fails on any warning. Returns the unit's text."""
+    import shutil
+
+    import pytest
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed on this machine")
+    unit = (REPO / "systemd" / unit_name).read_text()
+    exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "inspectd"
+    if not exe.exists():
+        exe = Path(shutil.which("inspectd") or "/bin/true")
+    local = tmp / unit_name
+    local.write_text(unit.replace("/opt/inspectd/venv/bin/inspectd", str(exe)))
+    res = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.strip() == "", f"systemd-analyze verify warned:\n{res.stderr}"
+    return unit
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))

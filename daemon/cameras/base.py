@@ -8,24 +8,17 @@ from __future__ import annotations
 
 from typing import Callable, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from daemon.schema import ConfigPath, StrictModel
+from daemon.schema import BackoffConfig, ConfigPath, StrictModel
 from daemon.types import Camera
 
 __all__ = ["CAMERA_TYPES", "CameraConfigBase", "ConfigPath", "ReconnectConfig", "StrictModel", "build_camera", "register"]
 
 
-class ReconnectConfig(StrictModel):
+class ReconnectConfig(BackoffConfig):
     initial_s: float = Field(0.5, gt=0, le=60, description="first wait before reopening a lost source")
     max_s: float = Field(10.0, gt=0, le=600, description="longest wait between reopen attempts (doubling backoff)")
-
-    @model_validator(mode="after")
-    def _order(self) -> "ReconnectConfig":
-        if self.max_s < self.initial_s:
-            msg = f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})"
-            raise ValueError(msg)
-        return self
 
 
 class CameraConfigBase(StrictModel):

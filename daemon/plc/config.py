@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from daemon.schema import StrictModel
+from daemon.schema import BackoffConfig, StrictModel
 
 RING_SLOTS = 8  # results in the ring: [seq, code] pairs, newest first
 COUNTER_WORDS = 6  # frames, rejects, errors: uint32 each, high word first
@@ -183,16 +183,9 @@ class ServerConfig(StrictModel):
         return tuple(out)
 
 
-class PlcReconnectConfig(StrictModel):
+class PlcReconnectConfig(BackoffConfig):
     initial_s: float = Field(0.2, gt=0, le=60, description="first wait before reconnecting to the PLC after a failure")
     max_s: float = Field(5.0, gt=0, le=600, description="longest wait between reconnect attempts (doubling backoff)")
-
-    @model_validator(mode="after")
-    def _order(self) -> "PlcReconnectConfig":
-        if self.max_s < self.initial_s:
-            msg = f"max_s ({self.max_s}) must be >= initial_s ({self.initial_s})"
-            raise ValueError(msg)
-        return self
 
 
 class ClientConfig(StrictModel):

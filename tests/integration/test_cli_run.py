@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -14,7 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, cli_env, make_blur_model, parse_json_lines, popen_cli, run_cli, write_config
+from tests.helpers import (
+    cli_env,
+    daemon_config,
+    make_blur_model,
+    parse_json_lines,
+    popen_cli,
+    run_cli,
+    synthetic_camera,
+    verify_systemd_unit,
+    write_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -23,25 +32,7 @@ def blur_model(tmp_path_factory) -> Path:
 
 
 def _synthetic_config(tmp_path: Path, model: Path, *, rate_hz: float = 0, trigger: str = "free_run") -> Path:
-    return write_config(
-        tmp_path / "c.yaml",
-        f"""
-        line: test-line
-        camera:
-          type: synthetic
-          width: 128
-          height: 128
-          rate_hz: {rate_hz}
-          trigger: {trigger}
-        model:
-          path: {model}
-          providers: [CPUExecutionProvider]
-        logging:
-          format: json
-        service:
-          status_interval_s: 0.2
-        """,
-    )
+    return daemon_config(tmp_path, model, synthetic_camera(rate_hz=rate_hz, trigger=trigger))
 
 
 class _Reader:
@@ -216,18 +207,7 @@ def test_model_refused_at_start_exits_2_with_a_clear_message(tmp_path, blur_mode
 
 
 def test_systemd_unit_passes_systemd_analyze_verify_without_warnings(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed on this machine")
-    unit = (REPO / "systemd" / "inspectd.service").read_text()
-    exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "inspectd"
-    if not exe.exists():
-        exe = Path(shutil.which("inspectd") or "/bin/true")
-    local = tmp_path / "inspectd.service"
-    local.write_text(unit.replace("/opt/inspectd/venv/bin/inspectd", str(exe)))
-    res = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stderr.strip() == "", f"systemd-analyze verify warned:\n{res.stderr}"
+    unit = verify_systemd_unit(tmp_path, "inspectd.service")
     for needed in ("Type=notify", "WatchdogSec=", "Restart=", "ExecStartPre=", "CacheDirectory=", "check-config"):
         assert needed in unit
     assert "PrivateDevices=yes" not in unit

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from tests.collector.support import (
     record,
     wait_until,
 )
-from tests.helpers import REPO, make_blur_model, run_cli
+from tests.helpers import make_blur_model, run_cli, verify_systemd_unit
 
 
 @pytest.fixture(scope="module")
@@ -270,18 +268,7 @@ def test_every_kind_of_malformed_message_is_refused_while_good_ones_keep_flowing
 
 
 def test_the_collector_systemd_unit_passes_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed on this machine")
-    unit = (REPO / "systemd" / "inspectd-collect.service").read_text()
-    exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "inspectd"
-    if not exe.exists():
-        exe = Path(shutil.which("inspectd") or "/bin/true")
-    local = tmp_path / "inspectd-collect.service"
-    local.write_text(unit.replace("/opt/inspectd/venv/bin/inspectd", str(exe)))
-    res = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    assert res.stderr.strip() == "", f"systemd-analyze verify warned:\n{res.stderr}"
+    unit = verify_systemd_unit(tmp_path, "inspectd-collect.service")
     for needed in ("Type=notify", "StateDirectory=inspectd-collect", "collect --bind", "--out /var/lib/inspectd-collect",
                    "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes"):
         assert needed in unit

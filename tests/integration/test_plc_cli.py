@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from tests.helpers import make_blur_model, parse_json_lines, popen_cli, write_config
+from tests.helpers import daemon_config, make_blur_model, parse_json_lines, popen_cli, synthetic_camera
 from tests.plc.support import StandInPlc, free_port, plc_client, wait_until
 
 CODES = {"pass": 1, "reject": 2, "error": 3}
@@ -25,28 +25,9 @@ def blur_model(tmp_path_factory) -> Path:
 
 
 def _config(tmp_path: Path, model: Path, plc: str, *, rate_hz: float = 20, trigger: str = "free_run") -> Path:
-    return write_config(
-        tmp_path / "c.yaml",
-        f"""
-        line: test-line
-        camera:
-          type: synthetic
-          width: 128
-          height: 128
-          rate_hz: {rate_hz}
-          trigger: {trigger}
-        model:
-          path: {model}
-          providers: [CPUExecutionProvider]
-        logging:
-          format: json
-        service:
-          status_interval_s: 0.5
-        plc:
-          heartbeat_interval_s: 0.1
-{plc}
-        """,
-    )
+    extra = f"        plc:\n          heartbeat_interval_s: 0.1\n{plc}"
+    camera = synthetic_camera(rate_hz=rate_hz, trigger=trigger)
+    return daemon_config(tmp_path, model, camera, extra=extra, status_interval_s=0.5)
 
 
 def _server(port: int) -> str:

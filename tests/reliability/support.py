@@ -7,29 +7,14 @@ import json
 from pathlib import Path
 
 from tests.collector.support import Proc, wait_until
-from tests.helpers import write_config
+from tests.helpers import daemon_config
 
 CODES = {"pass": 1, "reject": 2, "error": 3}
 
 
 def config(tmp: Path, model: Path, camera: str, *, extra: str = "", name: str = "c.yaml") -> Path:
     """A daemon config: `camera` is the indented body of the camera section (8 spaces), `extra` more sections."""
-    return write_config(
-        tmp / name,
-        f"""
-        line: fault-line
-        camera:
-{camera}
-        model:
-          path: {model}
-          providers: [CPUExecutionProvider]
-        logging:
-          format: json
-        service:
-          status_interval_s: 0.2
-{extra}
-        """,
-    )
+    return daemon_config(tmp, model, camera, extra=extra, line="fault-line", name=name)
 
 
 def plc_section(port: int, **server) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import shutil
 import socketserver
 import threading
 import time
@@ -175,7 +174,7 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
         c.close()
         code = d.stop()
     assert code == 0
-    s = assert_accounted(d, expect_frames=len(items))
+    assert_accounted(d, expect_frames=len(items))
     assert [v["item_id"] for v in verdicts(d)] == items, "one verdict per PLC item, in order, with its id"
     assert sum(1 for v in verdicts(d) if v["code"] == "error") == sum(1 for x in codes.values() if x == 3)
     assert d.events("camera_lost") or d.events("camera_open_failed")
