@@ -78,6 +78,8 @@ def _f(v) -> str:
 def summary_text(r: dict) -> str:
     lines = [
         f"model {r['model_name']} on {r['data']}: {r['n_images']} images ({r['n_good']} good, {r['n_defective']} defective)",
+        *([f"left out: {r['left_out_trained_on']['count']} images the model was trained on (hard-defect set)"]
+          if r.get("left_out_trained_on", {}).get("count") else []),
     ]
     variants = r.get("by_score") or {r["score"]: r}
     lines.append("score           image AUROC  pixel AUROC  F1     precision  recall")

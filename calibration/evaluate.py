@@ -82,6 +82,29 @@ def find_test_images(data: str | Path) -> list[TestImage]:
     return out
 
 
+def trained_on(manifest) -> dict[str, str]:
+    """sha256 -> "<class>/<name>" of the labelled defect images the model was trained on (seed 001's hard-defect
+    set, the manifest's training.hard_defects.files): evaluating on them would measure memory, not detection."""
+    files = ((manifest.training or {}).get("hard_defects") or {}).get("files") or []
+    return {f["sha256"]: f["image"] for f in files if isinstance(f, dict) and f.get("sha256")}
+
+
+def leave_out_trained(items: list[TestImage], manifest) -> tuple[list[TestImage], list[str]]:
+    """The test images minus those whose file the model was trained on (by sha256, whatever their path here)."""
+    known = trained_on(manifest)
+    if not known:
+        return items, []
+    import hashlib
+
+    kept, left_out = [], []
+    for item in items:
+        if hashlib.sha256(item.path.read_bytes()).hexdigest() in known:
+            left_out.append(f"{item.cls}/{item.path.name}")
+        else:
+            kept.append(item)
+    return kept, left_out
+
+
 def read_image(path: Path, color: str) -> np.ndarray:
     from daemon.cameras.folder import convert, decode
 
@@ -270,6 +293,13 @@ def evaluate(
     items = find_test_images(data)
     base = open_inspector(model_dir, threads=threads)
     manifest = base.manifest
+    items, left_out = leave_out_trained(items, manifest)
+    if left_out and log is not None:
+        print(f"evaluate: {len(left_out)} test images left out: the model was trained on them (hard-defect set)",
+              file=log)
+    if not items:
+        msg = f"every test image under {data} is in the model's training set (manifest training.hard_defects)"
+        raise ValueError(msg)
     wanted = list(dict.fromkeys(scores or [native_score(manifest)]))
     for s in wanted:
         if s not in SCORES:
@@ -329,6 +359,8 @@ def evaluate(
         "n_images": len(items),
         "n_good": sum(1 for t in items if not t.defective),
         "n_defective": sum(1 for t in items if t.defective),
+        "left_out_trained_on": {"count": len(left_out), "images": left_out,
+                                "why": "the model was trained on them (manifest training.hard_defects)"},
         "score": head["score"],
         "score_spec": {
             "ssim": manifest.ssim.model_dump(mode="json"),

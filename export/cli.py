@@ -92,6 +92,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
                    "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask")
     t.add_argument("--hard-prob", type=float, default=0.1, help="share of samples from the hard-defect set (default 0.1)")
+    t.add_argument("--hard-fraction", type=float, default=1.0, metavar="F",
+                   help="use this share of each defect class of --hard-defects (chosen by name hash; default 1). With "
+                   "--hard-defects = --data, the rest of DIR/test stays for `inspectd evaluate`, which leaves out "
+                   "every image the manifest lists as trained on")
 
     s = p.add_argument_group("difference map and image score (written to the manifest; the daemon applies them)")
     s.add_argument("--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too")
@@ -153,7 +157,8 @@ def reproduce_command(args: argparse.Namespace) -> str:
               "--texture-defects", f"{args.texture_defects:g}",
               "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
     if args.hard_defects is not None:
-        parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}"]
+        parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}",
+                  "--hard-fraction", f"{args.hard_fraction:g}"]
     parts += ["--ssim-size", str(args.ssim_size), "--ssim-sigma", f"{args.ssim_sigma:g}",
               "--smooth-sigma", f"{args.smooth_sigma:g}", "--reduction", args.reduction]
     if args.calibrate_with_test:
@@ -196,7 +201,7 @@ def build_job(args: argparse.Namespace):
         evaluate=args.evaluate if args.synthetic else 0,
         init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
         stop_loss=args.loss_threshold,
-        hard_defects=args.hard_defects, hard_prob=args.hard_prob, defects=DefectConfig(texture_prob=args.texture_defects),
+        hard_defects=args.hard_defects, hard_prob=args.hard_prob, hard_fraction=args.hard_fraction, defects=DefectConfig(texture_prob=args.texture_defects),
         ssim=SsimSpec(size=args.ssim_size, sigma=args.ssim_sigma),
         score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
     )

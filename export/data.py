@@ -133,13 +133,26 @@ class HardDefect:
 
     image: np.ndarray  # uint8 in the model's colour
     mask: np.ndarray  # uint8 0/1 of the image's size
-    source: str = ""
+    source: str = ""  # "<class>/<name>"
+    sha256: str = ""  # of the image file
 
 
-def load_hard_defects(path: str | Path, color: str = "gray") -> list[HardDefect]:
-    """Defect images with pixel masks in MVTec layout: DIR/test/<class>/* (every class but good) with
-    DIR/ground_truth/<class>/<stem>_mask.png (nonzero = defect), as `inspectd collect` (confirmed_defect) and
-    `inspectd label check --accepted` write them. Images without a usable mask are skipped."""
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Path, Path, str]]:
+    """(image, mask, "<class>/<name>") of the defect images with masks in MVTec layout: DIR/test/<class>/* (every
+    class but good) with DIR/ground_truth/<class>/<stem>_mask.png. `fraction` < 1 keeps that share of each class
+    (rounded, at least one): the images whose sha256 of "<class>/<name>" sorts first, so the choice depends on
+    nothing but the names (not the listing order, not a seed) and a larger fraction keeps a superset."""
+    import hashlib
+
+    if not 0.0 < fraction <= 1.0:
+        msg = f"hard-defect fraction must be within (0, 1], got {fraction}"
+        raise ValueError(msg)
     root = Path(path)
     test = root / "test"
     if not test.is_dir():
@@ -147,14 +160,32 @@ def load_hard_defects(path: str | Path, color: str = "gray") -> list[HardDefect]
         raise FileNotFoundError(msg)
     out = []
     for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
+        found = []
         for f in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            mask = cv2.imread(str(root / "ground_truth" / sub.name / f"{f.stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
-            image = read_image(f, color)
-            if mask is None or mask.shape != image.shape[:2] or not mask.any():
-                continue
-            out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=f"{sub.name}/{f.name}"))
+            mask = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            if mask.is_file():
+                found.append((f, mask, f"{sub.name}/{f.name}"))
+        if fraction < 1.0 and found:
+            found.sort(key=lambda t: hashlib.sha256(t[2].encode()).hexdigest())
+            found = sorted(found[: max(1, round(len(found) * fraction))], key=lambda t: t[2])
+        out.extend(found)
+    return out
+
+
+def load_hard_defects(path: str | Path, color: str = "gray", fraction: float = 1.0) -> list[HardDefect]:
+    """Defect images with pixel masks in MVTec layout (see hard_defect_files), as `inspectd collect`
+    (confirmed_defect) and `inspectd label check --accepted` write them. Images without a usable mask are skipped.
+    Each HardDefect's `source` is "<class>/<name>", its `sha256` the file's: the manifest records both, so that
+    `inspectd evaluate` can leave the images a model was trained on out of its numbers."""
+    out = []
+    for f, mask_file, source in hard_defect_files(path, fraction):
+        mask = cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE)
+        image = read_image(f, color)
+        if mask is None or mask.shape != image.shape[:2] or not mask.any():
+            continue
+        out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=file_sha256(f)))
     if not out:
-        msg = f"no defect images with masks under {test}/<class>/ (masks: {root}/ground_truth/<class>/<stem>_mask.png)"
+        msg = f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: {path}/ground_truth/<class>/<stem>_mask.png)"
         raise FileNotFoundError(msg)
     return out
 
@@ -298,7 +329,8 @@ class TrainingSet:
         if not 0.0 <= hard_prob <= 1.0 or (hard_prob > 0 and not hard):
             msg = f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
             raise ValueError(msg)
-        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), h.mask, h.source) for h in hard]
+        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), h.mask, h.source, h.sha256)
+                     for h in hard]
         self.hard_prob = float(hard_prob) if self.hard else 0.0
         self.hard_value = int(hard_value)
         if not 0.0 <= edge_prob <= 1.0:

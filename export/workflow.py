@@ -68,6 +68,7 @@ class TrainJob:
     stop_loss: float | None = None  # stop rule: a fixed loss threshold instead of the table
     hard_defects: Path | None = None  # seed 001's hard-defect set: DIR/test/<class>/* + ground_truth masks
     hard_prob: float = 0.1  # share of samples drawn from the hard-defect set (when given)
+    hard_fraction: float = 1.0  # share of each defect class of hard_defects used (data.hard_defect_files)
     ssim: SsimSpec = field(default_factory=SsimSpec)  # the daemon's difference map; the SSIM loss uses its window
     score: ScoreSpec = field(default_factory=ScoreSpec)  # map post-processing and the image score's reduction
     defects: DefectConfig = field(default_factory=DefectConfig)
@@ -149,8 +150,11 @@ def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
     return D.load_folder(job.data, job.color), f"good images of {job.data} ({D.image_files(job.data)[0].parent})"
 
 
-def load_mvtec_test(root: Path, color: str) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """DIR/test/good/* (goods) and DIR/test/<defect>/* with DIR/ground_truth/<defect>/<stem>_mask.png."""
+def load_mvtec_test(
+    root: Path, color: str, exclude: frozenset[str] = frozenset()
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """DIR/test/good/* (goods) and DIR/test/<defect>/* with DIR/ground_truth/<defect>/<stem>_mask.png, without the
+    files whose sha256 is in `exclude` (the hard-defect images the model was trained on)."""
     goods, defects, masks = [], [], []
     test = root / "test"
     if not test.is_dir():
@@ -158,6 +162,8 @@ def load_mvtec_test(root: Path, color: str) -> tuple[list[np.ndarray], list[np.n
         raise FileNotFoundError(msg)
     for sub in sorted(p for p in test.iterdir() if p.is_dir()):
         for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES):
+            if exclude and D.file_sha256(f) in exclude:
+                continue
             img = D.read_image(f, color)
             if sub.name == "good":
                 goods.append(img)
@@ -205,10 +211,12 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     frames, description = _load_source(job)
     train_frames, held_out = _split(frames, job.holdout, job.train.seed)
     say(f"data: {description}: {len(train_frames)} for training, {len(held_out)} held out for calibration")
-    hard = D.load_hard_defects(job.hard_defects, job.color) if job.hard_defects is not None else []
-    if hard:
-        say(f"hard defects: {len(hard)} labelled images of {job.hard_defects} (target 0 inside the mask), "
-            f"{job.hard_prob:.0%} of the samples")
+    hard = []
+    if job.hard_defects is not None:
+        hard = D.load_hard_defects(job.hard_defects, job.color, fraction=job.hard_fraction)
+        say(f"hard defects: {len(hard)} labelled images of {job.hard_defects}"
+            + (f" ({job.hard_fraction:.0%} of each class)" if job.hard_fraction < 1 else "")
+            + f" (target 0 inside the mask), {job.hard_prob:.0%} of the samples; `inspectd evaluate` leaves them out")
     dataset = D.TrainingSet(
         train_frames,
         geometry,
@@ -269,7 +277,8 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         "train_config": asdict(train_cfg),
         "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(job.defects)},
         **({"hard_defects": {"data": str(job.hard_defects), "images": len(hard), "prob": job.hard_prob,
-                             "target_value": dataset.hard_value}} if hard else {}),
+                             "fraction": job.hard_fraction, "target_value": dataset.hard_value,
+                             "files": [{"image": h.source, "sha256": h.sha256} for h in hard]}} if hard else {}),
         "augment": asdict(dataset.augment),
         **({"parent": parent.facts()} if parent is not None else {}),
         **({"stop_rule": rule} if rule is not None else {}),
@@ -288,9 +297,11 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     goods = held_out
     data_desc = f"{len(held_out)} held-out good images of the training source"
     if job.calibrate_with_test and job.data is not None:
-        t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color)
+        trained_on = frozenset(h.sha256 for h in hard)
+        t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color, exclude=trained_on)
         goods = held_out + t_goods
-        data_desc += f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks)"
+        data_desc += (f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks"
+                      + (f", without the {len(trained_on)} hard-defect images)" if trained_on else ")"))
     calibration = calib.calibrate(job.out, goods, defect_images, defect_masks, data=data_desc)
     calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
     say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")

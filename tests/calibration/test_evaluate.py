@@ -123,3 +123,37 @@ def test_good_only_calibration_gives_a_threshold_that_passes_its_good_images(sep
     assert len(held_out) == m.training["held_out_count"]
     confusion = evaluate(open_inspector(separable_model), held_out, [False] * len(held_out))
     assert confusion.good_reject == 0 and confusion.good_pass == len(held_out)
+
+
+def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(separable_tree, tmp_path):
+    """A model trained with half of each test class as seed 001's hard-defect set is evaluated on the other half
+    only: the manifest lists the trained-on files by sha256 and evaluate drops them, wherever they lie."""
+    pytest.importorskip("torch", reason="training the test model needs the train extra")
+    import shutil
+
+    from export.cli import main as train_main
+    from export.data import hard_defect_files
+
+    model = tmp_path / "model"
+    argv = [
+        "train", "--data", str(separable_tree), "--out", str(model), "--input-size", "32", "--mode", "tile",
+        "--tile-overlap", "8", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
+        "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--hard-defects", str(separable_tree), "--hard-fraction", "0.5",
+        "--hard-prob", "0.3",
+    ]
+    assert train_main(argv) == 0
+    hard = json.loads((model / "manifest.json").read_text())["training"]["hard_defects"]
+    chosen = {s for _, _, s in hard_defect_files(separable_tree, 0.5)}
+    assert hard["images"] == 3 and {f["image"] for f in hard["files"]} == chosen
+
+    copy = tmp_path / "copy"  # the same files under another root: matched by content, not by path
+    shutil.copytree(separable_tree, copy)
+    proc = run_cli("evaluate", "--model", str(model), "--data", str(copy), "--json", str(tmp_path / "e.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["left_out_trained_on"]["count"] == 3
+    assert set(result["left_out_trained_on"]["images"]) == chosen
+    assert result["n_images"] == 9 and result["n_defective"] == 3 and result["per_class"]["spot"]["n"] == 3
+    assert not chosen & {f"{r['class']}/{r['file'].split('/')[-1]}" for r in result["images"]}
+    assert "left out: 3 images" in proc.stdout

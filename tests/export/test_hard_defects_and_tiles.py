@@ -169,3 +169,27 @@ def test_training_draws_a_progress_bar_on_a_terminal():
     train(ConvAutoencoder(cfg), data, TrainConfig(iterations=6, batch_size=2, log_every=3, threads=1), log=log)
     text = log.getvalue()
     assert "\rtrain [" in text and "it 3/6" in text and text.rstrip().endswith("final loss " + text.rstrip().split()[-1])
+
+
+def test_a_hard_defect_fraction_takes_that_share_of_each_class_by_name_and_grows_as_a_superset(tmp_path):
+    from export.data import hard_defect_files
+
+    for cls, n in (("a", 10), ("b", 3)):
+        (tmp_path / "test" / cls).mkdir(parents=True)
+        (tmp_path / "ground_truth" / cls).mkdir(parents=True)
+        for i in range(n):
+            img = np.full((16, 16), 100, np.uint8)
+            cv2.imwrite(str(tmp_path / "test" / cls / f"{i}.png"), img)
+            img[4:8, 4:8] = 255
+            cv2.imwrite(str(tmp_path / "ground_truth" / cls / f"{i}_mask.png"), img)
+    (tmp_path / "test" / "good").mkdir()
+    cv2.imwrite(str(tmp_path / "test" / "good" / "g.png"), np.zeros((16, 16), np.uint8))
+    third = [s for _, _, s in hard_defect_files(tmp_path, 0.34)]
+    assert sum(s.startswith("a/") for s in third) == 3 and sum(s.startswith("b/") for s in third) == 1
+    assert third == [s for _, _, s in hard_defect_files(tmp_path, 0.34)]  # deterministic
+    assert set(third) <= {s for _, _, s in hard_defect_files(tmp_path, 0.6)}
+    assert len(hard_defect_files(tmp_path)) == 13  # all, good never included
+    loaded = load_hard_defects(tmp_path, fraction=0.34)
+    assert [h.source for h in loaded] == third and all(len(h.sha256) == 64 for h in loaded)
+    with pytest.raises(ValueError, match="fraction"):
+        hard_defect_files(tmp_path, 0.0)
