@@ -58,11 +58,21 @@ class PreprocessSpec(_Strict):
     # resize: the whole frame is resized to the model input; tile: the frame is cut into model-size tiles
     mode: Literal["resize", "tile"] = "resize"
     tile_overlap: int = Field(32, ge=0, description="pixels shared by neighbouring tiles (tile mode)")
+    # tile mode: the frame is resized by this factor (INTER_AREA) before it is cut into tiles, so one tile sees
+    # 1/scale times more of the part; the score map is resized back to the frame's size (1 = native resolution)
+    scale: float = Field(1.0, gt=0.05, le=1.0, description="tile mode: resize factor applied before tiling")
     interpolation: Literal["area", "linear", "nearest"] = "area"
     # exposure normalisation, first of all (preprocess.normalize_exposure): none, or scale every frame so that its
     # median grey level becomes normalize_to (one gain per frame: camera exposure and lamp drift cancel out)
     normalize: Literal["none", "median"] = "none"
     normalize_to: float = Field(100.0, gt=0, le=255)
+
+    @model_validator(mode="after")
+    def _scale_needs_tiles(self) -> "PreprocessSpec":
+        if self.scale != 1.0 and self.mode != "tile":
+            msg = f"preprocess.scale {self.scale} needs mode 'tile' (resize mode already brings frames to the input size)"
+            raise ValueError(msg)
+        return self
 
 
 class SsimSpec(_Strict):

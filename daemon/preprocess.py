@@ -8,7 +8,9 @@ Two policies (PreprocessSpec.mode):
   neighbours (all tiles form one batch). Along each axis tiles start at 0, stride, 2*stride ... with
   stride = tile - overlap, and the last tile is moved back so that it ends flush with the frame's far edge (no tile
   hangs over). A frame dimension smaller than the tile is padded at its far end by reflection up to the tile size;
-  `stitch` crops the padding off again.
+  `stitch` crops the padding off again. With `scale` < 1 the (exposure-normalised) frame is first resized by that
+  factor (INTER_AREA) and tiled as above; `stitch` resizes the map back to the camera frame's size (bilinear), so
+  regions and areas are always in camera pixels while each tile covers 1/scale times more of the part.
 
 Stitching (tile mode): every frame pixel takes its score from exactly one tile, the tile whose centre is nearest
 along each axis (ties go to the earlier tile). The overlap between two neighbours is thereby split in half, so a
@@ -46,7 +48,8 @@ class TileLayout:
     frame_hw: the frame's size; tile_hw: the model input size; origins: (y, x) of each batch item's tile in the
     (padded) frame, row-major (all tiles of the first row, left to right, then the next row); padded_hw: the frame
     size after reflection padding (= frame_hw unless the frame is smaller than a tile; equal to frame_hw in resize
-    mode); mode: "resize" (one item, the whole frame resized) or "tile".
+    mode); mode: "resize" (one item, the whole frame resized) or "tile". native_hw: the camera frame's size when
+    preprocess.scale resized it before tiling (frame_hw is then the resized size); None when not resized.
     """
 
     frame_hw: tuple[int, int]
@@ -54,6 +57,12 @@ class TileLayout:
     origins: tuple[tuple[int, int], ...]
     padded_hw: tuple[int, int]
     mode: str
+    native_hw: tuple[int, int] | None = None
+
+    @property
+    def output_hw(self) -> tuple[int, int]:
+        """The size of the stitched score map: the camera frame's."""
+        return self.native_hw or self.frame_hw
 
     @property
     def n_tiles(self) -> int:
@@ -116,6 +125,11 @@ def _stitch_plan(layout: TileLayout) -> tuple[tuple[int, slice, slice, slice, sl
     return tuple(plan)
 
 
+def scaled_hw(hw: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The size a frame of size hw is resized to by preprocess.scale (rounded, at least 1 pixel)."""
+    return max(1, int(round(hw[0] * scale))), max(1, int(round(hw[1] * scale)))
+
+
 def normalize_exposure(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """uint8 frame -> the frame with its median grey level scaled to spec.normalize_to (normalize = "median"; all
     channels share one gain); unchanged for normalize = "none". The median is the lower median of all values."""
@@ -168,6 +182,8 @@ class Preprocessor:
         """uint8 HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA) frame -> model batch, SSIM reference and tile layout."""
         img = normalize_exposure(self._convert_color(image), self.spec)
         layout = self.layout_for(img.shape[:2])
+        if layout.native_hw is not None:
+            img = cv2.resize(img, layout.frame_hw[::-1], interpolation=cv2.INTER_AREA)
         th, tw = self.tile_hw
         if layout.mode == "resize":
             if img.shape[:2] != (th, tw):
@@ -217,11 +233,15 @@ class Preprocessor:
         th, tw = self.tile_hw
         if self.spec.mode == "resize":
             return TileLayout(frame_hw=frame_hw, tile_hw=(th, tw), origins=((0, 0),), padded_hw=frame_hw, mode="resize")
+        native = None
+        if self.spec.scale != 1.0:
+            native, frame_hw = frame_hw, scaled_hw(frame_hw, self.spec.scale)
         ph, pw = max(frame_hw[0], th), max(frame_hw[1], tw)
         ys = axis_starts(ph, th, self.spec.tile_overlap)
         xs = axis_starts(pw, tw, self.spec.tile_overlap)
         origins = tuple((y, x) for y in ys for x in xs)
-        return TileLayout(frame_hw=frame_hw, tile_hw=(th, tw), origins=origins, padded_hw=(ph, pw), mode="tile")
+        return TileLayout(frame_hw=frame_hw, tile_hw=(th, tw), origins=origins, padded_hw=(ph, pw), mode="tile",
+                          native_hw=native)
 
     def _convert_color(self, image: np.ndarray) -> np.ndarray:
         expected = "expected uint8 HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA)"
@@ -315,4 +335,6 @@ class Preprocessor:
         out = np.empty((fh, fw), dtype=np.float32)
         for k, dy, dx, sy, sx in _stitch_plan(layout):
             out[dy, dx] = maps[k, sy, sx]
+        if layout.native_hw is not None:  # preprocess.scale: back to the camera frame's pixels
+            out = cv2.resize(out, layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR)
         return out

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--color", choices=("gray", "bgr"), default="gray")
     m.add_argument("--mode", choices=("resize", "tile"), default="tile",
                    help="cut native-resolution model-size tiles (default), or resize whole frames to the input")
+    m.add_argument("--scale", type=float, default=1.0,
+                   help="tile mode: resize frames by this factor before tiling, so a tile sees 1/scale times more of "
+                   "the part (default 1 = native resolution); the daemon maps scores back to camera pixels")
     m.add_argument("--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)")
     m.add_argument("--edge-crops", type=float, default=0.5, metavar="P",
                    help="tile mode: share of training crops flush with a frame edge, as the daemon's edge tiles "
@@ -145,7 +148,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
     parts += ["--tile-overlap", str(args.tile_overlap)]  # recorded in the manifest's preprocess in both modes
     if args.mode == "tile":
-        parts += ["--edge-crops", f"{args.edge_crops:g}"]
+        parts += ["--edge-crops", f"{args.edge_crops:g}", "--scale", f"{args.scale:g}"]
     parts += ["--normalize", args.normalize]
     if args.normalize != "none":
         parts += ["--normalize-to", f"{args.normalize_to:g}"]
@@ -194,7 +197,7 @@ def build_job(args: argparse.Namespace):
         )
     return TrainJob(
         out=args.out, command=reproduce_command(args), data=args.data, synthetic=synthetic, name=args.name,
-        model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, train=train_cfg,
+        model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, scale=args.scale, train=train_cfg,
         normalize=args.normalize, normalize_to=args.normalize_to, edge_prob=args.edge_crops,
         defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
         checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,

@@ -58,20 +58,38 @@ class InputGeometry:
     interpolation: Literal["area", "linear", "nearest"] = "area"
     normalize: Literal["none", "median"] = "none"  # exposure normalisation of whole frames (the daemon's)
     normalize_to: float = 100.0
+    scale: float = 1.0  # tile mode: whole frames resized by this factor before cropping (the manifest's preprocess.scale)
 
     @property
     def channels(self) -> int:
         return 1 if self.color == "gray" else 3
 
     def normalized(self, image: np.ndarray) -> np.ndarray:
-        """A whole frame in the model's colour -> exposure-normalised exactly as daemon.preprocess does it."""
-        if self.normalize == "none":
-            return image
-        from daemon.manifest import PreprocessSpec
-        from daemon.preprocess import normalize_exposure
+        """A whole frame in the model's colour -> exposure-normalised and (tile mode) resized by `scale`, exactly
+        as daemon.preprocess does it before cutting tiles."""
+        if self.normalize != "none":
+            from daemon.manifest import PreprocessSpec
+            from daemon.preprocess import normalize_exposure
 
-        spec = PreprocessSpec(color=self.color, normalize=self.normalize, normalize_to=self.normalize_to)
-        return normalize_exposure(image, spec)
+            spec = PreprocessSpec(color=self.color, normalize=self.normalize, normalize_to=self.normalize_to)
+            image = normalize_exposure(image, spec)
+        if self.mode == "tile" and self.scale != 1.0:
+            from daemon.preprocess import scaled_hw
+
+            h, w = scaled_hw(image.shape[:2], self.scale)
+            image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        return image
+
+    def scaled_mask(self, mask: np.ndarray) -> np.ndarray:
+        """A 0/1 mask of a whole frame -> the size `normalized` gives the frame (a pixel is defective when at
+        least half of what it covers is)."""
+        if self.mode != "tile" or self.scale == 1.0:
+            return mask
+        from daemon.preprocess import scaled_hw
+
+        h, w = scaled_hw(mask.shape[:2], self.scale)
+        area = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
+        return (area >= 0.5).astype(np.uint8)
 
 
 @dataclass(frozen=True)
@@ -329,8 +347,9 @@ class TrainingSet:
         if not 0.0 <= hard_prob <= 1.0 or (hard_prob > 0 and not hard):
             msg = f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
             raise ValueError(msg)
-        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), h.mask, h.source, h.sha256)
-                     for h in hard]
+        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), geometry.scaled_mask(h.mask),
+                                h.source, h.sha256) for h in hard]
+        self.hard = [h for h in self.hard if h.mask.any()]  # a defect smaller than half a scaled pixel is gone
         self.hard_prob = float(hard_prob) if self.hard else 0.0
         self.hard_value = int(hard_value)
         if not 0.0 <= edge_prob <= 1.0:

@@ -53,6 +53,7 @@ class TrainJob:
     color: Literal["gray", "bgr"] = "gray"
     mode: Literal["resize", "tile"] = "resize"
     tile_overlap: int = 32
+    scale: float = 1.0  # tile mode: frames resized by this factor before tiling (preprocess.scale)
     normalize: Literal["none", "median"] = "none"  # exposure normalisation (daemon.preprocess.normalize_exposure)
     normalize_to: float = 100.0
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -199,7 +200,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         parent = load_parent(job.init)
         pp = parent.manifest.preprocess
         job = replace(job, model=parent.model_config, color=pp.color, mode=pp.mode, tile_overlap=pp.tile_overlap,
-                      normalize=pp.normalize, normalize_to=pp.normalize_to)
+                      normalize=pp.normalize, normalize_to=pp.normalize_to, scale=pp.scale)
         say(f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
             f"(max abs diff {parent.parity_max_abs_diff:.1e})")
     cfg = job.model
@@ -207,7 +208,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         msg = f"model channels {cfg.channels} do not match color {job.color!r}"
         raise ValueError(msg)
     geometry = D.InputGeometry(height=cfg.height, width=cfg.width, color=job.color, mode=job.mode,
-                               normalize=job.normalize, normalize_to=job.normalize_to)
+                               normalize=job.normalize, normalize_to=job.normalize_to, scale=job.scale)
     frames, description = _load_source(job)
     train_frames, held_out = _split(frames, job.holdout, job.train.seed)
     say(f"data: {description}: {len(train_frames)} for training, {len(held_out)} held out for calibration")
@@ -252,7 +253,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
 
     preprocess = PreprocessSpec(
         color=job.color, divide=255.0, mean=0.0, std=1.0, mode=job.mode, tile_overlap=job.tile_overlap, interpolation="area",
-        normalize=job.normalize, normalize_to=job.normalize_to,
+        normalize=job.normalize, normalize_to=job.normalize_to, scale=job.scale,
     )
     if parent is not None:
         preprocess = parent.manifest.preprocess

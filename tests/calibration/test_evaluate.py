@@ -157,3 +157,28 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
     assert result["n_images"] == 9 and result["n_defective"] == 3 and result["per_class"]["spot"]["n"] == 3
     assert not chosen & {f"{r['class']}/{r['file'].split('/')[-1]}" for r in result["images"]}
     assert "left out: 3 images" in proc.stdout
+
+
+def test_a_model_with_scaled_tiles_is_trained_exported_and_evaluated_in_camera_pixels(separable_tree, tmp_path):
+    pytest.importorskip("torch", reason="training the test model needs the train extra")
+    from export.cli import main as train_main
+
+    model = tmp_path / "model"
+    argv = [
+        "train", "--data", str(separable_tree), "--out", str(model), "--input-size", "16", "--mode", "tile",
+        "--scale", "0.5", "--tile-overlap", "4", "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
+        "--depth", "2", "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--smooth-sigma", "1",
+    ]
+    assert train_main(argv) == 0
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert manifest["preprocess"]["scale"] == 0.5 and "--scale 0.5" in manifest["training"]["command"]
+    proc = run_cli("evaluate", "--model", str(model), "--data", str(separable_tree), "--json", str(tmp_path / "e.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["n_images"] == 12 and result["pixel_auroc"] is not None
+    regions = [r for rec in result["images"] for r in rec["regions"]]
+    assert regions  # the defective images are found somewhere ...
+    for r in regions:  # ... in the 48 x 48 camera frame, not the 24 x 24 resized one
+        assert 0 <= r["x"] and 0 <= r["y"] and r["x"] + r["w"] <= 48 and r["y"] + r["h"] <= 48
+    assert max(r["x"] + r["w"] for r in regions) > 24 or max(r["y"] + r["h"] for r in regions) > 24

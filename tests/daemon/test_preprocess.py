@@ -300,3 +300,36 @@ def test_layout_is_cached_per_frame_size():
     c = pre.prepare(frame(100, 90)).layout
     assert a is b
     assert c is not a and c.frame_hw == (100, 90)
+
+
+# --- tile mode with preprocess.scale ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h, w, scale", [(300, 257, 0.5), (130, 640, 0.25), (40, 40, 0.5), (97, 101, 0.75)])
+def test_scaled_tiles_cut_the_resized_frame_and_stitch_back_to_camera_pixels(h, w, scale):
+    pre = make(hw=(32, 32), mode="tile", tile_overlap=8, scale=scale)
+    img = cv2.GaussianBlur(frame(h, w, seed=h), (0, 0), 3)  # smooth, so resizing there and back stays close
+    prep = pre.prepare(img)
+    small = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    assert prep.layout.frame_hw == small.shape and prep.layout.native_hw == (h, w)
+    assert prep.layout.n_tiles == make(hw=(32, 32), mode="tile", tile_overlap=8).layout_for(small.shape).n_tiles
+    y, x = prep.layout.origins[-1]
+    padded = cv2.copyMakeBorder(small, 0, max(0, 32 - small.shape[0]), 0, max(0, 32 - small.shape[1]),
+                                cv2.BORDER_REFLECT_101)
+    np.testing.assert_array_equal(prep.reference[-1], padded[y : y + 32, x : x + 32] / np.float32(255))
+    out = pre.stitch(prep.reference, prep.layout)
+    assert out.shape == (h, w) and out.dtype == np.float32  # scores in camera pixels, whatever the scale
+    assert np.abs(out - img / np.float32(255)).mean() < 0.02
+
+
+def test_a_constant_score_map_stays_constant_through_a_scaled_stitch():
+    pre = make(hw=(32, 32), mode="tile", tile_overlap=8, scale=0.5)
+    layout = pre.prepare(frame(201, 333)).layout
+    out = pre.stitch(np.full((layout.n_tiles, 32, 32), 0.25, np.float32), layout)
+    assert out.shape == (201, 333)
+    np.testing.assert_allclose(out, 0.25, atol=1e-6)
+
+
+def test_scale_in_resize_mode_is_a_manifest_error():
+    with pytest.raises(ValueError, match="scale 0.5 needs mode 'tile'"):
+        PreprocessSpec(color="gray", mode="resize", scale=0.5)

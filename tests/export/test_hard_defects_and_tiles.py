@@ -193,3 +193,17 @@ def test_a_hard_defect_fraction_takes_that_share_of_each_class_by_name_and_grows
     assert [h.source for h in loaded] == third and all(len(h.sha256) == 64 for h in loaded)
     with pytest.raises(ValueError, match="fraction"):
         hard_defect_files(tmp_path, 0.0)
+
+
+def test_scaled_tiles_train_on_resized_frames_and_resized_hard_defect_masks():
+    geom = InputGeometry(height=32, width=32, mode="tile", scale=0.5)
+    hard = _hard((80, 120))  # mask 10 x 14 at (50, 90) -> 5 x 7 at (25, 45)
+    ds = TrainingSet(stripes(2, size=128), geom, hard=[hard], hard_prob=1.0, defect_prob=0.0)
+    assert ds.frames[0].shape == (64, 64)
+    assert ds.hard[0].image.shape == (40, 60) and ds.hard[0].mask.shape == (40, 60)
+    assert ds.hard[0].mask.sum() == 35 and ds.hard[0].mask[25:30, 45:52].all()
+    inp, target, mask = ds.sample_one(np.random.default_rng(0))
+    assert inp.shape == (32, 32) and mask.any() and np.all(target[mask.astype(bool)] == 0)
+    tiny = HardDefect(image=hard.image, mask=np.pad(np.ones((1, 1), np.uint8), ((40, 39), (60, 59))))
+    assert TrainingSet(stripes(2, size=128), geom, hard=[hard, tiny], hard_prob=0.5).hard[0].source == hard.source
+    assert len(TrainingSet(stripes(2, size=128), geom, hard=[hard, tiny], hard_prob=0.5).hard) == 1
