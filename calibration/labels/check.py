@@ -76,6 +76,7 @@ class ImageCheck:
     in_sample: bool
     predicted: np.ndarray | None = field(default=None, repr=False)  # kept for flagged images (the report)
     combined_by_sum: bool = False
+    region_local: bool = False
 
     @property
     def severity(self) -> float:
@@ -83,7 +84,7 @@ class ImageCheck:
         probability (used to sort the review worst first)."""
         v = self.verdict
         if v.label_area > 0:
-            return 1.0 - v.iou
+            return 1.0 - (v.iou_local if self.region_local and v.iou_local is not None else v.iou)
         return v.probability / max(len(self.checkers), 1) if self.combined_by_sum else v.probability
 
     def as_json(self) -> dict:
@@ -92,6 +93,7 @@ class ImageCheck:
             "image": self.item.id,
             "reason": v.reason,
             "iou": round(v.iou, 4),
+            "iou_local": None if v.iou_local is None else round(v.iou_local, 4),
             "probability": round(v.probability, 4),
             "label_area": v.label_area,
             "predicted_area": v.predicted_area,
@@ -108,10 +110,12 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     use = use or list(checkers)
     maps, probs = zip(*(c.predict(gray) for c in use))
     threshold = float(np.mean([c.pixel_threshold for c in use]))
-    predicted = (np.mean(maps, axis=0) > threshold).astype(np.uint8) * 255
-    verdict = judge(label, predicted, probs, config)
+    mean_map = np.mean(maps, axis=0)
+    predicted = (mean_map > threshold).astype(np.uint8) * 255
+    verdict = judge(label, predicted, probs, config, prob_map=mean_map)
     kept = predicted if verdict.flagged else None
-    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config.combine == "sum")
+    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config.combine == "sum",
+                      config.region == "local")
 
 
 def run_check(

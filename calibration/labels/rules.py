@@ -12,6 +12,16 @@
 
 The region rule (IoU) is applied after the probability rules whatever N is: the probability rules cannot see a
 label that is too large (a ring around the defect) or too small (an eroded region), the IoU can.
+
+Which predicted region the IoU compares the label with (`RuleConfig.region`):
+- "global" (the seed's reading): the checkers' mean probability map above their calibrated pixel threshold,
+  over the whole image;
+- "local": the checkers' region *near the label*: within the label grown by `local_grow` times its equivalent
+  radius (sqrt(area / pi)), the pixels whose probability is above the Otsu threshold of the probabilities in that
+  neighbourhood (`local_region`). It asks "where, around this label, does the checker put the defect's border?",
+  which a checker can answer even when its absolute probabilities are badly calibrated or it misses or invents
+  regions elsewhere in the image. A ring label (too large) leaves low-probability pixels inside the label, an
+  eroded one high-probability pixels outside it; both lower this IoU.
 """
 
 from __future__ import annotations
@@ -29,9 +39,14 @@ REASONS = (WRONG_LABEL, MISSED_LABEL, REGION_MISMATCH)
 Combine = Literal["mean", "sum"]
 
 
+Region = Literal["global", "local"]
+
+
 @dataclass(frozen=True)
 class RuleConfig:
     iou_threshold: float = 0.8
+    region: Region = "global"  # which predicted region the IoU uses (module docstring)
+    local_grow: float = 0.6  # "local": the neighbourhood is the label grown by this x its equivalent radius
     combine: Combine = "mean"
     low_threshold: float | None = None  # wrong label below it; None = 0.5 (mean) or 0.5 * k (sum)
     high_threshold: float | None = None  # missed label above it; None = 0.8 (mean) or 0.8 * k (sum)
@@ -43,6 +58,12 @@ class RuleConfig:
             raise ValueError(msg)
         if not 0.0 <= self.iou_threshold <= 1.0:
             msg = f"iou_threshold must lie in [0, 1], got {self.iou_threshold}"
+            raise ValueError(msg)
+        if self.region not in ("global", "local"):
+            msg = f"region must be 'global' or 'local', got {self.region!r}"
+            raise ValueError(msg)
+        if not 0.0 < self.local_grow <= 5.0:
+            msg = f"local_grow must lie in (0, 5], got {self.local_grow}"
             raise ValueError(msg)
         if self.area_threshold < 0:
             msg = f"area_threshold must be >= 0 px, got {self.area_threshold}"
@@ -68,6 +89,7 @@ class Verdict:
     probability: float
     label_area: int
     predicted_area: int
+    iou_local: float | None = None  # IoU with the label's local region (None without a probability map / label)
 
     @property
     def flagged(self) -> bool:
@@ -85,6 +107,44 @@ def iou(label: np.ndarray, predicted: np.ndarray) -> float:
     if union == 0:
         return 1.0
     return int(np.count_nonzero(a & b)) / union
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of probabilities in [0, 1] (the value between the two classes that maximises the
+    between-class variance); the midpoint of the range when all values are (nearly) equal."""
+    v = np.clip(np.asarray(values, dtype=np.float64).ravel(), 0.0, 1.0)
+    if v.size == 0:
+        return 0.5
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < 1e-6:
+        return (lo + hi) / 2
+    hist, edges = np.histogram(v, bins=bins, range=(lo, hi))
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = v.size - w0
+    m0 = np.cumsum(hist * centres)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between[:-1])) + 1])
+
+
+def local_region(label: np.ndarray, prob_map: np.ndarray, grow: float = 0.6) -> np.ndarray:
+    """The checker's region near a labelled one (see the module docstring): bool mask of the label's shape."""
+    import cv2
+
+    inside = np.asarray(label) > 0
+    prob_map = np.asarray(prob_map, dtype=np.float32)
+    if inside.shape != prob_map.shape:
+        msg = f"label {inside.shape} and probability map {prob_map.shape} differ in shape"
+        raise ValueError(msg)
+    area = int(np.count_nonzero(inside))
+    if area == 0:
+        return np.zeros_like(inside)
+    radius = max(2.0, grow * float(np.sqrt(area / np.pi)))
+    dist = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
+    hood = dist <= radius
+    return hood & (prob_map > otsu_threshold(prob_map[hood]))
 
 
 def combine(probabilities: Sequence[float], how: Combine) -> float:
@@ -129,19 +189,28 @@ def judge(
     predicted: np.ndarray,
     probabilities: Sequence[float],
     config: RuleConfig = RuleConfig(),
+    prob_map: np.ndarray | None = None,
 ) -> Verdict:
     """Apply the probability rules, then the region (IoU) rule to a defective label, for one image.
 
     `label` and `predicted` are same-shaped masks; `probabilities` are the image-level probabilities of the
-    checkers that scored this image (those that did not train on it)."""
+    checkers that scored this image (those that did not train on it); `prob_map` their mean per-pixel
+    probability (needed by region "local"; with it the verdict carries both IoUs)."""
     label_area = int(np.count_nonzero(label))
     predicted_area = int(np.count_nonzero(predicted))
     target = combine(probabilities, config.combine)
     low, high = config.thresholds(len(probabilities))
     value = iou(label, predicted)
+    local = None
+    if prob_map is not None and label_area > 0:
+        local = iou(label, local_region(label, prob_map, config.local_grow))
+    if config.region == "local" and prob_map is None:
+        msg = "region 'local' needs the checkers' probability map"
+        raise ValueError(msg)
+    used = local if config.region == "local" and local is not None else value
     reason = ensemble_rule(
         target, label_area > 0, predicted_area, low=low, high=high, area_threshold=config.area_threshold
     )
-    if reason is None and label_area > 0 and value < config.iou_threshold:
+    if reason is None and label_area > 0 and used < config.iou_threshold:
         reason = REGION_MISMATCH
-    return Verdict(reason, value, target, label_area, predicted_area)
+    return Verdict(reason, value, target, label_area, predicted_area, local)

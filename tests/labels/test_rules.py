@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -89,3 +90,61 @@ def test_rule_config_rejects_bad_values():
         RuleConfig(combine="max")
     with pytest.raises(ValueError):
         RuleConfig(iou_threshold=1.5)
+
+
+def _disc(r: float, shape=(120, 120), centre=(60, 60)) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return ((yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r * r).astype(np.uint8) * 255
+
+
+def _blurred_probability(true_mask: np.ndarray, low: float, high: float) -> np.ndarray:
+    """A badly calibrated checker: the right place, a soft border, probabilities squeezed into [low, high]."""
+    soft = cv2.GaussianBlur((true_mask > 0).astype(np.float32), (0, 0), 2.0)
+    return (low + (high - low) * soft).astype(np.float32)
+
+
+def test_otsu_threshold_splits_two_clusters_and_is_the_midpoint_of_a_flat_map():
+    from calibration.labels.rules import otsu_threshold
+
+    values = np.r_[np.full(500, 0.1), np.full(200, 0.3)]
+    assert 0.1 < otsu_threshold(values) <= 0.3
+    assert otsu_threshold(np.full(10, 0.4)) == pytest.approx(0.4)
+
+
+def test_the_local_region_accepts_a_right_label_even_when_the_checker_is_badly_calibrated():
+    """Probabilities 0.05-0.3 everywhere: the global region (above 0.5) is empty, IoU 0; the local one finds the
+    defect's border around the label."""
+    from calibration.labels.rules import local_region
+
+    truth = _disc(15)
+    prob = _blurred_probability(truth, 0.05, 0.3)
+    assert iou(truth, prob > 0.5) == 0.0
+    assert iou(truth, local_region(truth, prob)) > 0.85
+    v = judge(truth, (prob > 0.5).astype(np.uint8), [0.9], RuleConfig(region="local"), prob_map=prob)
+    assert v.reason is None and v.iou == 0.0 and v.iou_local > 0.85
+
+
+@pytest.mark.parametrize("label_radius, why", [(15 * 1.58, "ring: 2.5x the area"), (15 * 0.63, "eroded: 40 %")])
+def test_the_local_region_flags_labels_too_large_or_too_small(label_radius, why):
+    truth = _disc(15)
+    prob = _blurred_probability(truth, 0.05, 0.3)
+    label = _disc(label_radius)
+    v = judge(label, (prob > 0.5).astype(np.uint8), [0.9], RuleConfig(region="local"), prob_map=prob)
+    assert v.reason == REGION_MISMATCH, why
+    assert v.iou_local < 0.6, why
+
+
+def test_the_local_region_ignores_checker_regions_far_from_the_label():
+    from calibration.labels.rules import local_region
+
+    truth = _disc(10, centre=(30, 30))
+    prob = _blurred_probability(truth, 0.05, 0.3) + _blurred_probability(_disc(12, centre=(90, 90)), 0.0, 0.6)
+    assert iou(truth, prob > 0.2) < 0.5  # the global region holds both
+    assert iou(truth, local_region(truth, prob)) > 0.8
+
+
+def test_region_local_needs_the_probability_map():
+    with pytest.raises(ValueError, match="probability map"):
+        judge(_disc(5), _disc(5), [0.9], RuleConfig(region="local"))
+    with pytest.raises(ValueError, match="region"):
+        RuleConfig(region="nearby")
