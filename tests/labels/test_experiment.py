@@ -1,0 +1,45 @@
+"""The corruption experiment's bookkeeping: corruptions have the IoU they claim, and the rules are re-applied to
+stored rows with either region (global / local IoU)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from calibration.labels.experiment import grow, rejudge, score, shrink
+from calibration.labels.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, RuleConfig, iou
+
+
+def _disc(r: int, n: int = 101) -> np.ndarray:
+    yy, xx = np.mgrid[:n, :n]
+    return (((yy - n // 2) ** 2 + (xx - n // 2) ** 2) <= r * r).astype(np.uint8) * 255
+
+
+def test_ring_and_eroded_corruptions_leave_the_label_at_iou_0_4_with_the_truth():
+    truth = _disc(20)
+    assert abs(iou(truth, grow(truth)) - 0.4) < 0.02
+    assert abs(iou(truth, shrink(truth)) - 0.4) < 0.02
+
+
+def _row(image, label_area, iou_global, iou_local, probability=0.9, predicted_area=100, k=1):
+    return {"image": image, "label_area": label_area, "iou": iou_global, "iou_local": iou_local,
+            "probability": probability, "predicted_area": predicted_area, "k": k}
+
+
+def test_rejudge_uses_the_iou_of_the_configured_region_and_score_counts_per_kind():
+    rows = [
+        _row("crack/a", 50, iou_global=0.1, iou_local=0.9),  # right label, checker weak elsewhere
+        _row("crack/b", 50, iou_global=0.1, iou_local=0.3),  # ring corruption
+        _row("good/c", 0, iou_global=1.0, iou_local=None, probability=0.95),  # deleted label, checker sees it
+        _row("crack/d", 50, iou_global=0.9, iou_local=0.9, probability=0.1),  # false region on a good image
+    ]
+    kinds = {"crack/b": "ring", "good/c": "deleted", "crack/d": "false_region"}
+    glob = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig())}
+    loc = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="local"))}
+    assert glob == {"crack/a": REGION_MISMATCH, "crack/b": REGION_MISMATCH, "good/c": MISSED_LABEL,
+                    "crack/d": WRONG_LABEL}
+    assert loc["crack/a"] is None and loc["crack/b"] == REGION_MISMATCH
+    s_glob, s_loc = score(rejudge(rows, RuleConfig()), kinds, []), score(rejudge(rows, RuleConfig(region="local")), kinds, [])
+    assert (s_glob["recall"], s_glob["precision"]) == (1.0, 0.75)
+    assert (s_loc["recall"], s_loc["precision"]) == (1.0, 1.0)
+    assert s_loc["per_kind"]["ring"] == {"corrupted": 1, "flagged": 1, "right_reason": 1,
+                                         "reasons": {REGION_MISMATCH: 1}}
