@@ -30,6 +30,7 @@ def make_blur_model(
     input_name: str = "image",
     output_name: str = "reconstruction",
     window: str = "gaussian",
+    scale: float = 1.0,
 ) -> Path:
     """A real ONNX 'autoencoder' whose reconstruction is a 5x5 box blur of its input.
 
@@ -71,7 +72,7 @@ def make_blur_model(
         onnx={"file": "model.onnx", "sha256": sha, "opset": 17},
         input={"name": input_name, "shape": [fixed_batch, c, h, w]},
         output={"name": output_name, "shape": [fixed_batch, c, h, w]},
-        preprocess={"color": color, "mode": mode, "tile_overlap": tile_overlap},
+        preprocess={"color": color, "mode": mode, "tile_overlap": tile_overlap, "scale": scale},
         ssim={"window": window, "size": 7 if window == "uniform" else 11, "sigma": 1.5},
         thresholds={"pixel": pixel_threshold, "min_region_area": min_region_area, "model_sha256": sha, "method": "test"},
         training={"data": "none: a fixed 5x5 box blur built by tests/helpers.py"},

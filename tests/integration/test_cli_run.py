@@ -211,3 +211,30 @@ def test_systemd_unit_passes_systemd_analyze_verify_without_warnings(tmp_path):
     for needed in ("Type=notify", "WatchdogSec=", "Restart=", "ExecStartPre=", "CacheDirectory=", "check-config"):
         assert needed in unit
     assert "PrivateDevices=yes" not in unit
+
+
+def test_a_model_with_scaled_tiles_runs_in_the_daemon_and_reports_regions_in_camera_pixels(tmp_path):
+    """preprocess.scale 0.5: the daemon halves each 200 x 240 frame before tiling, and the defect's region comes back
+    where the defect is in the camera frame (a 16 px square at (66, 80)), not in the half-size frame."""
+    import cv2
+    import numpy as np
+
+    model = make_blur_model(tmp_path / "m", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5,
+                            pixel_threshold=0.35, min_region_area=4)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(6):
+        img = np.full((200, 240), 128, np.uint8) + np.random.default_rng(i).integers(0, 3, (200, 240), dtype=np.uint8)
+        if i % 2:
+            img[66:82, 80:96] = 10
+        cv2.imwrite(str(folder / f"{i:02d}.png"), img)
+    cfg = daemon_config(tmp_path, model, f"          type: folder\n          path: {folder}\n          rate_hz: 0")
+    res = run_cli("run", "--config", str(cfg), timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    verdicts = _verdicts(parse_json_lines(res.stdout))
+    assert [v["code"] for v in verdicts] == ["pass", "reject"] * 3
+    for v in verdicts[1::2]:
+        r = max(v["regions"], key=lambda r: r["area"])
+        cx, cy = r["x"] + r["w"] / 2, r["y"] + r["h"] / 2
+        assert abs(cx - 88) <= 4 and abs(cy - 74) <= 4, r  # the square's centre in camera pixels
+        assert r["w"] >= 12 and r["h"] >= 12
