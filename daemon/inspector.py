@@ -112,7 +112,8 @@ class Inspector:
         manifest's score.smooth_sigma says (decide.smooth_map)."""
         recon = self.preprocessor.to_unit(output)
         ref = prepared.reference
-        if ref.shape[0] == 1 and prepared.layout.output_hw == ref.shape[1:3]:  # one tile the frame's size: no stitch
+        layout = prepared.layout
+        if ref.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == ref.shape[1:3]:  # one tile = frame
             return smooth_map(self.ssim.difference(ref[0], recon[0]), self.manifest.score.smooth_sigma), recon
         maps = np.empty(ref.shape[:3], dtype=np.float32)
         for i in range(ref.shape[0]):
