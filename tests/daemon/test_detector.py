@@ -134,16 +134,17 @@ def test_tile_mode_finds_a_defect_in_a_line_scan_frame(tmp_path):
     assert 690 <= r.x <= 708 and r.y <= 28
 
 
-@pytest.mark.parametrize("hw", [(64, 64), (96, 130)])
-def test_a_scaled_tile_model_maps_scores_and_regions_back_to_camera_pixels(tmp_path, hw):
-    """preprocess.scale 0.5: a 64 x 64 frame becomes one 32 x 32 tile; the map and the region still come back at
-    the camera frame's size and place (the one-tile shortcut must not hand back the half-size map)."""
+@pytest.mark.parametrize("hw, box", [((32, 32), (10, 20, 8, 18)), ((64, 64), (30, 42, 20, 32)), ((96, 130), (30, 42, 20, 32))])
+def test_a_scaled_tile_model_maps_scores_and_regions_back_to_camera_pixels(tmp_path, hw, box):
+    """preprocess.scale 0.5: a 32 x 32 frame becomes one padded 32 x 32 tile; the map and the region still come
+    back at the camera frame's size and place (the one-tile shortcut must not hand back the padded half-size map)."""
     model = make_blur_model(tmp_path / "m", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5, pixel_threshold=0.3)
     insp = Inspector.from_model_dir(model, providers=("CPUExecutionProvider",))
     frame = np.full(hw, 128, dtype=np.uint8)
-    frame[30:42, 20:32] = 5
+    y0, y1, x0, x1 = box
+    frame[y0:y1, x0:x1] = 5
     result = insp.inspect(frame)
     assert result.score_map.shape == hw
     assert result.decision.code is Code.REJECT
     r = max(result.decision.regions, key=lambda r: r.area)
-    assert abs(r.x + r.w / 2 - 26) <= 4 and abs(r.y + r.h / 2 - 36) <= 4
+    assert abs(r.x + r.w / 2 - (x0 + x1) / 2) <= 4 and abs(r.y + r.h / 2 - (y0 + y1) / 2) <= 4
