@@ -85,7 +85,8 @@ def find_test_images(data: str | Path) -> list[TestImage]:
 def trained_on(manifest) -> dict[str, str]:
     """sha256 -> "<class>/<name>" of the labelled defect images the model was trained on (seed 001's hard-defect
     set, the manifest's training.hard_defects.files): evaluating on them would measure memory, not detection."""
-    files = ((manifest.training or {}).get("hard_defects") or {}).get("files") or []
+    hard = (manifest.training or {}).get("hard_defects") or {}
+    files = list(hard.get("files") or []) + list(hard.get("inherited_files") or [])  # + a fine-tuning parent's
     return {f["sha256"]: f["image"] for f in files if isinstance(f, dict) and f.get("sha256")}
 
 

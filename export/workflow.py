@@ -151,6 +151,23 @@ def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
     return D.load_folder(job.data, job.color), f"good images of {job.data} ({D.image_files(job.data)[0].parent})"
 
 
+def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> dict:
+    """The manifest's training.hard_defects: this run's labelled defect files (image and sha256), plus those a
+    fine-tuning parent was trained on (`inherited_files`), so `inspectd evaluate` leaves out both."""
+    inherited = []
+    if parent is not None:
+        prior = (parent.manifest.training or {}).get("hard_defects") or {}
+        inherited = list(prior.get("files") or []) + list(prior.get("inherited_files") or [])
+    if not hard and not inherited:
+        return {}
+    facts: dict = {"inherited_files": inherited} if inherited else {}
+    if hard:
+        facts |= {"data": str(job.hard_defects), "images": len(hard), "prob": job.hard_prob,
+                  "fraction": job.hard_fraction, "target_value": target_value,
+                  "files": [{"image": h.source, "sha256": h.sha256} for h in hard]}
+    return {"hard_defects": facts}
+
+
 def load_mvtec_test(
     root: Path, color: str, exclude: frozenset[str] = frozenset()
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -277,9 +294,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         "model": cfg.as_dict(),
         "train_config": asdict(train_cfg),
         "defects": {"prob": job.defect_prob, "loss_weight": job.defect_weight, **asdict(job.defects)},
-        **({"hard_defects": {"data": str(job.hard_defects), "images": len(hard), "prob": job.hard_prob,
-                             "fraction": job.hard_fraction, "target_value": dataset.hard_value,
-                             "files": [{"image": h.source, "sha256": h.sha256} for h in hard]}} if hard else {}),
+        **_hard_defect_facts(job, hard, dataset.hard_value, parent),
         "augment": asdict(dataset.augment),
         **({"parent": parent.facts()} if parent is not None else {}),
         **({"stop_rule": rule} if rule is not None else {}),

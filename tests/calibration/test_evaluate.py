@@ -158,6 +158,16 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
     assert not chosen & {f"{r['class']}/{r['file'].split('/')[-1]}" for r in result["images"]}
     assert "left out: 3 images" in proc.stdout
 
+    child = tmp_path / "child"  # a fine-tune of that model without hard defects still leaves the parent's out
+    assert train_main(["train", "--init", str(model), "--data", str(separable_tree), "--out", str(child),
+                       "--iterations", "5", "--batch-size", "4", "--threads", "1", "--log-every", "0",
+                       "--checkpoint-dir", str(tmp_path / "ckpt2"), "--loss-threshold", "0"]) == 0
+    inherited = json.loads((child / "manifest.json").read_text())["training"]["hard_defects"]["inherited_files"]
+    assert {f["image"] for f in inherited} == chosen
+    proc = run_cli("evaluate", "--model", str(child), "--data", str(copy), "--json", str(tmp_path / "c.json"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert set(json.loads((tmp_path / "c.json").read_text())["left_out_trained_on"]["images"]) == chosen
+
 
 def test_a_model_with_scaled_tiles_is_trained_exported_and_evaluated_in_camera_pixels(separable_tree, tmp_path):
     pytest.importorskip("torch", reason="training the test model needs the train extra")
