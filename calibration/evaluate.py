@@ -95,11 +95,11 @@ def leave_out_trained(items: list[TestImage], manifest) -> tuple[list[TestImage]
     known = trained_on(manifest)
     if not known:
         return items, []
-    import hashlib
+    from daemon.manifest import sha256_file
 
     kept, left_out = [], []
     for item in items:
-        if hashlib.sha256(item.path.read_bytes()).hexdigest() in known:
+        if sha256_file(item.path) in known:
             left_out.append(f"{item.cls}/{item.path.name}")
         else:
             kept.append(item)

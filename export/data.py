@@ -26,6 +26,7 @@ from typing import Literal, Sequence
 import cv2
 import numpy as np
 
+from daemon.manifest import sha256_file
 from export.defects import DefectConfig, add_defect
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -155,12 +156,6 @@ class HardDefect:
     sha256: str = ""  # of the image file
 
 
-def file_sha256(path: str | Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Path, Path, str]]:
     """(image, mask, "<class>/<name>") of the defect images with masks in MVTec layout: DIR/test/<class>/* (every
     class but good) with DIR/ground_truth/<class>/<stem>_mask.png. `fraction` < 1 keeps that share of each class
@@ -201,7 +196,7 @@ def load_hard_defects(path: str | Path, color: str = "gray", fraction: float = 1
         image = read_image(f, color)
         if mask is None or mask.shape != image.shape[:2] or not mask.any():
             continue
-        out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=file_sha256(f)))
+        out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=sha256_file(f)))
     if not out:
         msg = f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: {path}/ground_truth/<class>/<stem>_mask.png)"
         raise FileNotFoundError(msg)

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from calibration import thresholds as calib
-from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec
+from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec, sha256_file
 from export import data as D
 from export.defects import DefectConfig
 from export.model import ConvAutoencoder, ModelConfig, count_parameters
@@ -180,7 +180,7 @@ def load_mvtec_test(
         raise FileNotFoundError(msg)
     for sub in sorted(p for p in test.iterdir() if p.is_dir()):
         for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES):
-            if exclude and D.file_sha256(f) in exclude:
+            if exclude and sha256_file(f) in exclude:
                 continue
             img = D.read_image(f, color)
             if sub.name == "good":

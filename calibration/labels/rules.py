@@ -196,6 +196,9 @@ def judge(
     `label` and `predicted` are same-shaped masks; `probabilities` are the image-level probabilities of the
     checkers that scored this image (those that did not train on it); `prob_map` their mean per-pixel
     probability (needed by region "local"; with it the verdict carries both IoUs)."""
+    if config.region == "local" and prob_map is None:
+        msg = "region 'local' needs the checkers' probability map"
+        raise ValueError(msg)
     label_area = int(np.count_nonzero(label))
     predicted_area = int(np.count_nonzero(predicted))
     target = combine(probabilities, config.combine)
@@ -204,9 +207,6 @@ def judge(
     local = None
     if prob_map is not None and label_area > 0:
         local = iou(label, local_region(label, prob_map, config.local_grow))
-    if config.region == "local" and prob_map is None:
-        msg = "region 'local' needs the checkers' probability map"
-        raise ValueError(msg)
     used = local if config.region == "local" and local is not None else value
     reason = ensemble_rule(
         target, label_area > 0, predicted_area, low=low, high=high, area_threshold=config.area_threshold

@@ -43,6 +43,17 @@ def write_tree(root: Path, *, n_train: int = 24, n_good: int = 6, n_defect: int 
     return root
 
 
+def tiny_train_argv(data: Path, out: Path, *extra: str, tile: int = 32, overlap: int = 8) -> list[str]:
+    """`inspectd train` arguments for a seconds-long tiled model on a tiny tree (checkpoints beside `out`); `extra`
+    adds or overrides options (argparse keeps the last value)."""
+    return [
+        "train", "--data", str(data), "--out", str(out), "--input-size", str(tile), "--mode", "tile",
+        "--tile-overlap", str(overlap), "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
+        "--depth", "2", "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
+        "--checkpoint-dir", str(Path(out).parent / f"{Path(out).name}-ckpt"), *extra,
+    ]
+
+
 @pytest.fixture(scope="session")
 def separable_tree(tmp_path_factory) -> Path:
     return write_tree(tmp_path_factory.mktemp("separable"))
@@ -55,11 +66,5 @@ def separable_model(separable_tree, tmp_path_factory) -> Path:
     from export.cli import main
 
     out = tmp_path_factory.mktemp("separable_model") / "model"
-    argv = [
-        "train", "--data", str(separable_tree), "--out", str(out), "--input-size", "32", "--mode", "tile",
-        "--tile-overlap", "8", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
-        "--iterations", "30", "--batch-size", "8", "--threads", "1", "--log-every", "0",
-        "--checkpoint-dir", str(out.parent / "ckpt"), "--smooth-sigma", "1",
-    ]
-    assert main(argv) == 0
+    assert main(tiny_train_argv(separable_tree, out, "--iterations", "30", "--batch-size", "8", "--smooth-sigma", "1")) == 0
     return out

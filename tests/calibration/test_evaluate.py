@@ -9,7 +9,7 @@ import subprocess
 import sys
 import pytest
 
-from tests.calibration.conftest import write_tree
+from tests.calibration.conftest import tiny_train_argv, write_tree
 from tests.conftest import REPO
 
 
@@ -135,13 +135,8 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
     from export.data import hard_defect_files
 
     model = tmp_path / "model"
-    argv = [
-        "train", "--data", str(separable_tree), "--out", str(model), "--input-size", "32", "--mode", "tile",
-        "--tile-overlap", "8", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
-        "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--hard-defects", str(separable_tree), "--hard-fraction", "0.5",
-        "--hard-prob", "0.3",
-    ]
+    argv = tiny_train_argv(separable_tree, model, "--hard-defects", str(separable_tree), "--hard-fraction", "0.5",
+                           "--hard-prob", "0.3")
     assert train_main(argv) == 0
     hard = json.loads((model / "manifest.json").read_text())["training"]["hard_defects"]
     chosen = {s for _, _, s in hard_defect_files(separable_tree, 0.5)}
@@ -174,12 +169,7 @@ def test_a_model_with_scaled_tiles_is_trained_exported_and_evaluated_in_camera_p
     from export.cli import main as train_main
 
     model = tmp_path / "model"
-    argv = [
-        "train", "--data", str(separable_tree), "--out", str(model), "--input-size", "16", "--mode", "tile",
-        "--scale", "0.5", "--tile-overlap", "4", "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
-        "--depth", "2", "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--smooth-sigma", "1",
-    ]
+    argv = tiny_train_argv(separable_tree, model, "--scale", "0.5", "--smooth-sigma", "1", tile=16, overlap=4)
     assert train_main(argv) == 0
     manifest = json.loads((model / "manifest.json").read_text())
     assert manifest["preprocess"]["scale"] == 0.5 and "--scale 0.5" in manifest["training"]["command"]
