@@ -76,15 +76,20 @@ class ImageCheck:
     in_sample: bool
     predicted: np.ndarray | None = field(default=None, repr=False)  # kept for flagged images (the report)
     combined_by_sum: bool = False
-    region_local: bool = False
+    config: RuleConfig = RuleConfig()
 
     @property
     def severity(self) -> float:
-        """How strongly the checkers disagree with the label: 1 - IoU for a defective label, else the mean
+        """How strongly the checkers disagree with the label: for a defective label 1 - IoU (region global or
+        local) or how far its worst contrast ratio lies beyond its limit (region contrast), else the mean
         probability (used to sort the review worst first)."""
-        v = self.verdict
+        v, cfg = self.verdict, self.config
+        if v.label_area > 0 and cfg.region == "contrast" and v.contrast is not None:
+            c = v.contrast
+            return max(1.0 - c.inside / max(cfg.inside_min, 1e-6), 1.0 - c.rim_ratio / max(cfg.rim_min, 1e-6),
+                       c.band_ratio / max(cfg.band_max, 1e-6) - 1.0, 0.0)
         if v.label_area > 0:
-            return 1.0 - (v.iou_local if self.region_local and v.iou_local is not None else v.iou)
+            return 1.0 - (v.iou_local if cfg.region == "local" and v.iou_local is not None else v.iou)
         return v.probability / max(len(self.checkers), 1) if self.combined_by_sum else v.probability
 
     def as_json(self) -> dict:
@@ -94,6 +99,8 @@ class ImageCheck:
             "reason": v.reason,
             "iou": round(v.iou, 4),
             "iou_local": None if v.iou_local is None else round(v.iou_local, 4),
+            "contrast": None if v.contrast is None else v.contrast.as_dict(),
+            "contrast_problems": None if v.contrast is None else v.contrast.problems(self.config),
             "probability": round(v.probability, 4),
             "label_area": v.label_area,
             "predicted_area": v.predicted_area,
@@ -114,8 +121,7 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     predicted = (mean_map > threshold).astype(np.uint8) * 255
     verdict = judge(label, predicted, probs, config, prob_map=mean_map)
     kept = predicted if verdict.flagged else None
-    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config.combine == "sum",
-                      config.region == "local")
+    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config.combine == "sum", config)
 
 
 def run_check(

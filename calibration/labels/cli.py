@@ -77,7 +77,8 @@ def _check(a: argparse.Namespace) -> int:
     try:
         config = RuleConfig(iou_threshold=a.iou_threshold, combine=a.combine, low_threshold=a.low_threshold,
                             high_threshold=a.high_threshold, area_threshold=a.area_threshold, region=a.region,
-                            local_grow=a.local_grow)
+                            local_grow=a.local_grow, rim_min=a.rim_min, band_max=a.band_max,
+                            inside_min=a.inside_min)
         items = scan(a.data)
         checkers = load_checkers(a.checkers)
     except (FileNotFoundError, ValueError, ModelError) as exc:
@@ -145,11 +146,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--report", type=Path, default=None, help="write an HTML review page into this folder")
     q.add_argument("--accepted", type=Path, default=None, help="write the accepted labels here (MVTec layout)")
     q.add_argument("--iou-threshold", type=float, default=0.8, help="region rule: IoU below it is flagged (0.8)")
-    q.add_argument("--region", choices=("global", "local"), default="global",
-                   help="region rule: IoU with the checkers' region over the whole image (global, the seed's) or "
-                   "with their region near the label (local: Otsu threshold within the grown label)")
+    q.add_argument("--region", choices=("global", "local", "contrast"), default="global",
+                   help="region rule: IoU with the checkers' region over the whole image (global, the seed's), "
+                   "with their region near the label (local: Otsu threshold within the grown label), or the "
+                   "label's probability contrast (contrast: rim vs core, band around vs inside, inside)")
     q.add_argument("--local-grow", type=float, default=0.6,
                    help="region local: the neighbourhood is the label grown by this x its equivalent radius (0.6)")
+    q.add_argument("--rim-min", type=float, default=0.5,
+                   help="region contrast: label's rim / core probability below it = label too large (0.5)")
+    q.add_argument("--band-max", type=float, default=0.5,
+                   help="region contrast: band around / inside probability above it = label too small (0.5)")
+    q.add_argument("--inside-min", type=float, default=0.1,
+                   help="region contrast: mean probability inside the label below it = nothing there (0.1)")
     q.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how checker probabilities combine")
     q.add_argument("--low-threshold", type=float, default=None,
                    help="wrong label below it (default 0.5 for mean, 0.5 x checkers for sum)")

@@ -24,7 +24,16 @@ import cv2
 import numpy as np
 
 from calibration.labels.dataset import LabelledImage, link_image, read_gray, read_mask, scan, write_mask
-from calibration.labels.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, RuleConfig
+from calibration.labels.rules import (
+    MISSED_LABEL,
+    REGION_MISMATCH,
+    WRONG_LABEL,
+    Contrast,
+    RuleConfig,
+    grow_to_area,
+    inner_part,
+    region_mismatch,
+)
 
 KINDS = ("ring", "eroded", "deleted", "false_region")
 EXPECTED = {"ring": {REGION_MISMATCH}, "eroded": {REGION_MISMATCH}, "deleted": {MISSED_LABEL},
@@ -32,22 +41,11 @@ EXPECTED = {"ring": {REGION_MISMATCH}, "eroded": {REGION_MISMATCH}, "deleted": {
 
 
 def grow(mask: np.ndarray, factor: float = 2.5) -> np.ndarray:
-    inside = mask > 0
-    area = int(inside.sum())
-    d = cv2.distanceTransform((~inside).astype(np.uint8), cv2.DIST_L2, 5)
-    extra = min(int(round((factor - 1) * area)), int((~inside).sum()))
-    if extra <= 0:
-        return mask.copy()
-    r = np.sort(d[~inside])[extra - 1]
-    return ((inside | (d <= r)) * 255).astype(np.uint8)
+    return (grow_to_area(mask, factor) * 255).astype(np.uint8)
 
 
 def shrink(mask: np.ndarray, keep: float = 0.4) -> np.ndarray:
-    inside = mask > 0
-    d = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
-    n = max(1, int(round(keep * inside.sum())))
-    t = np.sort(d[inside])[::-1][n - 1]
-    return ((inside & (d >= t)) * 255).astype(np.uint8)
+    return (inner_part(mask, keep) * 255).astype(np.uint8)
 
 
 def false_region(shape: tuple[int, int], area: float, rng: np.random.Generator) -> np.ndarray:
@@ -128,10 +126,6 @@ def score(records: list[dict], kinds: dict[str, str], empty: list[str]) -> dict:
     }
 
 
-def _iou_key(cfg: RuleConfig) -> str:
-    return "iou_local" if cfg.region == "local" else "iou"
-
-
 def rejudge(rows: list[dict], cfg: RuleConfig) -> list[dict]:
     """Re-apply the rules to stored per-image numbers (iou, target, areas, k checkers) under other thresholds."""
     out = []
@@ -142,10 +136,21 @@ def rejudge(rows: list[dict], cfg: RuleConfig) -> list[dict]:
             reason = WRONG_LABEL
         elif r["label_area"] == 0 and r["probability"] > high and r["predicted_area"] > cfg.area_threshold:
             reason = MISSED_LABEL
-        elif r["label_area"] > 0 and r[_iou_key(cfg)] < cfg.iou_threshold:
+        elif r["label_area"] > 0 and region_mismatch(
+            r["iou"], r.get("iou_local"), Contrast(**r["contrast"]) if r.get("contrast") else None, cfg
+        ):
             reason = REGION_MISMATCH
         out.append({"image": r["image"], "reason": reason})
     return out
+
+
+def _sweep_row(cfg: RuleConfig, s: dict) -> dict:
+    if cfg.region == "contrast":
+        knobs = {"rim_min": cfg.rim_min, "band_max": cfg.band_max, "high_threshold": cfg.high_threshold}
+    else:
+        knobs = {"iou_threshold": cfg.iou_threshold, "low_threshold": cfg.low_threshold}
+    return {"region": cfg.region, "thresholds": knobs, "recall": round(s["recall"], 3),
+            "precision": round(s["precision"], 3), "flagged": s["flagged"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,28 +182,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{**r.as_json(), "k": len(r.checkers)} for r in results]
     default = score(rows, kinds, empty)
     local = score(rejudge(rows, RuleConfig(region="local")), kinds, empty)
+    contrast = score(rejudge(rows, RuleConfig(region="contrast")), kinds, empty)
     sweep = []
     for region in ("global", "local"):
         for iou_t in (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1):
             for low in (0.5, 0.3, 0.2, 0.1):
                 cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low, region=region)
-                s = score(rejudge(rows, cfg), kinds, empty)
-                sweep.append({"region": region, "iou_threshold": iou_t, "low_threshold": low,
-                              "recall": round(s["recall"], 3), "precision": round(s["precision"], 3),
-                              "flagged": s["flagged"]})
-    doc = {"default_rules": default, "local_region_rules": local, "sweep": sweep, "rows": rows, "kinds": kinds,
+                sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    for rim in (0.3, 0.4, 0.5, 0.6):
+        for band in (0.4, 0.5, 0.6, 0.8):
+            for high in (0.8, 0.9, 0.95):
+                cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high)
+                sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    doc = {"default_rules": default, "local_region_rules": local, "contrast_region_rules": contrast, "sweep": sweep, "rows": rows, "kinds": kinds,
            "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
            "args": {k: str(v) for k, v in vars(a).items()}}
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for title, res in (("seed defaults (region global)", default), ("seed defaults, region local", local)):
+    for title, res in (("seed defaults (region global)", default), ("seed defaults, region local", local),
+                       ("region contrast (its defaults)", contrast)):
         print(title)
         print(json.dumps({k: res[k] for k in res if k != "per_kind"}, indent=1))
         for kind, v in res["per_kind"].items():
             print(f"{kind:13s} {v}")
-    print("sweep (region, iou_threshold, low_threshold, recall, precision, flagged):")
+    print("sweep (region, its thresholds, recall, precision, flagged):")
     for s in sweep:
-        print(f"  {s['region']:6s} {s['iou_threshold']:.1f} {s['low_threshold']:.1f}  R={s['recall']:.3f} "
-              f"P={s['precision']:.3f} n={s['flagged']}")
+        print(f"  {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} n={s['flagged']}")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
     return 0
 

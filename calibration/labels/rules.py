@@ -22,6 +22,19 @@ Which predicted region the IoU compares the label with (`RuleConfig.region`):
   which a checker can answer even when its absolute probabilities are badly calibrated or it misses or invents
   regions elsewhere in the image. A ring label (too large) leaves low-probability pixels inside the label, an
   eroded one high-probability pixels outside it; both lower this IoU.
+- "contrast": no predicted region and no IoU; the label is compared with the checkers' mean probability map by
+  three ratios that do not depend on where the checkers put their absolute threshold (`contrast_stats`):
+  * rim / core: mean probability of the label's outer part over that of its innermost `contrast_core` share
+    (default 0.5 of its area). A label drawn too large (a ring around the defect) has a rim the checkers do not
+    see as defect: flagged below `rim_min` (0.5).
+  * band / inside: mean probability of a band around the label (the label grown to `contrast_grow` = 2x its area,
+    minus the label) over the mean inside it. A label drawn too small (an eroded region) has the defect's rest
+    in that band: flagged above `band_max` (0.5).
+  * inside: mean probability inside the label. A region the checkers do not see at all (a false region drawn on
+    a good part) is flagged below `inside_min` (0.1).
+  Any of the three makes a region mismatch. The geometry (half the area as core, a band of the label's own area)
+  is deliberately not tuned to any particular corruption: it asks "is the label's border where the checkers'
+  probability falls off?".
 """
 
 from __future__ import annotations
@@ -39,7 +52,8 @@ REASONS = (WRONG_LABEL, MISSED_LABEL, REGION_MISMATCH)
 Combine = Literal["mean", "sum"]
 
 
-Region = Literal["global", "local"]
+Region = Literal["global", "local", "contrast"]
+REGIONS = ("global", "local", "contrast")
 
 
 @dataclass(frozen=True)
@@ -47,6 +61,11 @@ class RuleConfig:
     iou_threshold: float = 0.8
     region: Region = "global"  # which predicted region the IoU uses (module docstring)
     local_grow: float = 0.6  # "local": the neighbourhood is the label grown by this x its equivalent radius
+    contrast_core: float = 0.5  # "contrast": the label's core is its innermost share of this size
+    contrast_grow: float = 2.0  # "contrast": the band around the label reaches this x the label's area
+    rim_min: float = 0.5  # "contrast": rim / core below it = label too large
+    band_max: float = 0.5  # "contrast": band / inside above it = label too small
+    inside_min: float = 0.1  # "contrast": mean probability inside the label below it = nothing there
     combine: Combine = "mean"
     low_threshold: float | None = None  # wrong label below it; None = 0.5 (mean) or 0.5 * k (sum)
     high_threshold: float | None = None  # missed label above it; None = 0.8 (mean) or 0.8 * k (sum)
@@ -59,9 +78,19 @@ class RuleConfig:
         if not 0.0 <= self.iou_threshold <= 1.0:
             msg = f"iou_threshold must lie in [0, 1], got {self.iou_threshold}"
             raise ValueError(msg)
-        if self.region not in ("global", "local"):
-            msg = f"region must be 'global' or 'local', got {self.region!r}"
+        if self.region not in REGIONS:
+            msg = f"region must be one of {', '.join(REGIONS)}, got {self.region!r}"
             raise ValueError(msg)
+        if not 0.0 < self.contrast_core < 1.0:
+            msg = f"contrast_core must lie in (0, 1), got {self.contrast_core}"
+            raise ValueError(msg)
+        if not 1.0 < self.contrast_grow <= 10.0:
+            msg = f"contrast_grow must lie in (1, 10], got {self.contrast_grow}"
+            raise ValueError(msg)
+        for name in ("rim_min", "band_max", "inside_min"):
+            if getattr(self, name) < 0:
+                msg = f"{name} must be >= 0, got {getattr(self, name)}"
+                raise ValueError(msg)
         if not 0.0 < self.local_grow <= 5.0:
             msg = f"local_grow must lie in (0, 5], got {self.local_grow}"
             raise ValueError(msg)
@@ -90,6 +119,7 @@ class Verdict:
     label_area: int
     predicted_area: int
     iou_local: float | None = None  # IoU with the label's local region (None without a probability map / label)
+    contrast: "Contrast | None" = None  # the label's probability contrast (None without a probability map / label)
 
     @property
     def flagged(self) -> bool:
@@ -147,6 +177,91 @@ def local_region(label: np.ndarray, prob_map: np.ndarray, grow: float = 0.6) -> 
     return hood & (prob_map > otsu_threshold(prob_map[hood]))
 
 
+def grow_to_area(mask: np.ndarray, factor: float) -> np.ndarray:
+    """The mask grown outwards (by distance from it) until it covers `factor` x its area (bool)."""
+    import cv2
+
+    inside = np.asarray(mask) > 0
+    area = int(np.count_nonzero(inside))
+    outside = ~inside
+    extra = min(int(round((factor - 1) * area)), int(np.count_nonzero(outside)))
+    if extra <= 0:
+        return inside.copy()
+    d = cv2.distanceTransform(outside.astype(np.uint8), cv2.DIST_L2, 5)
+    r = np.partition(d[outside], extra - 1)[extra - 1]
+    return inside | (d <= r)
+
+
+def inner_part(mask: np.ndarray, keep: float) -> np.ndarray:
+    """The innermost `keep` share of the mask's area (by distance to its border; at least one pixel) (bool)."""
+    import cv2
+
+    inside = np.asarray(mask) > 0
+    area = int(np.count_nonzero(inside))
+    if area == 0:
+        return inside.copy()
+    d = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    n = max(1, int(round(keep * area)))
+    t = -np.partition(-d[inside], n - 1)[n - 1]
+    return inside & (d >= t)
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Mean checker probabilities of one label's parts (module docstring, region "contrast")."""
+
+    inside: float
+    core: float
+    rim: float
+    band: float
+
+    @property
+    def rim_ratio(self) -> float:
+        return self.rim / max(self.core, 1e-6)
+
+    @property
+    def band_ratio(self) -> float:
+        return self.band / max(self.inside, 1e-6)
+
+    def problems(self, config: "RuleConfig") -> list[str]:
+        """Which of the three tests fail (empty = the label's border is where the checkers see it)."""
+        out = []
+        if self.inside < config.inside_min:
+            out.append("inside")
+        if self.rim_ratio < config.rim_min:
+            out.append("too_large")
+        if self.band_ratio > config.band_max:
+            out.append("too_small")
+        return out
+
+    def as_dict(self) -> dict:
+        return {"inside": round(self.inside, 4), "core": round(self.core, 4), "rim": round(self.rim, 4),
+                "band": round(self.band, 4)}
+
+
+def contrast_stats(label: np.ndarray, prob_map: np.ndarray, core: float = 0.5, grow: float = 2.0) -> Contrast:
+    """The label's probability contrast: mean probability inside it, in its core, its rim and a band around it.
+    A label too thin to have a rim (every pixel is core) gets rim = core; a label covering the image, band = 0."""
+    inside = np.asarray(label) > 0
+    prob_map = np.asarray(prob_map, dtype=np.float32)
+    if inside.shape != prob_map.shape:
+        msg = f"label {inside.shape} and probability map {prob_map.shape} differ in shape"
+        raise ValueError(msg)
+    if not inside.any():
+        msg = "contrast_stats needs a non-empty label"
+        raise ValueError(msg)
+    c = inner_part(inside, core)
+    rim = inside & ~c
+    band = grow_to_area(inside, grow) & ~inside
+    p_core = float(prob_map[c].mean())
+    return Contrast(
+        inside=float(prob_map[inside].mean()),
+        core=p_core,
+        rim=float(prob_map[rim].mean()) if rim.any() else p_core,
+        band=float(prob_map[band].mean()) if band.any() else 0.0,
+    )
+
+
 def combine(probabilities: Sequence[float], how: Combine) -> float:
     """The target probability of N checkers' probabilities: their sum or their mean."""
     p = np.asarray(list(probabilities), dtype=np.float64)
@@ -196,21 +311,29 @@ def judge(
     `label` and `predicted` are same-shaped masks; `probabilities` are the image-level probabilities of the
     checkers that scored this image (those that did not train on it); `prob_map` their mean per-pixel
     probability (needed by region "local"; with it the verdict carries both IoUs)."""
-    if config.region == "local" and prob_map is None:
-        msg = "region 'local' needs the checkers' probability map"
+    if config.region in ("local", "contrast") and prob_map is None:
+        msg = f"region {config.region!r} needs the checkers' probability map"
         raise ValueError(msg)
     label_area = int(np.count_nonzero(label))
     predicted_area = int(np.count_nonzero(predicted))
     target = combine(probabilities, config.combine)
     low, high = config.thresholds(len(probabilities))
     value = iou(label, predicted)
-    local = None
+    local = contrast = None
     if prob_map is not None and label_area > 0:
         local = iou(label, local_region(label, prob_map, config.local_grow))
-    used = local if config.region == "local" and local is not None else value
+        contrast = contrast_stats(label, prob_map, config.contrast_core, config.contrast_grow)
     reason = ensemble_rule(
         target, label_area > 0, predicted_area, low=low, high=high, area_threshold=config.area_threshold
     )
-    if reason is None and label_area > 0 and used < config.iou_threshold:
+    if reason is None and label_area > 0 and region_mismatch(value, local, contrast, config):
         reason = REGION_MISMATCH
-    return Verdict(reason, value, target, label_area, predicted_area, local)
+    return Verdict(reason, value, target, label_area, predicted_area, local, contrast)
+
+
+def region_mismatch(iou_global: float, iou_local: float | None, contrast: Contrast | None, config: RuleConfig) -> bool:
+    """The region rule of `config.region` for a defective label (module docstring)."""
+    if config.region == "contrast":
+        return contrast is not None and bool(contrast.problems(config))
+    used = iou_local if config.region == "local" and iou_local is not None else iou_global
+    return used < config.iou_threshold

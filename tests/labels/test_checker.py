@@ -85,6 +85,24 @@ def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_p
     assert accepted == {f"{i:03d}" for i in range(20)} - {f["image"].split("/")[1] for f in doc["flagged"]}
 
 
+def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits(checkers_dir, mvtec_dir, tmp_path):
+    out = tmp_path / "contrast.json"
+    # rim_min 100 cannot be met by any label (rim / core is ~1 or less): every defective label is flagged too_large
+    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
+                   "--region", "contrast", "--rim-min", "100", "--low-threshold", "0")
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads(out.read_text())
+    assert doc["rules"]["region"] == "contrast" and doc["rules"]["rim_min"] == 100
+    spots = [f for f in doc["flagged"] if f["image"].startswith("spot/")]
+    assert len(spots) == 10
+    for f in spots:
+        assert f["reason"] == "region_mismatch" and "too_large" in f["contrast_problems"]
+        assert set(f["contrast"]) == {"inside", "core", "rim", "band"}
+    bad = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
+                  "--region", "contrast", "--band-max", "-1")
+    assert bad.returncode == 2 and "band_max must be >= 0" in bad.stderr
+
+
 def test_check_does_not_import_torch():
     code = "import sys, calibration.labels.check, calibration.labels.report; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)

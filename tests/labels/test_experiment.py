@@ -43,3 +43,15 @@ def test_rejudge_uses_the_iou_of_the_configured_region_and_score_counts_per_kind
     assert (s_loc["recall"], s_loc["precision"]) == (1.0, 1.0)
     assert s_loc["per_kind"]["ring"] == {"corrupted": 1, "flagged": 1, "right_reason": 1,
                                          "reasons": {REGION_MISMATCH: 1}}
+
+
+def test_rejudge_applies_the_contrast_rule_to_stored_contrast_numbers():
+    right = {"inside": 0.8, "core": 0.9, "rim": 0.7, "band": 0.1}
+    ring = {"inside": 0.4, "core": 0.8, "rim": 0.2, "band": 0.02}
+    eroded = {"inside": 0.9, "core": 0.9, "rim": 0.9, "band": 0.7}
+    rows = [dict(_row(i, 50, 0.1, 0.1), contrast=c) for i, c in (("crack/a", right), ("crack/b", ring),
+                                                                    ("crack/c", eroded))]
+    got = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="contrast"))}
+    assert got == {"crack/a": None, "crack/b": REGION_MISMATCH, "crack/c": REGION_MISMATCH}
+    looser = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="contrast", band_max=0.9))}
+    assert looser["crack/c"] is None

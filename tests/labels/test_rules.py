@@ -148,3 +148,59 @@ def test_region_local_needs_the_probability_map():
         judge(_disc(5), _disc(5), [0.9], RuleConfig(region="local"))
     with pytest.raises(ValueError, match="region"):
         RuleConfig(region="nearby")
+
+
+def test_grow_to_area_and_inner_part_reach_the_asked_share_of_the_area():
+    from calibration.labels.rules import grow_to_area, inner_part
+
+    m = _disc(15)
+    area = np.count_nonzero(m)
+    grown, core = grow_to_area(m, 2.0), inner_part(m, 0.5)
+    assert abs(np.count_nonzero(grown) / area - 2.0) < 0.1 and (grown >= (m > 0)).all()
+    assert abs(np.count_nonzero(core) / area - 0.5) < 0.1 and not (core & (m == 0)).any()
+    one = np.zeros((9, 9), np.uint8)
+    one[4, 4] = 255
+    assert np.count_nonzero(inner_part(one, 0.5)) == 1  # at least one pixel
+
+
+def test_region_contrast_accepts_a_right_label_whatever_the_checkers_absolute_calibration():
+    """A defect seen at probabilities 0.05-0.3 (the global region is empty) and one seen at 0.1-0.95: both right
+    labels pass, and their ratios do not depend on the scale."""
+    from calibration.labels.rules import contrast_stats
+
+    truth = _disc(15)
+    for lo, hi in ((0.05, 0.3), (0.1, 0.95)):
+        prob = _blurred_probability(truth, lo, hi)
+        v = judge(truth, (prob > 0.5).astype(np.uint8), [0.9], RuleConfig(region="contrast"), prob_map=prob)
+        assert v.reason is None, (lo, hi, v.contrast)
+        c = contrast_stats(truth, prob)
+        assert c.rim_ratio > 0.7 and c.band_ratio < 0.3
+
+
+@pytest.mark.parametrize("label_radius, problem", [(15 * 1.58, "too_large"), (15 * 0.63, "too_small")])
+def test_region_contrast_flags_a_ring_as_too_large_and_an_eroded_label_as_too_small(label_radius, problem):
+    truth = _disc(15)
+    prob = _blurred_probability(truth, 0.05, 0.3)
+    label = _disc(label_radius)
+    cfg = RuleConfig(region="contrast")
+    v = judge(label, (prob > 0.5).astype(np.uint8), [0.9], cfg, prob_map=prob)
+    assert v.reason == REGION_MISMATCH
+    assert v.contrast.problems(cfg) == [problem]
+
+
+def test_region_contrast_flags_a_region_the_checkers_do_not_see():
+    prob = np.full((120, 120), 0.02, np.float32)  # a good part: nothing anywhere
+    cfg = RuleConfig(region="contrast")
+    v = judge(_disc(10), np.zeros((120, 120), np.uint8), [0.9], cfg, prob_map=prob)
+    assert v.reason == REGION_MISMATCH and "inside" in v.contrast.problems(cfg)
+
+
+def test_region_contrast_needs_the_map_and_checks_its_limits():
+    with pytest.raises(ValueError, match="probability map"):
+        judge(_disc(5), _disc(5), [0.9], RuleConfig(region="contrast"))
+    with pytest.raises(ValueError, match="contrast_core"):
+        RuleConfig(contrast_core=1.0)
+    with pytest.raises(ValueError, match="contrast_grow"):
+        RuleConfig(contrast_grow=1.0)
+    with pytest.raises(ValueError, match="rim_min"):
+        RuleConfig(rim_min=-0.1)
