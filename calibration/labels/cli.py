@@ -62,8 +62,10 @@ def _train(a: argparse.Namespace) -> int:
         return _err(str(exc))
     if a.folds > len(items):
         return _err(f"--folds {a.folds} exceeds the {len(items)} images")
+    if a.jobs < 1:
+        return _err(f"--jobs must be >= 1, got {a.jobs}")
     dirs = train_checkers(items, a.out, folds=a.folds, config=config, settings=settings, data_root=str(a.data),
-                          area_threshold=a.area_threshold)
+                          area_threshold=a.area_threshold, jobs=a.jobs)
     print(f"wrote {len(dirs)} checker(s) to {a.out}")
     return EXIT_OK
 
@@ -136,7 +138,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--batch-size", type=int, default=16)
     q.add_argument("--area-threshold", type=int, default=15, help="recorded in the manifests (px)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--threads", type=int, default=0)
+    q.add_argument("--threads", type=int, default=0,
+                   help="torch threads per checker (0: torch's default, 1 with --jobs > 1)")
+    q.add_argument("--jobs", type=int, default=1,
+                   help="train this many folds at once, one process each (2 on a 2-core PC: twice the training "
+                   "per minute of wall time)")
     q.set_defaults(func=_train)
 
     q = lsub.add_parser("check", help="flag labelling anomalies with the checkers (exit 3 when any is flagged)")

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2500)
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
     a = p.parse_args(argv)
     t0 = time.monotonic()
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_training:
         train_checkers(items, a.work / "checkers", folds=a.folds, config=CheckerConfig(a.size, a.size),
                        settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1),
-                       data_root=str(a.work / "data"))
+                       data_root=str(a.work / "data"), jobs=a.jobs)
     t_train = time.monotonic() - t0
     checkers = load_checkers(a.work / "checkers")
     results = run_check(items, checkers, RuleConfig(), log=print)

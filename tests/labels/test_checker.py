@@ -106,3 +106,28 @@ def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits
 def test_check_does_not_import_torch():
     code = "import sys, calibration.labels.check, calibration.labels.report; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_training_folds_in_parallel_processes_gives_the_same_checkers_as_one_after_another(mvtec_dir, tmp_path):
+    """jobs=2 spawns one process per fold; each fold's checker depends only on its data and the seed."""
+    import onnxruntime as ort
+
+    from calibration.labels.dataset import scan
+    from calibration.labels.training import TrainSettings, train_checkers
+    from daemon.manifest import load_manifest
+    from export.checker import CheckerConfig
+
+    kw = dict(folds=2, config=CheckerConfig(32, 32, base_width=4), data_root=str(mvtec_dir), log=None,
+              settings=TrainSettings(iterations=8, batch_size=8, threads=1))
+    serial = train_checkers(scan(mvtec_dir), tmp_path / "serial", jobs=1, **kw)
+    parallel = train_checkers(scan(mvtec_dir), tmp_path / "parallel", jobs=2, **kw)
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    for a, b in zip(serial, parallel):
+        ma, mb = load_manifest(a), load_manifest(b)
+        assert ma.training["checker"]["members"] == mb.training["checker"]["members"]
+        assert ma.training["final_loss"] == mb.training["final_loss"]
+        ra = ort.InferenceSession(str(a / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+        rb = ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+        for u, v in zip(ra, rb):
+            np.testing.assert_allclose(u, v, atol=1e-6)
+    assert (tmp_path / "parallel" / "folds.json").read_text() == (tmp_path / "serial" / "folds.json").read_text()
