@@ -49,7 +49,7 @@ def _import(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
-    from calibration.labels.dataset import scan
+    from calibration.labels.dataset import scan, train_good
     from calibration.labels.training import TrainSettings, train_checkers
     from export.checker import CheckerConfig
 
@@ -57,7 +57,8 @@ def _train(a: argparse.Namespace) -> int:
         items = scan(a.data)
         config = CheckerConfig(a.size, a.size, base_width=a.base_width)
         settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, batch_size=a.batch_size, seed=a.seed,
-                                 threads=a.threads)
+                                 threads=a.threads, good_share=a.good_share)
+        extra = [] if a.no_train_good else train_good(a.data)
     except (FileNotFoundError, ValueError) as exc:
         return _err(str(exc))
     if a.folds > len(items):
@@ -65,7 +66,7 @@ def _train(a: argparse.Namespace) -> int:
     if a.jobs < 1:
         return _err(f"--jobs must be >= 1, got {a.jobs}")
     dirs = train_checkers(items, a.out, folds=a.folds, config=config, settings=settings, data_root=str(a.data),
-                          area_threshold=a.area_threshold, jobs=a.jobs)
+                          area_threshold=a.area_threshold, jobs=a.jobs, extra_good=extra)
     print(f"wrote {len(dirs)} checker(s) to {a.out}")
     return EXIT_OK
 
@@ -140,6 +141,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=0,
                    help="torch threads per checker (0: torch's default, 1 with --jobs > 1)")
+    q.add_argument("--no-train-good", action="store_true",
+                   help="do not add DATA/train/good (known defect-free, never checked) to every checker's training")
+    q.add_argument("--good-share", type=float, default=0.3,
+                   help="share of each batch drawn from DATA/train/good when it is used (0.3)")
     q.add_argument("--jobs", type=int, default=1,
                    help="train this many folds at once, one process each (2 on a 2-core PC: twice the training "
                    "per minute of wall time)")

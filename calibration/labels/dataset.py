@@ -59,6 +59,14 @@ def scan(root: str | Path, split: str = "test") -> list[LabelledImage]:
     return items
 
 
+def train_good(root: str | Path) -> list[Path]:
+    """The known defect-free images of an MVTec tree (root/train/good/), sorted; [] when there is no such folder."""
+    base = Path(root) / "train" / "good"
+    if not base.is_dir():
+        return []
+    return sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+
+
 def read_gray(path: str | Path) -> np.ndarray:
     img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if img is None:

@@ -23,7 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from calibration.labels.dataset import LabelledImage, link_image, read_gray, read_mask, scan, write_mask
+from calibration.labels.dataset import (
+    LabelledImage,
+    link_image,
+    read_gray,
+    read_mask,
+    scan,
+    train_good,
+    write_mask,
+)
 from calibration.labels.rules import (
     MISSED_LABEL,
     REGION_MISMATCH,
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
+    p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
     p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
     a = p.parse_args(argv)
     t0 = time.monotonic()
@@ -176,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.skip_training:
         train_checkers(items, a.work / "checkers", folds=a.folds, config=CheckerConfig(a.size, a.size),
                        settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1),
-                       data_root=str(a.work / "data"), jobs=a.jobs)
+                       data_root=str(a.work / "data"), jobs=a.jobs,
+                       extra_good=[] if a.no_train_good else train_good(a.data))
     t_train = time.monotonic() - t0
     checkers = load_checkers(a.work / "checkers")
     results = run_check(items, checkers, RuleConfig(), log=print)
@@ -195,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             for high in (0.8, 0.9, 0.95):
                 cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high)
                 sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
-    doc = {"default_rules": default, "local_region_rules": local, "contrast_region_rules": contrast, "sweep": sweep, "rows": rows, "kinds": kinds,
+    doc = {"default_rules": default, "local_region_rules": local, "contrast_region_rules": contrast, "sweep": sweep,
+           "rows": rows, "kinds": kinds,
            "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
            "args": {k: str(v) for k, v in vars(a).items()}}
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")

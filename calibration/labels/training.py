@@ -42,6 +42,12 @@ class TrainSettings:
     threads: int = 0  # 0 = torch's default
     crop: int | None = 64  # train on random crops of this size; None = whole inputs
     defect_crop_prob: float = 0.35  # share of crops placed on a labelled defect pixel
+    good_share: float = 0.3  # share of each batch drawn from the extra defect-free images (when there are any)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.good_share < 1.0:
+            msg = f"good_share must lie in [0, 1), got {self.good_share}"
+            raise ValueError(msg)
 
 
 def load_arrays(items: Sequence[LabelledImage], config: CheckerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,6 +63,14 @@ def load_arrays(items: Sequence[LabelledImage], config: CheckerConfig) -> tuple[
     return np.stack(xs)[:, None], np.clip(np.stack(ms), 0, 1)[:, None], np.asarray(ys, np.float32)
 
 
+def load_good_arrays(paths: Sequence[Path], config: CheckerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Known defect-free images (MVTec train/good) as (images, empty masks, zero labels) at the checker's input."""
+    size = (config.width, config.height)
+    xs = [cv2.resize(read_gray(p), size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0 for p in paths]
+    x = np.stack(xs)[:, None]
+    return x, np.zeros_like(x), np.zeros(len(xs), np.float32)
+
+
 def _loss(model: CheckerNet, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, pos_weight: float) -> torch.Tensor:
     pixel, image = model.logits(x)
     bce = F.binary_cross_entropy_with_logits(pixel, m, pos_weight=torch.tensor(pos_weight))
@@ -69,9 +83,10 @@ def _loss(model: CheckerNet, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, 
 
 def train_one(
     images: np.ndarray, masks: np.ndarray, labels: np.ndarray, config: CheckerConfig, settings: TrainSettings,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = print, weights: np.ndarray | None = None,
 ) -> tuple[CheckerNet, float]:
-    """Train one checker on the given arrays; returns (model in eval mode, final loss)."""
+    """Train one checker on the given arrays; returns (model in eval mode, final loss). `weights`: each image's
+    probability of being drawn into a batch (default uniform)."""
     if settings.threads:
         torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -97,7 +112,7 @@ def train_one(
         warm = min(1.0, step / 20)
         for group in opt.param_groups:
             group["lr"] = settings.lr * warm * 0.5 * (1 + np.cos(np.pi * progress))
-        idx = rng.choice(len(images), size=min(settings.batch_size, len(images)), replace=False)
+        idx = rng.choice(len(images), size=min(settings.batch_size, len(images)), replace=False, p=weights)
         if crop is None:
             x, m, y = images[idx], masks[idx], labels[idx]
         else:
@@ -159,14 +174,24 @@ def best_pixel_threshold(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray
 def _train_fold(
     k: int, fold_items: Sequence[LabelledImage], ids: list[str], out: Path, folds: int, config: CheckerConfig,
     settings: TrainSettings, data_root: str, area_threshold: int, log: Callable[[str], None] | None,
+    extra_good: Sequence[Path] = (),
 ) -> Path:
     """Train, threshold and export the checker of fold k into out/checker_<k>/ (runs in a worker process when
     train_checkers has jobs > 1)."""
     say = None if log is None else (lambda msg: log(f"[checker {k}] {msg}"))
     images, masks, labels = load_arrays(fold_items, config)
+    n = len(images)
     if say:
-        say(f"{len(ids)} images ({int(labels.sum())} labelled defective)")
-    model, final_loss = train_one(images, masks, labels, config, settings, say)
+        extra = f" + {len(extra_good)} extra defect-free ({settings.good_share:.0%} of each batch)" if extra_good else ""
+        say(f"{n} images ({int(labels.sum())} labelled defective){extra}")
+    weights = None
+    train_x, train_m, train_y = images, masks, labels
+    if extra_good:
+        gx, gm, gy = load_good_arrays(extra_good, config)
+        train_x, train_m = np.concatenate([images, gx]), np.concatenate([masks, gm])
+        train_y = np.concatenate([labels, gy])
+        weights = np.r_[np.full(n, (1 - settings.good_share) / n), np.full(len(gx), settings.good_share / len(gx))]
+    model, final_loss = train_one(train_x, train_m, train_y, config, settings, say, weights=weights)
     maps, _ = predict(model, images)
     pixel = best_pixel_threshold(maps, masks, labels)
     facts = {
@@ -177,6 +202,8 @@ def _train_fold(
         "final_loss": final_loss,
         "settings": settings.__dict__,
         "checker": {"fold": k, "folds": folds, "members": ids},
+        "extra_good": {"count": len(extra_good), "dirs": sorted({str(Path(p).parent) for p in extra_good}),
+                       "share": settings.good_share if extra_good else 0.0},
     }
     d = out / f"checker_{k}"
     write_checker_dir(model, d, images[: min(4, len(images))], name=f"checker_{k}", pixel_threshold=pixel,
@@ -193,9 +220,13 @@ def _printer(msg: str) -> None:  # picklable log for worker processes
 def train_checkers(
     items: Sequence[LabelledImage], out: str | Path, *, folds: int, config: CheckerConfig = CheckerConfig(),
     settings: TrainSettings = TrainSettings(), data_root: str = "", area_threshold: int = 15,
-    log: Callable[[str], None] | None = print, jobs: int = 1,
+    log: Callable[[str], None] | None = print, jobs: int = 1, extra_good: Sequence[Path] = (),
 ) -> list[Path]:
     """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs.
+
+    extra_good: known defect-free images that are never checked (an MVTec tree's train/good): every checker
+    trains on all of them besides its fold, `settings.good_share` of each batch, so it learns what the clean
+    surface looks like from many more images than the fold's few good ones.
 
     jobs > 1 trains up to that many folds at once, each in its own process (spawned, so torch's thread pools are
     not shared) with `settings.threads` threads (1 where it is 0): on a 2-core PC two folds train in the wall
@@ -206,12 +237,13 @@ def train_checkers(
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
         raise ValueError(msg)
+    extra_good = [Path(p) for p in extra_good]
     members = assign_folds([i.id for i in items], folds, seed=settings.seed)
     by_id = {i.id: i for i in items}
     (out / FOLDS_FILE).write_text(json.dumps({"folds": members, "data": data_root}, indent=1) + "\n")
     tasks = [(k, [by_id[i] for i in ids], ids) for k, ids in enumerate(members)]
     if jobs == 1 or folds == 1:
-        return [_train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log)
+        return [_train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)
                 for k, its, ids in tasks]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -220,5 +252,5 @@ def train_checkers(
     worker_log = None if log is None else _printer
     with ProcessPoolExecutor(max_workers=min(jobs, folds), mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_train_fold, k, its, ids, out, folds, config, worker_settings, data_root,
-                               area_threshold, worker_log) for k, its, ids in tasks]
+                               area_threshold, worker_log, extra_good) for k, its, ids in tasks]
         return [f.result() for f in futures]

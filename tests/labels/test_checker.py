@@ -131,3 +131,42 @@ def test_training_folds_in_parallel_processes_gives_the_same_checkers_as_one_aft
         for u, v in zip(ra, rb):
             np.testing.assert_allclose(u, v, atol=1e-6)
     assert (tmp_path / "parallel" / "folds.json").read_text() == (tmp_path / "serial" / "folds.json").read_text()
+
+
+def _with_train_good(mvtec_dir, tmp_path, n=6):
+    """A copy of the tiny tree (images linked) plus train/good/ with n flat noisy defect-free images."""
+    import shutil
+
+    import cv2
+
+    root = tmp_path / "tree"
+    shutil.copytree(mvtec_dir, root, symlinks=True)
+    good = root / "train" / "good"
+    good.mkdir(parents=True)
+    rng = np.random.default_rng(5)
+    for k in range(n):
+        cv2.imwrite(str(good / f"{k:03d}.png"), np.clip(rng.normal(140, 6, (40, 40)), 0, 255).astype(np.uint8))
+    (good / ".hidden.png").write_bytes(b"not an image")  # ignored like every dot file
+    return root
+
+
+def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec_dir, tmp_path):
+    from calibration.labels.dataset import train_good
+    from daemon.manifest import load_manifest
+
+    root = _with_train_good(mvtec_dir, tmp_path)
+    assert [p.name for p in train_good(root)] == [f"{k:03d}.png" for k in range(6)] and train_good(mvtec_dir) == []
+    common = ["label", "train-checker", "--data", str(root), "--folds", "2", "--size", "32", "--base-width", "4",
+              "--iterations", "4", "--batch-size", "8", "--threads", "1"]
+    proc = run_cli(*common, "--out", str(tmp_path / "with"), "--good-share", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    for k in range(2):
+        facts = load_manifest(tmp_path / "with" / f"checker_{k}").training
+        assert facts["extra_good"]["count"] == 6 and facts["extra_good"]["share"] == 0.5
+        assert not any(m.startswith("train/") for m in facts["checker"]["members"])  # never a checked image
+    proc = run_cli(*common, "--out", str(tmp_path / "without"), "--no-train-good")
+    assert proc.returncode == 0, proc.stderr
+    assert load_manifest(tmp_path / "without" / "checker_0").training["extra_good"]["count"] == 0
+    bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--good-share", "1.0")
+    assert bad.returncode == 2 and "good_share must lie in [0, 1)" in bad.stderr
+
