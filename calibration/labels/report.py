@@ -24,6 +24,12 @@ EXPLAIN = {
     "region_mismatch": "labelled region and predicted region disagree (too large, too small or elsewhere)",
 }
 
+CONTRAST_EXPLAIN = {  # region rule "contrast": what to do with the label
+    "too_large": "the label's rim is not defect to the checkers: draw it tighter",
+    "too_small": "the checkers see defect just outside the label: draw it larger",
+    "inside": "the checkers see no defect inside the label: is there one?",
+}
+
 _STYLE = """body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}
 td,th{border:1px solid #ccc;padding:4px;vertical-align:top}img{max-width:256px}
 .r{font-weight:bold;color:#b00}"""
@@ -74,6 +80,10 @@ def write_report(
             cells.append(f'<td><img src="{html.escape(name)}" alt="{kind}"></td>')
         v = r.verdict
         why = EXPLAIN.get(v.reason or "", "")
+        if v.reason == "region_mismatch" and r.config.region == "contrast" and v.contrast is not None:
+            c = v.contrast
+            why = "; ".join(CONTRAST_EXPLAIN[p] for p in c.problems(r.config)) + (
+                f" (rim/core {c.rim_ratio:.2f}, band/inside {c.band_ratio:.2f}, inside {c.inside:.2f})")
         facts = (
             f'<span class="r">{html.escape(v.reason or "")}</span><br>{html.escape(why)}<br>'
             f"IoU {v.iou:.3f}<br>probability {v.probability:.3f}<br>label area {v.label_area} px<br>"

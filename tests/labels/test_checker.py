@@ -89,12 +89,15 @@ def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits
     out = tmp_path / "contrast.json"
     # rim_min 100 cannot be met by any label (rim / core is ~1 or less): every defective label is flagged too_large
     proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
-                   "--region", "contrast", "--rim-min", "100", "--low-threshold", "0")
+                   "--region", "contrast", "--rim-min", "100", "--low-threshold", "0",
+                   "--report", str(tmp_path / "report"))
     assert proc.returncode == 3, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["rules"]["region"] == "contrast" and doc["rules"]["rim_min"] == 100
     spots = [f for f in doc["flagged"] if f["image"].startswith("spot/")]
     assert len(spots) == 10
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("draw it tighter") >= 10  # the reviewer is told which way the label is wrong
     for f in spots:
         assert f["reason"] == "region_mismatch" and "too_large" in f["contrast_problems"]
         assert set(f["contrast"]) == {"inside", "core", "rim", "band"}
