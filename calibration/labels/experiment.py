@@ -14,6 +14,7 @@ Nothing is copied: the corrupted set under --work links its images to --data and
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import time
@@ -154,7 +155,8 @@ def rejudge(rows: list[dict], cfg: RuleConfig) -> list[dict]:
 
 def _sweep_row(cfg: RuleConfig, s: dict) -> dict:
     if cfg.region == "contrast":
-        knobs = {"rim_min": cfg.rim_min, "band_max": cfg.band_max, "high_threshold": cfg.high_threshold}
+        knobs = {"rim_min": cfg.rim_min, "band_max": cfg.band_max, "high_threshold": cfg.high_threshold,
+                 "low_threshold": cfg.low_threshold}
     else:
         knobs = {"iou_threshold": cfg.iou_threshold, "low_threshold": cfg.low_threshold}
     return {"region": cfg.region, "thresholds": knobs, "recall": round(s["recall"], 3),
@@ -200,12 +202,14 @@ def main(argv: list[str] | None = None) -> int:
             for low in (0.5, 0.3, 0.2, 0.1):
                 cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low, region=region)
                 sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
-    for rim in (0.3, 0.4, 0.5, 0.6):
-        for band in (0.4, 0.5, 0.6, 0.8):
-            for high in (0.8, 0.9, 0.95):
-                cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high)
-                sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    for rim, band, high, low in itertools.product((0.3, 0.4, 0.5, 0.6), (0.4, 0.5, 0.6, 0.8, 1.0),
+                                                  (0.8, 0.9, 0.95, 0.98), (0.5, 0.1)):
+        cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high, low_threshold=low)
+        sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    best = {f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"], default=None)
+            for r in (0.8, 0.9)}
     doc = {"default_rules": default, "local_region_rules": local, "contrast_region_rules": contrast, "sweep": sweep,
+           "best_in_sweep": best,
            "rows": rows, "kinds": kinds,
            "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
            "args": {k: str(v) for k, v in vars(a).items()}}
@@ -219,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     print("sweep (region, its thresholds, recall, precision, flagged):")
     for s in sweep:
         print(f"  {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} n={s['flagged']}")
+    for k, v in best.items():
+        print(f"best precision at {k}: {v}")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
     return 0
 
