@@ -230,8 +230,8 @@ def train_checkers(
 
     jobs > 1 trains up to that many folds at once, each in its own process (spawned, so torch's thread pools are
     not shared) with `settings.threads` threads (1 where it is 0): on a 2-core PC two folds train in the wall
-    time of one. Each fold's result depends only on its data and the seed, not on jobs. A failing fold fails
-    the whole call (no partial checker set is returned)."""
+    time of one. Each fold's result depends only on its data, the seed and the thread count, not on jobs. A
+    failing fold fails the whole call (no partial checker set is returned)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
