@@ -6,8 +6,8 @@ convolution + BatchNorm + ReLU, then 2x2 max pooling; a dilated 3x3 bottleneck w
 sigmoid outputs:
 
 - "defect_map" (N, 1, H, W): per-pixel defect probability;
-- "defect_prob" (N, 1, 1, 1): image-level defect probability, from the bottleneck's global average and the
-  map's global maximum logit (kept 4-D so it is a TensorSpec like every other output).
+- "defect_prob" (N, 1, 1, 1): image-level defect probability, from the bottleneck's global average (or maximum,
+  `image_pool`) and the map's global maximum logit (kept 4-D so it is a TensorSpec like every other output).
 
 Export: opset 17, dynamic batch, TorchScript exporter (as export/onnx_export.py, for the same reasons), parity of
 onnxruntime vs PyTorch <= 1e-4 on both outputs, manifest kind "classifier" whose `output` is the map; the image
@@ -49,11 +49,15 @@ class CheckerConfig:
     width: int = 128
     base_width: int = 12  # channels of the first level, doubled per level
     depth: int = 3  # pooling levels: the bottleneck is (H / 2^depth) x (W / 2^depth)
+    image_pool: str = "mean"  # how the image head pools the bottleneck: "mean" or "max" (see CheckerNet)
 
     def __post_init__(self) -> None:
         step = 2**self.depth
         if self.depth < 1 or self.height % step or self.width % step:
             msg = f"input {self.height}x{self.width} must be a multiple of 2^depth = {step} (depth {self.depth} >= 1)"
+            raise ValueError(msg)
+        if self.image_pool not in ("mean", "max"):
+            msg = f"image_pool must be 'mean' or 'max', got {self.image_pool!r}"
             raise ValueError(msg)
         if self.base_width < 1:
             msg = f"base_width must be >= 1, got {self.base_width}"
@@ -98,7 +102,9 @@ class CheckerNet(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(x)
-        pooled = x.mean(dim=(2, 3))
+        # "max" answers "is there a defect anywhere" the same on a training crop and on the whole input; a mean
+        # over a whole input that is larger than the crops is diluted by the extra clean area
+        pooled = torch.amax(x, dim=(2, 3)) if self.config.image_pool == "max" else x.mean(dim=(2, 3))
         for block, skip in zip(self.up, reversed(skips)):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))

@@ -55,7 +55,7 @@ def _train(a: argparse.Namespace) -> int:
 
     try:
         items = scan(a.data)
-        config = CheckerConfig(a.size, a.size, base_width=a.base_width)
+        config = CheckerConfig(a.size, a.size, base_width=a.base_width, image_pool=a.image_pool)
         settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, batch_size=a.batch_size, seed=a.seed,
                                  threads=a.threads, good_share=a.good_share)
         extra = [] if a.no_train_good else train_good(a.data)
@@ -134,6 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--folds", type=int, default=2, help="number of checkers, one per disjoint fold (1 allowed)")
     q.add_argument("--size", type=int, default=128, help="checker input HxW (multiple of 8)")
     q.add_argument("--base-width", type=int, default=12)
+    q.add_argument("--image-pool", choices=("mean", "max"), default="mean",
+                   help="how the image-level head pools the bottleneck (max: same on crops and whole inputs)")
     q.add_argument("--iterations", type=int, default=600, help="per checker")
     q.add_argument("--minutes", type=float, default=None, help="wall-clock budget per checker")
     q.add_argument("--batch-size", type=int, default=16)

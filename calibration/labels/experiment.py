@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2500)
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-pool", choices=("mean", "max"), default="mean")
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
     p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     items, kinds, empty = corrupt(a.data, a.work / "data", a.fraction, a.seed)
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
     if not a.skip_training:
-        train_checkers(items, a.work / "checkers", folds=a.folds, config=CheckerConfig(a.size, a.size),
+        config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
+        train_checkers(items, a.work / "checkers", folds=a.folds, config=config,
                        settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1),
                        data_root=str(a.work / "data"), jobs=a.jobs,
                        extra_good=[] if a.no_train_good else train_good(a.data))

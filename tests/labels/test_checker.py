@@ -15,14 +15,15 @@ from tests.helpers import REPO, run_cli
 torch = pytest.importorskip("torch", reason="checker export tests need the train extra")
 
 
-def test_checker_export_matches_pytorch(tmp_path):
+@pytest.mark.parametrize("image_pool", ["mean", "max"])
+def test_checker_export_matches_pytorch(tmp_path, image_pool):
     import onnxruntime as ort
 
     from daemon.manifest import load_manifest
     from export.checker import MAP_OUTPUT, PROB_OUTPUT, CheckerConfig, CheckerNet, write_checker_dir
 
     torch.manual_seed(0)
-    model = CheckerNet(CheckerConfig(32, 32, base_width=4))
+    model = CheckerNet(CheckerConfig(32, 32, base_width=4, image_pool=image_pool))
     model.train()
     with torch.no_grad():  # give BatchNorm non-trivial running statistics
         model(torch.rand(8, 1, 32, 32))
@@ -41,6 +42,36 @@ def test_checker_export_matches_pytorch(tmp_path):
     np.testing.assert_allclose(prob_map, want_map.numpy(), atol=1e-4)
     np.testing.assert_allclose(prob, want_prob.numpy(), atol=1e-4)
     assert ((prob_map >= 0) & (prob_map <= 1)).all()
+    assert loaded.training["checker"]["config"]["image_pool"] == image_pool
+
+
+def test_max_pooled_image_head_scores_a_defect_the_same_in_a_crop_and_in_a_larger_input():
+    """The image head's bottleneck pooling: with "max", padding a crop with more clean surface (what happens when
+    a checker trained on crops runs on the whole input) leaves the pooled features of the defect nearly unchanged
+    (only the crop's zero-padded border differs); with "mean" they shrink with the added area."""
+    from export.checker import CheckerConfig, CheckerNet
+
+    torch.manual_seed(0)
+    crop = torch.full((1, 1, 64, 64), 0.5)
+    crop[..., 28:36, 28:36] = 0.0  # a dark spot in the middle
+    whole = torch.full((1, 1, 192, 192), 0.5)
+    whole[..., 64:128, 64:128] = crop
+    pooled = {}
+    for pool in ("mean", "max"):
+        net = CheckerNet(CheckerConfig(64, 64, base_width=4, image_pool=pool)).eval()
+        feats = []
+        net.image_head.register_forward_hook(lambda _m, args, _out: feats.append(args[0][0, :-1].clone()))
+        with torch.no_grad():
+            net(crop)
+            net(whole)
+        pooled[pool] = feats
+    def change(a, b):
+        return float((a - b).norm() / a.norm())
+
+    assert change(*pooled["max"]) < 0.15, pooled["max"]
+    assert change(*pooled["mean"]) > 3 * change(*pooled["max"]), (change(*pooled["mean"]), change(*pooled["max"]))
+    with pytest.raises(ValueError, match="image_pool"):
+        CheckerConfig(image_pool="median")
 
 
 def test_checker_folds_are_disjoint_and_cover_the_data(checkers_dir, mvtec_dir):
