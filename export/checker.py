@@ -6,8 +6,9 @@ convolution + BatchNorm + ReLU, then 2x2 max pooling; a dilated 3x3 bottleneck w
 sigmoid outputs:
 
 - "defect_map" (N, 1, H, W): per-pixel defect probability;
-- "defect_prob" (N, 1, 1, 1): image-level defect probability, from the bottleneck's global average (or maximum,
-  `image_pool`) and the map's global maximum logit (kept 4-D so it is a TensorSpec like every other output).
+- "defect_prob" (N, 1, 1, 1): image-level defect probability, from the bottleneck's global maximum (or average,
+  `image_pool`; the maximum is the same on a training crop and on the whole input) and the map's global
+  maximum logit (kept 4-D so it is a TensorSpec like every other output).
 
 Export: opset 17, dynamic batch, TorchScript exporter (as export/onnx_export.py, for the same reasons), parity of
 onnxruntime vs PyTorch <= 1e-4 on both outputs, manifest kind "classifier" whose `output` is the map; the image
@@ -49,7 +50,7 @@ class CheckerConfig:
     width: int = 128
     base_width: int = 12  # channels of the first level, doubled per level
     depth: int = 3  # pooling levels: the bottleneck is (H / 2^depth) x (W / 2^depth)
-    image_pool: str = "mean"  # how the image head pools the bottleneck: "mean" or "max" (see CheckerNet)
+    image_pool: str = "max"  # how the image head pools the bottleneck: "max" or "mean" (see CheckerNet)
 
     def __post_init__(self) -> None:
         step = 2**self.depth

@@ -134,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--folds", type=int, default=2, help="number of checkers, one per disjoint fold (1 allowed)")
     q.add_argument("--size", type=int, default=128, help="checker input HxW (multiple of 8)")
     q.add_argument("--base-width", type=int, default=12)
-    q.add_argument("--image-pool", choices=("mean", "max"), default="mean",
+    q.add_argument("--image-pool", choices=("mean", "max"), default="max",
                    help="how the image-level head pools the bottleneck (max: same on crops and whole inputs)")
     q.add_argument("--iterations", type=int, default=600, help="per checker")
     q.add_argument("--minutes", type=float, default=None, help="wall-clock budget per checker")

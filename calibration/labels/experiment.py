@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2500)
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-pool", choices=("mean", "max"), default="mean")
+    p.add_argument("--image-pool", choices=("mean", "max"), default="max")
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
     p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
