@@ -82,11 +82,17 @@ def find_test_images(data: str | Path) -> list[TestImage]:
     return out
 
 
+def trained_files(training: dict | None) -> list[dict]:
+    """[{image, sha256}] of every labelled defect file a model's training facts say it learnt from: its own
+    (training.hard_defects.files) and a fine-tuning parent's (inherited_files)."""
+    hard = (training or {}).get("hard_defects") or {}
+    return list(hard.get("files") or []) + list(hard.get("inherited_files") or [])
+
+
 def trained_on(manifest) -> dict[str, str]:
     """sha256 -> "<class>/<name>" of the labelled defect images the model was trained on (seed 001's hard-defect
-    set, the manifest's training.hard_defects.files): evaluating on them would measure memory, not detection."""
-    hard = (manifest.training or {}).get("hard_defects") or {}
-    files = list(hard.get("files") or []) + list(hard.get("inherited_files") or [])  # + a fine-tuning parent's
+    set, trained_files): evaluating on them would measure memory, not detection."""
+    files = trained_files(manifest.training)
     return {f["sha256"]: f["image"] for f in files if isinstance(f, dict) and f.get("sha256")}
 
 

@@ -154,10 +154,9 @@ def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
 def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> dict:
     """The manifest's training.hard_defects: this run's labelled defect files (image and sha256), plus those a
     fine-tuning parent was trained on (`inherited_files`), so `inspectd evaluate` leaves out both."""
-    inherited = []
-    if parent is not None:
-        prior = (parent.manifest.training or {}).get("hard_defects") or {}
-        inherited = list(prior.get("files") or []) + list(prior.get("inherited_files") or [])
+    from calibration.evaluate import trained_files
+
+    inherited = trained_files(parent.manifest.training) if parent is not None else []
     if not hard and not inherited:
         return {}
     facts: dict = {"inherited_files": inherited} if inherited else {}

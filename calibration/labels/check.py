@@ -75,7 +75,6 @@ class ImageCheck:
     checkers: list[str]
     in_sample: bool
     predicted: np.ndarray | None = field(default=None, repr=False)  # kept for flagged images (the report)
-    combined_by_sum: bool = False
     config: RuleConfig = RuleConfig()
 
     @property
@@ -85,12 +84,10 @@ class ImageCheck:
         probability (used to sort the review worst first)."""
         v, cfg = self.verdict, self.config
         if v.label_area > 0 and cfg.region == "contrast" and v.contrast is not None:
-            c = v.contrast
-            return max(1.0 - c.inside / max(cfg.inside_min, 1e-6), 1.0 - c.rim_ratio / max(cfg.rim_min, 1e-6),
-                       c.band_ratio / max(cfg.band_max, 1e-6) - 1.0, 0.0)
+            return v.contrast.excess(cfg)
         if v.label_area > 0:
             return 1.0 - (v.iou_local if cfg.region == "local" and v.iou_local is not None else v.iou)
-        return v.probability / max(len(self.checkers), 1) if self.combined_by_sum else v.probability
+        return v.probability / max(len(self.checkers), 1) if cfg.combine == "sum" else v.probability
 
     def as_json(self) -> dict:
         v = self.verdict
@@ -121,7 +118,7 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     predicted = (mean_map > threshold).astype(np.uint8) * 255
     verdict = judge(label, predicted, probs, config, prob_map=mean_map)
     kept = predicted if verdict.flagged else None
-    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config.combine == "sum", config)
+    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config)
 
 
 def run_check(

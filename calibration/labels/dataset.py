@@ -40,6 +40,10 @@ def mask_path_for(root: Path, image_id: str) -> Path:
     return Path(root) / "ground_truth" / cls / f"{stem}{MASK_SUFFIX}"
 
 
+def _is_image(f: Path) -> bool:
+    return f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
+
+
 def scan(root: str | Path, split: str = "test") -> list[LabelledImage]:
     """Every image of root/<split>/<class>/, sorted by id; raises when there is none."""
     root = Path(root)
@@ -50,7 +54,7 @@ def scan(root: str | Path, split: str = "test") -> list[LabelledImage]:
     items = []
     for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         for f in sorted(cls_dir.iterdir()):
-            if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."):
+            if _is_image(f):
                 image_id = f"{cls_dir.name}/{f.stem}"
                 items.append(LabelledImage(image_id, f, mask_path_for(root, image_id)))
     if not items:
@@ -64,7 +68,7 @@ def train_good(root: str | Path) -> list[Path]:
     base = Path(root) / "train" / "good"
     if not base.is_dir():
         return []
-    return sorted(f for f in base.iterdir() if f.suffix.lower() in IMAGE_EXTS and not f.name.startswith("."))
+    return sorted(f for f in base.iterdir() if _is_image(f))
 
 
 def read_gray(path: str | Path) -> np.ndarray:

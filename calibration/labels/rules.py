@@ -119,7 +119,7 @@ class Verdict:
     label_area: int
     predicted_area: int
     iou_local: float | None = None  # IoU with the label's local region (None without a probability map / label)
-    contrast: "Contrast | None" = None  # the label's probability contrast (None without a probability map / label)
+    contrast: Contrast | None = None  # the label's probability contrast (None without a probability map / label)
 
     @property
     def flagged(self) -> bool:
@@ -233,6 +233,11 @@ class Contrast:
         if self.band_ratio > config.band_max:
             out.append("too_small")
         return out
+
+    def excess(self, config: "RuleConfig") -> float:
+        """How far the worst of the three tests lies beyond its limit, relative to it (0 = all within)."""
+        return max(1.0 - self.inside / max(config.inside_min, 1e-6), 1.0 - self.rim_ratio / max(config.rim_min, 1e-6),
+                   self.band_ratio / max(config.band_max, 1e-6) - 1.0, 0.0)
 
     def as_dict(self) -> dict:
         return {"inside": round(self.inside, 4), "core": round(self.core, 4), "rim": round(self.rim, 4),
