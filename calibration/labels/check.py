@@ -3,8 +3,9 @@ flag labelling anomalies by seed 000's rules (rules.py).
 
 Each image is checked only by the checkers that did not train on it (their folds are in the manifests); an image
 that every checker trained on (the N = 1 case) is checked by all of them and marked `in_sample`. The checkers'
-maps are averaged, resized to the image and cut at the mean of their pixel thresholds: that is the predicted
-region. Their image-level probabilities are combined by sum or mean into the target probability.
+maps are averaged, resized to the image, sharpened to the image's edges (`RuleConfig.refine`, rules.py) and cut
+at the mean of their pixel thresholds: that is the predicted region. Their image-level probabilities are combined
+by sum or mean into the target probability.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import cv2
 import numpy as np
 
 from calibration.labels.dataset import LabelledImage, read_gray, read_mask
-from calibration.labels.rules import REASONS, RuleConfig, Verdict, judge
+from calibration.labels.rules import REASONS, RuleConfig, Verdict, judge, refine_map
 from daemon.manifest import load_manifest
 from daemon.types import ModelError
 
@@ -114,7 +115,7 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     use = use or list(checkers)
     maps, probs = zip(*(c.predict(gray) for c in use))
     threshold = float(np.mean([c.pixel_threshold for c in use]))
-    mean_map = np.mean(maps, axis=0)
+    mean_map = refine_map(gray, np.mean(maps, axis=0), config)
     predicted = (mean_map > threshold).astype(np.uint8) * 255
     verdict = judge(label, predicted, probs, config, prob_map=mean_map)
     kept = predicted if verdict.flagged else None

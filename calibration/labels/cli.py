@@ -81,7 +81,8 @@ def _check(a: argparse.Namespace) -> int:
         config = RuleConfig(iou_threshold=a.iou_threshold, combine=a.combine, low_threshold=a.low_threshold,
                             high_threshold=a.high_threshold, area_threshold=a.area_threshold, region=a.region,
                             local_grow=a.local_grow, rim_min=a.rim_min, band_max=a.band_max,
-                            inside_min=a.inside_min)
+                            inside_min=a.inside_min, refine=a.refine, refine_radius=a.refine_radius,
+                            refine_eps=a.refine_eps)
         items = scan(a.data)
         checkers = load_checkers(a.checkers)
     except (FileNotFoundError, ValueError, ModelError) as exc:
@@ -171,6 +172,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="region contrast: band around / inside probability above it = label too small (0.5)")
     q.add_argument("--inside-min", type=float, default=0.1,
                    help="region contrast: mean probability inside the label below it = nothing there (0.1)")
+    q.add_argument("--refine", choices=("guided", "none"), default="guided",
+                   help="sharpen the checkers' map to the image's edges (guided filter) before the rules (guided)")
+    q.add_argument("--refine-radius", type=int, default=4, help="refine guided: window radius, image pixels (4)")
+    q.add_argument("--refine-eps", type=float, default=1e-3, help="refine guided: regularisation (1e-3)")
     q.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how checker probabilities combine")
     q.add_argument("--low-threshold", type=float, default=None,
                    help="wrong label below it (default 0.5 for mean, 0.5 x checkers for sum)")

@@ -9,6 +9,9 @@ Nothing is copied: the corrupted set under --work links its images to --data and
 - eroded: the label shrunk to its innermost 40 % (distance transform of the inside);
 - deleted: the mask removed (a missed label);
 - false_region: an ellipse, sized like a real defect, drawn on a good image.
+
+The check runs twice, on the checkers' map as it is and sharpened to the image's edges (RuleConfig.refine "none"
+and "guided"), and the rules are swept over thresholds for both (result.json: by_refine, sweep, best_in_sweep).
 """
 
 from __future__ import annotations
@@ -163,6 +166,21 @@ def _sweep_row(cfg: RuleConfig, s: dict) -> dict:
             "precision": round(s["precision"], 3), "flagged": s["flagged"]}
 
 
+def _sweep(rows: list[dict], kinds: dict[str, str], empty: list[str]) -> list[dict]:
+    """The rules re-applied to stored rows over a grid of thresholds (each row: region, thresholds, R, P, n)."""
+    out = []
+    for region in ("global", "local"):
+        for iou_t in (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1):
+            for low in (0.5, 0.3, 0.2, 0.1):
+                cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low, region=region)
+                out.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    for rim, band, high, low in itertools.product((0.3, 0.4, 0.5, 0.6), (0.4, 0.5, 0.6, 0.8, 1.0),
+                                                  (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999), (0.5, 0.1)):
+        cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high, low_threshold=low)
+        out.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     from calibration.labels.check import load_checkers, run_check
     from calibration.labels.training import TrainSettings, train_checkers
@@ -193,38 +211,31 @@ def main(argv: list[str] | None = None) -> int:
                        extra_good=[] if a.no_train_good else train_good(a.data))
     t_train = time.monotonic() - t0
     checkers = load_checkers(a.work / "checkers")
-    results = run_check(items, checkers, RuleConfig(), log=print)
-    rows = [{**r.as_json(), "k": len(r.checkers)} for r in results]
-    default = score(rows, kinds, empty)
-    local = score(rejudge(rows, RuleConfig(region="local")), kinds, empty)
-    contrast = score(rejudge(rows, RuleConfig(region="contrast")), kinds, empty)
-    sweep = []
-    for region in ("global", "local"):
-        for iou_t in (0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1):
-            for low in (0.5, 0.3, 0.2, 0.1):
-                cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low, region=region)
-                sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
-    for rim, band, high, low in itertools.product((0.3, 0.4, 0.5, 0.6), (0.4, 0.5, 0.6, 0.8, 1.0),
-                                                  (0.8, 0.9, 0.95, 0.98), (0.5, 0.1)):
-        cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high, low_threshold=low)
-        sweep.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
+    by_refine, sweep, all_rows = {}, [], {}
+    for refine in ("none", "guided"):
+        results = run_check(items, checkers, RuleConfig(refine=refine), log=print)
+        rows = all_rows[refine] = [{**r.as_json(), "k": len(r.checkers)} for r in results]
+        by_refine[refine] = {name: score(rejudge(rows, RuleConfig(region=region)), kinds, empty)
+                             for name, region in (("default_rules", "global"), ("local_region_rules", "local"),
+                                                  ("contrast_region_rules", "contrast"))}
+        sweep += [{**row, "refine": refine} for row in _sweep(rows, kinds, empty)]
     best = {f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"], default=None)
             for r in (0.8, 0.9)}
-    doc = {"default_rules": default, "local_region_rules": local, "contrast_region_rules": contrast, "sweep": sweep,
-           "best_in_sweep": best,
-           "rows": rows, "kinds": kinds,
+    doc = {**by_refine["guided"], "by_refine": by_refine, "sweep": sweep, "best_in_sweep": best,
+           "rows": all_rows["guided"], "rows_unrefined": all_rows["none"], "kinds": kinds,
            "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
            "args": {k: str(v) for k, v in vars(a).items()}}
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for title, res in (("seed defaults (region global)", default), ("seed defaults, region local", local),
-                       ("region contrast (its defaults)", contrast)):
-        print(title)
-        print(json.dumps({k: res[k] for k in res if k != "per_kind"}, indent=1))
-        for kind, v in res["per_kind"].items():
-            print(f"{kind:13s} {v}")
-    print("sweep (region, its thresholds, recall, precision, flagged):")
+    for refine, scores in by_refine.items():
+        for name, res in scores.items():
+            print(f"refine {refine}, {name}")
+            print(json.dumps({k: res[k] for k in res if k != "per_kind"}, indent=1))
+            for kind, v in res["per_kind"].items():
+                print(f"{kind:13s} {v}")
+    print("sweep (refine, region, its thresholds, recall, precision, flagged):")
     for s in sweep:
-        print(f"  {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} n={s['flagged']}")
+        print(f"  {s['refine']:6s} {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} "
+              f"n={s['flagged']}")
     for k, v in best.items():
         print(f"best precision at {k}: {v}")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")

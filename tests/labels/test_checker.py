@@ -106,6 +106,7 @@ def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_p
     assert proc.returncode in (0, 3), proc.stderr
     doc = json.loads(out.read_text())
     assert doc["checked"] == 20 and doc["flagged"] and proc.returncode == 3
+    assert doc["rules"]["refine"] == "guided"  # the map is sharpened to the image's edges unless told otherwise
     for f in doc["flagged"]:
         assert set(f) >= {"image", "reason", "iou", "probability"} and re.fullmatch(r"(good|spot)/\d{3}", f["image"])
     page = (report / "index.html").read_text()
@@ -135,6 +136,16 @@ def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits
     bad = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
                   "--region", "contrast", "--band-max", "-1")
     assert bad.returncode == 2 and "band_max must be >= 0" in bad.stderr
+
+
+def test_label_check_cli_refines_the_map_by_default_and_takes_refine_options(checkers_dir, mvtec_dir, tmp_path):
+    out = tmp_path / "refine.json"
+    base = ("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out))
+    proc = run_cli(*base, "--refine", "none")
+    assert proc.returncode in (0, 3), proc.stderr
+    assert json.loads(out.read_text())["rules"]["refine"] == "none"
+    bad = run_cli(*base, "--refine-radius", "0")
+    assert bad.returncode == 2 and "refine_radius must lie in [1, 64]" in bad.stderr
 
 
 def test_check_does_not_import_torch():

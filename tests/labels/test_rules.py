@@ -12,9 +12,12 @@ from calibration.labels.rules import (
     WRONG_LABEL,
     RuleConfig,
     combine,
+    contrast_stats,
     ensemble_rule,
+    guided_filter,
     iou,
     judge,
+    refine_map,
     single_rule,
 )
 
@@ -204,3 +207,41 @@ def test_region_contrast_needs_the_map_and_checks_its_limits():
         RuleConfig(contrast_grow=1.0)
     with pytest.raises(ValueError, match="rim_min"):
         RuleConfig(rim_min=-0.1)
+
+
+def _blurred_disc_map(n: int = 81, r: int = 6, blur: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A dark disc on a bright image and a checker map that sees the disc but spills `blur` px past its edge."""
+    yy, xx = np.mgrid[:n, :n]
+    disc = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2) <= r * r
+    gray = np.where(disc, 40, 200).astype(np.uint8)
+    prob = cv2.GaussianBlur(disc.astype(np.float32), (0, 0), blur / 2)
+    return gray, prob / prob.max(), disc
+
+
+def test_guided_refinement_pulls_a_blurred_map_back_to_the_image_edge():
+    gray, prob, disc = _blurred_disc_map()
+    refined = refine_map(gray, prob, RuleConfig())
+    assert refined.min() >= 0.0 and refined.max() <= 1.0
+    before = contrast_stats(disc, prob).band_ratio
+    after = contrast_stats(disc, refined).band_ratio
+    assert after < 0.7 * before, (before, after)
+    assert np.array_equal(refine_map(gray, prob, RuleConfig(refine="none")), prob.astype(np.float32))
+
+
+def test_guided_refinement_turns_a_blur_flagged_right_label_into_an_accepted_one():
+    gray, prob, disc = _blurred_disc_map()
+    cfg = RuleConfig(region="contrast")
+    label = disc.astype(np.uint8) * 255
+    unrefined = judge(label, label, [0.9], RuleConfig(region="contrast", refine="none"), prob_map=prob)
+    refined = judge(label, label, [0.9], cfg, prob_map=refine_map(gray, prob, cfg))
+    assert unrefined.contrast.problems(cfg) == ["too_small"]
+    assert refined.reason is None
+
+
+def test_guided_filter_of_a_flat_guide_is_a_box_mean_and_shapes_must_match():
+    src = np.zeros((21, 21), np.float32)
+    src[10, 10] = 1.0
+    out = guided_filter(np.full_like(src, 0.5), src, 2, 1e-3)
+    assert abs(float(out.sum()) - 1.0) < 1e-4 and out.max() < 0.2
+    with pytest.raises(ValueError, match="differ in shape"):
+        guided_filter(np.zeros((3, 4)), np.zeros((4, 3)), 1, 1e-3)
