@@ -14,6 +14,7 @@ defective images is stored as the manifest's pixel threshold. torch is imported 
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -217,6 +218,20 @@ def _printer(msg: str) -> None:  # picklable log for worker processes
     print(msg, flush=True)
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Worker initializer: end this worker as soon as the process that started it is gone. A parent stopped by
+    SIGTERM or SIGKILL (systemd, `kill`, an OOM kill) cannot shut its pool down, and spawned workers would go on
+    training, a full core each, for the rest of their budget on a PC that also runs the line."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def train_checkers(
     items: Sequence[LabelledImage], out: str | Path, *, folds: int, config: CheckerConfig = CheckerConfig(),
     settings: TrainSettings = TrainSettings(), data_root: str = "", area_threshold: int = 15,
@@ -231,7 +246,8 @@ def train_checkers(
     jobs > 1 trains up to that many folds at once, each in its own process (spawned, so torch's thread pools are
     not shared) with `settings.threads` threads (1 where it is 0): on a 2-core PC two folds train in the wall
     time of one. Each fold's result depends only on its data, the seed and the thread count, not on jobs. A
-    failing fold fails the whole call (no partial checker set is returned)."""
+    failing fold fails the whole call (no partial checker set is returned); workers end when this process ends,
+    however it is stopped (`_exit_with_parent`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
@@ -250,7 +266,8 @@ def train_checkers(
 
     worker_settings = settings if settings.threads else replace(settings, threads=1)
     worker_log = None if log is None else _printer
-    with ProcessPoolExecutor(max_workers=min(jobs, folds), mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=min(jobs, folds), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(_train_fold, k, its, ids, out, folds, config, worker_settings, data_root,
                                area_threshold, worker_log, extra_good) for k, its, ids in tasks]
         return [f.result() for f in futures]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, cli_env, run_cli
 
 torch = pytest.importorskip("torch", reason="checker export tests need the train extra")
 
@@ -215,3 +217,54 @@ def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec
     bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--good-share", "1.0")
     assert bad.returncode == 2 and "good_share must lie in [0, 1)" in bad.stderr
 
+
+
+def _spawned_children(pid: int) -> list[int]:
+    """The spawned multiprocessing workers among pid's children (not its resource tracker)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        for child in (task / "children").read_text().split():
+            cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+            if b"spawn_main" in cmd:
+                out.append(int(child))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited and only waits to be reaped
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc to find the worker processes")
+def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
+    """SIGKILL cannot be caught, so the pool cannot shut itself down: the workers must notice on their own."""
+    import signal
+    import time
+
+    args = ["label", "train-checker", "--data", str(mvtec_dir), "--out", str(tmp_path / "ck"), "--folds", "2",
+            "--jobs", "2", "--size", "32", "--base-width", "4", "--iterations", "10000000", "--minutes", "10"]
+    with (tmp_path / "log.txt").open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "inspectd", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=cli_env(), cwd=REPO)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 90
+        while "step 1/" not in (tmp_path / "log.txt").read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "log.txt").read_text()
+            time.sleep(0.2)
+        workers = _spawned_children(proc.pid)
+        assert len(workers) == 2, (workers, (tmp_path / "log.txt").read_text())
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while any(_running(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(_running(w) for w in workers), f"workers {workers} still training after the CLI was killed"
+    finally:
+        proc.kill()
+        for w in workers:
+            if _running(w):
+                os.kill(w, signal.SIGKILL)
