@@ -3,8 +3,9 @@ flag labelling anomalies by seed 000's rules (rules.py).
 
 Each image is checked only by the checkers that did not train on it (their folds are in the manifests); an image
 that every checker trained on (the N = 1 case) is checked by all of them and marked `in_sample`. The checkers'
-maps are averaged, resized to the image, sharpened to the image's edges (`RuleConfig.refine`, rules.py) and cut
-at the mean of their pixel thresholds: that is the predicted region. Their image-level probabilities are combined
+maps are averaged, resized to the image and cut at the mean of their pixel thresholds: that is the predicted
+region (the global IoU, the missed label's area). The threshold-free region rules (local, contrast) read the mean
+map sharpened to the image's edges (`RuleConfig.refine`, rules.py). Their image-level probabilities are combined
 by sum or mean into the target probability.
 """
 
@@ -107,6 +108,16 @@ class ImageCheck:
         }
 
 
+def rule_maps(
+    gray: np.ndarray, maps: Sequence[np.ndarray], pixel_thresholds: Sequence[float], config: RuleConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted region 0/255, probability map for the threshold-free rules) from the checkers' maps: the mean map
+    cut at the mean pixel threshold, which was calibrated on the unrefined map, and the mean map refined."""
+    mean_map = np.mean(maps, axis=0)
+    predicted = (mean_map > float(np.mean(pixel_thresholds))).astype(np.uint8) * 255
+    return predicted, refine_map(gray, mean_map, config)
+
+
 def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleConfig) -> ImageCheck:
     gray = read_gray(item.image_path)
     label = read_mask(item, gray.shape)
@@ -114,10 +125,8 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     in_sample = not use
     use = use or list(checkers)
     maps, probs = zip(*(c.predict(gray) for c in use))
-    threshold = float(np.mean([c.pixel_threshold for c in use]))
-    mean_map = refine_map(gray, np.mean(maps, axis=0), config)
-    predicted = (mean_map > threshold).astype(np.uint8) * 255
-    verdict = judge(label, predicted, probs, config, prob_map=mean_map)
+    predicted, prob_map = rule_maps(gray, maps, [c.pixel_threshold for c in use], config)
+    verdict = judge(label, predicted, probs, config, prob_map=prob_map)
     kept = predicted if verdict.flagged else None
     return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config)
 

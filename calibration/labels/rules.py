@@ -41,7 +41,9 @@ is blurred by several image pixels at every border: a thin crack's map spills in
 `RuleConfig.refine = "guided"` (the default) first sharpens the mean map to the image's own edges with a guided
 filter (He, Sun and Tang 2010: the map as a locally linear function of the grey image, in windows of
 `refine_radius` image pixels, regularised by `refine_eps`), so the probability falls off where the image changes.
-Every rule after it (predicted region, IoU, contrast) reads the refined map; "none" keeps the checkers' own.
+The threshold-free rules (region "local" and "contrast") read the refined map; the predicted region, cut at the
+checkers' calibrated pixel threshold (global IoU, the missed label's area), stays on their own map, where that
+threshold was calibrated. "none" gives the threshold-free rules the checkers' own map too.
 """
 
 from __future__ import annotations
