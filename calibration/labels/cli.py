@@ -173,7 +173,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--inside-min", type=float, default=0.1,
                    help="region contrast: mean probability inside the label below it = nothing there (0.1)")
     q.add_argument("--refine", choices=("guided", "none"), default="guided",
-                   help="sharpen the checkers' map to the image's edges (guided filter) before the rules (guided)")
+                   help="sharpen the checkers' map to the image's edges (guided filter) for the local and contrast "
+                   "rules (guided); the predicted region stays on their own map")
     q.add_argument("--refine-radius", type=int, default=4, help="refine guided: window radius, image pixels (4)")
     q.add_argument("--refine-eps", type=float, default=1e-3, help="refine guided: regularisation (1e-3)")
     q.add_argument("--combine", choices=("mean", "sum"), default="mean", help="how checker probabilities combine")
