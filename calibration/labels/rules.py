@@ -221,7 +221,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
     return box(a) * guide + box(b)
 
 
-def refine_map(gray: np.ndarray, prob_map: np.ndarray, config: "RuleConfig") -> np.ndarray:
+def refine_map(gray: np.ndarray, prob_map: np.ndarray, config: RuleConfig) -> np.ndarray:
     """The checkers' mean map as the rules read it (module docstring): guided by the grey image, in [0, 1]."""
     prob_map = np.asarray(prob_map, dtype=np.float32)
     if config.refine == "none":

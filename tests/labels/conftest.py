@@ -1,4 +1,5 @@
-"""A tiny labelled MVTec-layout set (flat noisy items, dark-spot defects) and tiny checkers trained on it."""
+"""A tiny labelled MVTec-layout set (flat noisy items, dark-spot defects), tiny checkers trained on it, and a
+hand-made blurred checker map of a dark disc."""
 
 from __future__ import annotations
 
@@ -27,6 +28,16 @@ def make_mvtec(root: Path, n_good: int = 10, n_defect: int = 10, seed: int = 0) 
             cv2.imwrite(str(g / f"{k:03d}_mask.png"), mask)
         cv2.imwrite(str(d / f"{k:03d}.png"), img)
     return root
+
+
+def blurred_disc_map(n: int = 81, r: int = 6, blur: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(gray, map, disc): a dark disc on a bright image and a checker map (max 1) that sees the disc but spills
+    `blur` px past its edge, as the checkers' 128² map does on a larger image."""
+    yy, xx = np.mgrid[:n, :n]
+    disc = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2) <= r * r
+    gray = np.where(disc, 40, 200).astype(np.uint8)
+    prob = cv2.GaussianBlur(disc.astype(np.float32), (0, 0), blur / 2)
+    return gray, prob / prob.max(), disc
 
 
 @pytest.fixture(scope="session")

@@ -274,16 +274,12 @@ def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
 def test_refinement_changes_only_the_threshold_free_rules_not_the_calibrated_predicted_region():
     """The pixel threshold was calibrated on the checkers' own map: the predicted region (global IoU, the missed
     label's area) is cut from their mean map whatever --refine says; local and contrast read the refined map."""
-    import cv2
-
     from calibration.labels.check import rule_maps
     from calibration.labels.rules import RuleConfig, refine_map
+    from tests.labels.conftest import blurred_disc_map
 
-    yy, xx = np.mgrid[:81, :81]
-    disc = ((yy - 40) ** 2 + (xx - 40) ** 2) <= 36
-    gray = np.where(disc, 40, 200).astype(np.uint8)
-    blurred = cv2.GaussianBlur(disc.astype(np.float32), (0, 0), 4.5)
-    maps = [blurred / blurred.max(), 0.8 * blurred / blurred.max()]
+    gray, blurred, _ = blurred_disc_map()
+    maps = [blurred, 0.8 * blurred]
     mean = np.mean(maps, axis=0)
     for refine in ("none", "guided"):
         cfg = RuleConfig(refine=refine)

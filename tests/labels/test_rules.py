@@ -20,6 +20,7 @@ from calibration.labels.rules import (
     refine_map,
     single_rule,
 )
+from tests.labels.conftest import blurred_disc_map
 
 
 def box(y0: int, x0: int, y1: int, x1: int, shape=(20, 20)) -> np.ndarray:
@@ -209,17 +210,8 @@ def test_region_contrast_needs_the_map_and_checks_its_limits():
         RuleConfig(rim_min=-0.1)
 
 
-def _blurred_disc_map(n: int = 81, r: int = 6, blur: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A dark disc on a bright image and a checker map that sees the disc but spills `blur` px past its edge."""
-    yy, xx = np.mgrid[:n, :n]
-    disc = ((yy - n // 2) ** 2 + (xx - n // 2) ** 2) <= r * r
-    gray = np.where(disc, 40, 200).astype(np.uint8)
-    prob = cv2.GaussianBlur(disc.astype(np.float32), (0, 0), blur / 2)
-    return gray, prob / prob.max(), disc
-
-
 def test_guided_refinement_pulls_a_blurred_map_back_to_the_image_edge():
-    gray, prob, disc = _blurred_disc_map()
+    gray, prob, disc = blurred_disc_map()
     refined = refine_map(gray, prob, RuleConfig())
     assert refined.min() >= 0.0 and refined.max() <= 1.0
     before = contrast_stats(disc, prob).band_ratio
@@ -229,7 +221,7 @@ def test_guided_refinement_pulls_a_blurred_map_back_to_the_image_edge():
 
 
 def test_guided_refinement_turns_a_blur_flagged_right_label_into_an_accepted_one():
-    gray, prob, disc = _blurred_disc_map()
+    gray, prob, disc = blurred_disc_map()
     cfg = RuleConfig(region="contrast")
     label = disc.astype(np.uint8) * 255
     unrefined = judge(label, label, [0.9], RuleConfig(region="contrast", refine="none"), prob_map=prob)
