@@ -361,7 +361,9 @@ def evaluate(
     out = {
         "model": str(model_dir),
         "model_name": manifest.name,
-        "model_sha256": manifest.onnx.sha256,
+        "model_sha256": manifest.identity,  # onnx.sha256, or an ensemble's identity
+        **({"ensemble": manifest.training.get("ensemble", {}) | {"combine": manifest.ensemble.combine}}
+           if manifest.ensemble is not None else {}),
         "data": str(data),
         "n_images": len(items),
         "n_good": sum(1 for t in items if not t.defective),

@@ -81,6 +81,10 @@ def variant_inspector(inspector, score: str):
     t = variant_thresholds(m, score)
     if score == native_score(m):
         return inspector, t
+    if m.ensemble is not None:
+        msg = (f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
+               f"score {score!r} can be asked of each member model directory on its own")
+        raise ValueError(msg)
     out = Inspector(
         inspector.detector,
         pixel_threshold=t["pixel"] if t else 2.0,

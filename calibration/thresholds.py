@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from daemon.manifest import Manifest, Thresholds, load_manifest
+from daemon.manifest import MAX_ENSEMBLE_PIXEL, Manifest, Thresholds, load_manifest
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,10 @@ def calibrate_good_only(
     min_area_floor: int = 1,
     max_area_frac: float = 0.002,
     data: str = "held-out good images",
+    max_pixel: float = 2.0,
 ) -> Calibration:
-    """Thresholds from good images alone (see the module docstring); every calibration good image passes."""
+    """Thresholds from good images alone (see the module docstring); every calibration good image passes.
+    `max_pixel`: the map's range (2 for one model's SSIM map; an ensemble's combined map goes higher)."""
     if not good_maps:
         msg = "calibration needs at least one good image"
         raise ValueError(msg)
@@ -106,7 +108,7 @@ def calibrate_good_only(
     area_cap = max(min_area_floor, int(max_area_frac * frame_area))
     t_q = _quantile(good_maps, quantile)
     median = _quantile(good_maps, 0.5)
-    pixel = min(2.0, t_q + margin * max(0.0, t_q - median))
+    pixel = min(max_pixel, t_q + margin * max(0.0, t_q - median))
     areas = np.array([largest_region(m, pixel) for m in good_maps])
     raised = False
     if _min_area_for(areas, area_margin, min_area_floor) > area_cap:
@@ -223,14 +225,17 @@ def calibrate(
         return calibrate_with_defects(
             good_maps, score_maps(inspector, defect_images), defect_masks, data=data, **kwargs
         )
+    if inspector.manifest.ensemble is not None:
+        kwargs.setdefault("max_pixel", MAX_ENSEMBLE_PIXEL)
     return calibrate_good_only(good_maps, data=data, **kwargs)
 
 
 def write_thresholds(model_dir: str | Path, result: Calibration, *, calibrated_at: str) -> Manifest:
     """Rewrite the model directory's manifest with the calibrated thresholds (bound to the current model.onnx)."""
     manifest = load_manifest(model_dir)
+    limit = 2.0 if manifest.ensemble is None else MAX_ENSEMBLE_PIXEL
     thresholds = Thresholds(
-        pixel=min(2.0, max(0.0, result.pixel)),
+        pixel=min(limit, max(0.0, result.pixel)),
         min_region_area=result.min_region_area,
         model_sha256=manifest.onnx.sha256,
         method=result.method,

@@ -124,7 +124,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         "model_loaded",
         path=str(cfg.model.path),
         name=m.name,
-        sha256=m.onnx.sha256,
+        sha256=m.identity,  # onnx.sha256, or an ensemble's identity (daemon.manifest.Manifest.identity)
         input=list(m.input.shape),
         preprocess=m.preprocess.mode,
         providers_requested=list(info.requested),
@@ -137,7 +137,18 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
             detail="onnxruntime fell back to the CPU; GPU providers were requested but could not be loaded",
             available=list(info.available),
         )
-    inspector = Inspector(detector, pixel_threshold=cfg.model.pixel_threshold, min_region_area=cfg.model.min_region_area)
+    try:  # an ensemble opens its other models here, with the same providers
+        inspector = Inspector(detector, pixel_threshold=cfg.model.pixel_threshold,
+                              min_region_area=cfg.model.min_region_area)
+    except ModelError as exc:
+        log.error("model_refused", path=str(cfg.model.path), error=str(exc))
+        print(f"inspectd: model.path: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    for member, divide_by in inspector.members:
+        log.info("ensemble_member", path=str(member.detector.model_dir), name=member.manifest.name,
+                 sha256=member.manifest.onnx.sha256, preprocess=member.manifest.preprocess.mode,
+                 scale=member.manifest.preprocess.scale, divide_by=divide_by,
+                 providers_obtained=list(member.detector.info.obtained), on_gpu=member.detector.info.on_gpu)
     t_jit = ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
     t_warm = inspector.warmup()
     log.info(
@@ -170,7 +181,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     from daemon.types import ConfigError
 
     try:  # the false-reject channel: reject store, spool + sender, control socket (each where configured)
-        feedback = Feedback.open(cfg, camera=camera_name(camera.describe()), model_sha256=m.onnx.sha256,
+        feedback = Feedback.open(cfg, camera=camera_name(camera.describe()), model_sha256=m.identity,
                                  model_name=m.name, pixel_threshold=inspector.pixel_threshold)
     except ConfigError as exc:
         log.error("feedback_refused", error=str(exc))
@@ -195,7 +206,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     from daemon.reload import ModelReloader  # SIGHUP / control `reload`: validate the model, then swap it in
 
     reloader = ModelReloader(cfg, pipeline, intra_op_threads=budget.onnxruntime, on_swapped=lambda new: feedback.set_model(
-        model_sha256=new.manifest.onnx.sha256, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold))
+        model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold))
     feedback.ops["reload"] = reloader.handle
     install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"), on_reload=reloader.request)
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())

@@ -58,6 +58,8 @@ class Detector:
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify_hash=verify_hash)
+        # kept so that an ensemble's other models get sessions of the same kind (Inspector)
+        self.options = {"providers": tuple(providers), "require_gpu": require_gpu, "intra_op_threads": intra_op_threads}
         available = tuple(ort.get_available_providers())
         wanted = tuple(p for p in providers if p in available)
         if not wanted:

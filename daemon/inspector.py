@@ -10,6 +10,11 @@ Two ways to call it:
   pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
   inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
 
+An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
+member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
+every model's frame-sized map by that model's own pixel threshold and combines the maps (max or mean) before the one
+decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
+
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
 ``Pending`` belongs to one frame and is handed from stage to stage, never shared.
@@ -45,6 +50,7 @@ class Pending:
     prepared: Prepared
     output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
     timings_ms: dict[str, float] = field(default_factory=dict)
+    members: list["Pending"] = field(default_factory=list)  # an ensemble's other models, in manifest order
 
 
 class Inspector:
@@ -63,6 +69,24 @@ class Inspector:
         self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
         self.min_region_area = m.thresholds.min_region_area if min_region_area is None else int(min_region_area)
         self.decider = Decider(self.pixel_threshold, self.min_region_area, m.score.reduction)
+        self.members: list[tuple[Inspector, float]] = []  # (member, divide_by) of an ensemble
+        if m.ensemble is not None:
+            self.members = self._open_members()
+
+    def _open_members(self) -> list[tuple["Inspector", float]]:
+        """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
+        from daemon.manifest import load_members
+        from daemon.types import ModelError
+
+        ens = self.manifest.ensemble
+        out = []
+        for (path, _), spec in zip(load_members(self.detector.model_dir, self.manifest), ens.members):
+            member = Inspector(Detector(path, **self.detector.options))
+            if member.manifest.onnx.sha256 != spec.sha256:  # replaced between the check and the session
+                msg = f"ensemble member {path} changed while loading (sha256 {member.manifest.onnx.sha256[:12]}…)"
+                raise ModelError(msg)
+            out.append((member, spec.divide_by))
+        return out
 
     @classmethod
     def from_model_dir(
@@ -84,12 +108,15 @@ class Inspector:
         """Stage 1: frame -> model batch and SSIM reference (resize or tiles), as the manifest says."""
         t0 = time.perf_counter()
         prepared = self.preprocessor.prepare(image)
-        return Pending(prepared, timings_ms={"preprocess": (time.perf_counter() - t0) * 1e3})
+        members = [member.prepare(image) for member, _ in self.members]
+        return Pending(prepared, timings_ms={"preprocess": (time.perf_counter() - t0) * 1e3}, members=members)
 
     def infer(self, pending: Pending) -> Pending:
         """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
         t0 = time.perf_counter()
         pending.output = self.detector.run(pending.prepared.batch)
+        for (member, _), part in zip(self.members, pending.members):
+            member.infer(part)
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
         return pending
 
@@ -100,12 +127,37 @@ class Inspector:
             raise ValueError(msg)
         timings = pending.timings_ms
         t0 = time.perf_counter()
-        score_map, recon = self._score(pending.prepared, pending.output)
+        score_map, recon = self._map(pending)
         t1 = time.perf_counter()
         decision = self.decider.decide(score_map)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None)
+
+    def _map(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
+        """(the map the decision reads, this model's reconstructions): this model's difference map, or for an
+        ensemble the combination of every model's map divided by its own pixel threshold."""
+        score_map, recon = self._score(pending.prepared, pending.output)
+        ens = self.manifest.ensemble
+        if ens is None:
+            return score_map, recon
+        if len(pending.members) != len(self.members) or any(p.output is None for p in pending.members):
+            msg = "finish() needs a Pending prepared and inferred by this Inspector (its ensemble members are missing)"
+            raise ValueError(msg)
+        combined = score_map / np.float32(ens.divide_by)
+        for (member, divide_by), part in zip(self.members, pending.members):
+            other = member._score(part.prepared, part.output)[0]
+            if other.shape != combined.shape:
+                msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
+                raise ValueError(msg)
+            other /= np.float32(divide_by)
+            if ens.combine == "max":
+                np.maximum(combined, other, out=combined)
+            else:
+                combined += other
+        if ens.combine == "mean":
+            combined /= np.float32(len(self.members) + 1)
+        return combined, recon
 
     def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
@@ -124,8 +176,7 @@ class Inspector:
 
     def score_map(self, image: np.ndarray) -> np.ndarray:
         """The frame-sized difference map of one uint8 image (HxW gray or HxWx3 BGR)."""
-        pending = self.infer(self.prepare(image))
-        return self._score(pending.prepared, pending.output)[0]
+        return self._map(self.infer(self.prepare(image)))[0]
 
     def inspect(self, image: np.ndarray, *, keep_reconstruction: bool = False) -> Inspection:
         """All three stages in one call: finish(infer(prepare(image)))."""
@@ -136,6 +187,9 @@ class Inspector:
         t0 = time.perf_counter()
         self.detector.warmup()
         self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
+        for member, _ in self.members:
+            member.detector.warmup()
+            member.ssim.warmup(member.preprocessor.channels)
         c, h, w = self.manifest.input.shape[1:]
         frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
         self.inspect(frame)

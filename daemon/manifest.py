@@ -20,6 +20,7 @@ from daemon.types import ModelError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
+MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its own threshold)
 
 
 class _Strict(BaseModel):
@@ -98,7 +99,9 @@ class ScoreSpec(_Strict):
 
 
 class Thresholds(_Strict):
-    pixel: float = Field(ge=0, le=2, description="difference-map value above which a pixel is defective")
+    # <= 2 (the SSIM map's range) for one model; an ensemble's combined map is in multiples of its models' own
+    # thresholds, so up to MAX_ENSEMBLE_PIXEL there (Manifest._consistent)
+    pixel: float = Field(ge=0, description="difference-map value above which a pixel is defective")
     min_region_area: int = Field(ge=1, description="regions smaller than this (frame pixels) are ignored")
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the model.onnx these were calibrated for")
     method: str = ""
@@ -109,6 +112,25 @@ class OnnxSpec(_Strict):
     file: str = "model.onnx"
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     opset: int = Field(ge=7)
+
+
+class MemberSpec(_Strict):
+    """One more model of an ensemble: a complete model directory inside this one."""
+
+    dir: str = Field(min_length=1, description="path of the member's model directory, relative to this one")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the member's model.onnx (checked at load)")
+    divide_by: float = Field(gt=0, description="the member's difference map is divided by this (its own pixel threshold)")
+
+
+class EnsembleSpec(_Strict):
+    """Several autoencoders judge each frame together (e.g. a native-resolution model for small defects and a
+    quarter-scale one for large ones). Each model's frame-sized difference map is divided by its own calibrated
+    pixel threshold, so 1.0 means "at that model's threshold" for every one of them; the maps are combined pixel by
+    pixel (max: a defect any model sees counts; mean) and the manifest's thresholds apply to the combination."""
+
+    combine: Literal["max", "mean"] = "max"
+    divide_by: float = Field(gt=0, description="this directory's own model.onnx map is divided by this")
+    members: tuple[MemberSpec, ...] = Field(min_length=1)
 
 
 class Manifest(_Strict):
@@ -125,6 +147,20 @@ class Manifest(_Strict):
     # free-form facts about training: data, categories, good:defect ratio, sample count, final loss, command
     training: dict = Field(default_factory=dict)
     created: str = ""
+    # more models judging every frame with this one (None: this model alone); thresholds are then the combination's
+    ensemble: EnsembleSpec | None = None
+
+    @property
+    def identity(self) -> str:
+        """What names this model for reloads and records: onnx.sha256, or for an ensemble the sha256 of all its
+        models' sha256s, the combination and the thresholds (a changed member or recalibration is a new model)."""
+        if self.ensemble is None:
+            return self.onnx.sha256
+        e = self.ensemble
+        parts = [self.onnx.sha256, e.combine, repr(e.divide_by), repr(self.thresholds.pixel),
+                 str(self.thresholds.min_region_area)]
+        parts += [f"{m.sha256}/{m.divide_by!r}" for m in e.members]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -140,6 +176,14 @@ class Manifest(_Strict):
             raise ValueError(msg)
         if self.kind == "autoencoder" and self.output.shape[1:] != self.input.shape[1:]:
             msg = f"an autoencoder's output shape {list(self.output.shape)} must equal its input shape {list(self.input.shape)}"
+            raise ValueError(msg)
+        limit = 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
+        if self.thresholds.pixel > limit:
+            what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
+            msg = f"thresholds.pixel {self.thresholds.pixel} is above {limit:g} ({what})"
+            raise ValueError(msg)
+        if self.ensemble is not None and self.kind != "autoencoder":
+            msg = f"an ensemble combines autoencoders' difference maps; this model's kind is {self.kind!r}"
             raise ValueError(msg)
         if self.preprocess.mode == "tile" and self.preprocess.tile_overlap >= min(self.input.hw):
             msg = f"tile_overlap {self.preprocess.tile_overlap} must be smaller than the tile {self.input.hw}"
@@ -207,4 +251,36 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> Manifes
                 "the file was changed or corrupted; re-export the model or restore the matching file"
             )
             raise ModelError(msg)
+    if manifest.ensemble is not None:
+        load_members(model_dir, manifest, verify_hash=verify_hash)
     return manifest
+
+
+def load_members(model_dir: str | Path, manifest: Manifest, *, verify_hash: bool = True) -> list[tuple[Path, Manifest]]:
+    """[(directory, manifest)] of an ensemble's other models, each checked as a model directory of its own, bound to
+    the sha256 the ensemble was calibrated with, and not an ensemble itself."""
+    if manifest.ensemble is None:
+        return []
+    root = Path(model_dir).resolve()
+    out = []
+    for i, member in enumerate(manifest.ensemble.members):
+        where = f"{Path(model_dir) / MANIFEST_NAME} ensemble.members[{i}]"
+        path = (root / member.dir).resolve()
+        if root not in path.parents:
+            msg = f"{where}: dir {member.dir!r} leaves the model directory; a member must be a folder inside it"
+            raise ModelError(msg)
+        try:
+            m = load_manifest(path, verify_hash=verify_hash)
+        except ModelError as exc:
+            raise ModelError(f"{where}: {exc}") from exc
+        if m.ensemble is not None:
+            msg = f"{where}: {path} is itself an ensemble; members must be single models"
+            raise ModelError(msg)
+        if m.onnx.sha256 != member.sha256:
+            msg = (
+                f"{where}: {path}/{m.onnx.file} is sha256 {m.onnx.sha256[:12]}… but the ensemble was calibrated with "
+                f"{member.sha256[:12]}…: a member was replaced; rebuild the ensemble (`inspectd ensemble`)"
+            )
+            raise ModelError(msg)
+        out.append((path, m))
+    return out

@@ -48,6 +48,7 @@ class RecordMeta(BaseModel):
     mark: Mark = Field(description="good = a false reject (train/good), bad = a confirmed defect")
     line: str = Field(min_length=1, max_length=64, description="the line PC's `line` name")
     camera: str = Field(max_length=256, description="the camera that took the image")
+    # an ensemble's records carry its identity (daemon.manifest.Manifest.identity), a sha256 over all its models
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the model.onnx that rejected it")
     model_name: str = Field("", max_length=128)
     seq: int = Field(ge=1, description="the daemon's frame sequence number (per daemon run)")

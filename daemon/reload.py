@@ -35,7 +35,7 @@ class ModelReloader:
 
     @property
     def current_sha256(self) -> str:
-        return self.pipeline.inspector.manifest.onnx.sha256
+        return self.pipeline.inspector.manifest.identity  # onnx.sha256 unless an ensemble
 
     def request(self, reason: str = "SIGHUP") -> None:
         """Start a reload in the background (from a signal handler: returns at once)."""
@@ -76,7 +76,7 @@ class ModelReloader:
             return {"ok": False, "error": f"model not reloaded, the running model ({old[:12]}) stays: {exc}",
                     "kind": "refused", "sha256": old}
         m = new.manifest
-        if m.onnx.sha256 == old:
+        if m.identity == old:
             log.info("model_reload_unchanged", path=str(path), sha256=old)
             return {"ok": True, "changed": False, "sha256": old, "name": m.name}
         self.pipeline.swap_inspector(new)
@@ -86,7 +86,7 @@ class ModelReloader:
                 self.on_swapped(new)
             except Exception as exc:  # bookkeeping only: the swap has happened
                 log.error("model_reload_bookkeeping_failed", error=repr(exc))
-        log.info("model_reloaded", reason=reason, path=str(path), name=m.name, sha256=m.onnx.sha256,
+        log.info("model_reloaded", reason=reason, path=str(path), name=m.name, sha256=m.identity,
                  previous_sha256=old, input=list(m.input.shape), pixel_threshold=new.pixel_threshold,
                  min_region_area=new.min_region_area, seconds=round(time.monotonic() - t0, 3))
-        return {"ok": True, "changed": True, "sha256": m.onnx.sha256, "previous_sha256": old, "name": m.name}
+        return {"ok": True, "changed": True, "sha256": m.identity, "previous_sha256": old, "name": m.name}

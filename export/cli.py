@@ -1,4 +1,5 @@
-"""`inspectd train`: train an autoencoder, export it to ONNX, calibrate its thresholds, write the model directory.
+"""`inspectd train`: train an autoencoder, export it to ONNX, calibrate its thresholds, write the model directory;
+`inspectd ensemble`: combine trained model directories into one (export/ensemble.py, no torch).
 
 Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
 daemon's CLI stays importable without it. Also runnable alone: `python -m export.cli train ...`.
@@ -124,6 +125,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--calibrate-with-test", action="store_true",
                    help="--data only: also use DIR/test/* with DIR/ground_truth masks to choose thresholds")
     p.set_defaults(func=cmd_train)
+    register_ensemble(sub)
+
+
+def register_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ensemble",
+        help="combine trained model directories into one that the daemon runs as a whole",
+        description="Copy two or more trained model directories into one ensemble model directory: every frame "
+        "goes through each model, each difference map is divided by that model's own calibrated pixel threshold, "
+        "the maps are combined (max or mean) and one decision is made at thresholds calibrated here on the good "
+        "images that no member trained on. The first --member's model gives the directory its preprocessing and "
+        "reconstruction.",
+    )
+    p.add_argument("--member", type=Path, action="append", required=True, metavar="MODEL_DIR",
+                   help="a model directory written by `inspectd train` (repeat; the first is the primary)")
+    p.add_argument("--data", type=Path, required=True,
+                   help="the members' training data (DIR/train/good/*): their held-out images calibrate the ensemble")
+    p.add_argument("--out", type=Path, required=True, help="the ensemble model directory to write (must not exist)")
+    p.add_argument("--combine", choices=("max", "mean"), default="max",
+                   help="per pixel: max (a defect any model sees counts; default) or mean of the normalised maps")
+    p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
+    p.add_argument("--calibrate-with-test", action="store_true",
+                   help="also use DIR/test/* with masks (without the images any member trained on)")
+    p.set_defaults(func=cmd_ensemble)
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from export.ensemble import build_ensemble
+
+    parts = ["inspectd", "ensemble"]
+    for m in args.member:
+        parts += ["--member", str(m)]
+    parts += ["--data", str(args.data), "--out", str(args.out), "--combine", args.combine]
+    parts += ["--name", args.name] if args.name else []
+    parts += ["--calibrate-with-test"] if args.calibrate_with_test else []
+    try:
+        result = build_ensemble(args.member, args.out, data=args.data, combine=args.combine, name=args.name,
+                                calibrate_with_test=args.calibrate_with_test, command=shlex.join(parts))
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"inspectd ensemble: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(result.summary())
+    return EXIT_OK
 
 
 def reproduce_command(args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ normalised first, by the daemon's own function.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,3 +416,70 @@ class TrainingSet:
     def plain_inputs(self, n: int) -> np.ndarray:
         """The first n frames at model size, no augmentation and no defects (float32 NCHW)."""
         return to_nchw([to_model_input(f, self.geometry) for f in self.frames[:n]])
+
+
+# --- what a model was trained and calibrated on -------------------------------------------------------------------
+
+
+def holdout_order(n: int, seed: int) -> list[int]:
+    """The order in which `inspectd train` (export.workflow._split) deals n good images (image_files order): the
+    first held_out_count are held out for calibration, the rest trained on. `inspectd ensemble` recomputes a
+    member's held-out images from its manifest's training.seed and held_out_count."""
+    return [int(i) for i in np.random.default_rng([seed, 99]).permutation(n)]
+
+
+def data_facts(files: list[Path], root: Path) -> dict:
+    """What the training data was: file count, a digest of names and contents, and what the collector recorded."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    facts: dict = {"files": len(files), "sha256": h.hexdigest()}
+    meta = root / "meta.jsonl"
+    if meta.is_file():  # a collector's output (`inspectd collect`)
+        import json
+
+        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+        facts["collected"] = {
+            "records": len(rows),
+            "good": sum(r.get("mark") == "good" for r in rows),
+            "bad": sum(r.get("mark") == "bad" for r in rows),
+            "lines": sorted({r.get("line", "") for r in rows}),
+            "rejected_by_models": sorted({r.get("model_sha256", "") for r in rows}),
+        }
+    return facts
+
+
+def load_mvtec_test(
+    root: Path, color: str, exclude: frozenset[str] = frozenset()
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """DIR/test/good/* (goods) and DIR/test/<defect>/* with DIR/ground_truth/<defect>/<stem>_mask.png, without the
+    files whose sha256 is in `exclude` (the hard-defect images the model was trained on)."""
+    goods, defects, masks = [], [], []
+    test = root / "test"
+    if not test.is_dir():
+        msg = f"{test} does not exist (expected the MVTec layout: DIR/test/<defect>/*, DIR/ground_truth/...)"
+        raise FileNotFoundError(msg)
+    for sub in sorted(p for p in test.iterdir() if p.is_dir()):
+        for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            if exclude and sha256_file(f) in exclude:
+                continue
+            img = read_image(f, color)
+            if sub.name == "good":
+                goods.append(img)
+                continue
+            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mask = _read_mask(mpath, img.shape[:2])
+            defects.append(img)
+            masks.append(mask)
+    return goods, defects, masks
+
+
+def _read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        msg = f"missing or unreadable mask {path} (expected a 0/255 PNG of the image's size)"
+        raise FileNotFoundError(msg)
+    if mask.shape != hw:
+        mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
+    return (mask > 0).astype(np.uint8)

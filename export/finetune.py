@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export.data import data_facts  # noqa: F401  (moved to export.data; imported here for older callers)
 from export.model import ConvAutoencoder, ModelConfig
 
 DEFAULT_LOSS_TABLE: tuple[tuple[int, float], ...] = ((100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001))
@@ -177,23 +178,3 @@ def load_parent(model_dir: str | Path) -> Parent:
     return Parent(model_dir, manifest, config, model.state_dict(), parity.max_abs_diff)
 
 
-def data_facts(files: list[Path], root: Path) -> dict:
-    """What the training data was: file count, a digest of names and contents, and what the collector recorded."""
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
-    facts: dict = {"files": len(files), "sha256": h.hexdigest()}
-    meta = root / "meta.jsonl"
-    if meta.is_file():  # a collector's output (`inspectd collect`)
-        import json
-
-        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
-        facts["collected"] = {
-            "records": len(rows),
-            "good": sum(r.get("mark") == "good" for r in rows),
-            "bad": sum(r.get("mark") == "bad" for r in rows),
-            "lines": sorted({r.get("line", "") for r in rows}),
-            "rejected_by_models": sorted({r.get("model_sha256", "") for r in rows}),
-        }
-    return facts

@@ -19,6 +19,7 @@ import numpy as np
 from calibration import thresholds as calib
 from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec, sha256_file
 from export import data as D
+from export.data import load_mvtec_test
 from export.defects import DefectConfig
 from export.model import ConvAutoencoder, ModelConfig, count_parameters
 from export.onnx_export import utc_now, write_model_dir
@@ -120,9 +121,7 @@ class JobResult:
 
 def _data_facts(root: Path) -> dict:
     """Which files the run saw (count and digest) and, for a collector's output, what it recorded."""
-    from export.finetune import data_facts
-
-    return data_facts(D.image_files(root), Path(root))
+    return D.data_facts(D.image_files(root), Path(root))
 
 
 def default_checkpoint_dir(out: Path) -> Path:
@@ -135,7 +134,7 @@ def _split(frames: list[np.ndarray], holdout: float, seed: int) -> tuple[list[np
     if len(frames) < 2:
         msg = f"need at least 2 good images to train and hold some out for calibration, got {len(frames)}"
         raise ValueError(msg)
-    order = np.random.default_rng([seed, 99]).permutation(len(frames))
+    order = D.holdout_order(len(frames), seed)
     n_hold = min(len(frames) - 1, max(1, int(round(holdout * len(frames)))))
     held = [frames[i] for i in order[:n_hold]]
     kept = [frames[i] for i in order[n_hold:]]
@@ -165,41 +164,6 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
                   "fraction": job.hard_fraction, "target_value": target_value,
                   "files": [{"image": h.source, "sha256": h.sha256} for h in hard]}
     return {"hard_defects": facts}
-
-
-def load_mvtec_test(
-    root: Path, color: str, exclude: frozenset[str] = frozenset()
-) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-    """DIR/test/good/* (goods) and DIR/test/<defect>/* with DIR/ground_truth/<defect>/<stem>_mask.png, without the
-    files whose sha256 is in `exclude` (the hard-defect images the model was trained on)."""
-    goods, defects, masks = [], [], []
-    test = root / "test"
-    if not test.is_dir():
-        msg = f"{test} does not exist (expected the MVTec layout: DIR/test/<defect>/*, DIR/ground_truth/...)"
-        raise FileNotFoundError(msg)
-    for sub in sorted(p for p in test.iterdir() if p.is_dir()):
-        for f in sorted(p for p in sub.iterdir() if p.suffix.lower() in D.IMAGE_SUFFIXES):
-            if exclude and sha256_file(f) in exclude:
-                continue
-            img = D.read_image(f, color)
-            if sub.name == "good":
-                goods.append(img)
-                continue
-            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
-            mask = _read_mask(mpath, img.shape[:2])
-            defects.append(img)
-            masks.append(mask)
-    return goods, defects, masks
-
-
-def _read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        msg = f"missing or unreadable mask {path} (expected a 0/255 PNG of the image's size)"
-        raise FileNotFoundError(msg)
-    if mask.shape != hw:
-        mask = cv2.resize(mask, (hw[1], hw[0]), interpolation=cv2.INTER_NEAREST)
-    return (mask > 0).astype(np.uint8)
 
 
 def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:

@@ -80,6 +80,37 @@ def make_blur_model(
     return out_dir
 
 
+def make_ensemble_dir(
+    out_dir: Path,
+    primary: Path,
+    members: list[tuple[Path, float]],
+    *,
+    primary_divide_by: float,
+    pixel_threshold: float = 1.0,
+    min_region_area: int = 4,
+    combine: str = "max",
+) -> Path:
+    """An ensemble model directory written by hand (no torch, no calibration), as `inspectd ensemble` lays it out:
+    `primary` copied to out_dir, each (member, divide_by) under out_dir/members/<i>/."""
+    import json
+    import shutil
+
+    from daemon.manifest import Manifest
+
+    shutil.copytree(primary, out_dir)
+    specs = []
+    for i, (member, divide_by) in enumerate(members, start=1):
+        shutil.copytree(member, out_dir / "members" / str(i))
+        sha = json.loads((member / "manifest.json").read_text())["onnx"]["sha256"]
+        specs.append({"dir": f"members/{i}", "sha256": sha, "divide_by": divide_by})
+    raw = json.loads((out_dir / "manifest.json").read_text())
+    raw["name"] = "test-ensemble"
+    raw["ensemble"] = {"combine": combine, "divide_by": primary_divide_by, "members": specs}
+    raw["thresholds"] |= {"pixel": pixel_threshold, "min_region_area": min_region_area}
+    Manifest.model_validate(raw).write(out_dir)
+    return out_dir
+
+
 def write_config(path: Path, body: str) -> Path:
     path.write_text(textwrap.dedent(body).lstrip())
     return path
