@@ -17,7 +17,6 @@ chosen by the sample count.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 from dataclasses import dataclass
@@ -26,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.data import data_facts  # noqa: F401  (moved to export.data; imported here for older callers)
 from export.model import ConvAutoencoder, ModelConfig
 
 DEFAULT_LOSS_TABLE: tuple[tuple[int, float], ...] = ((100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001))

@@ -13,11 +13,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO, Literal
 
-import cv2
 import numpy as np
 
 from calibration import thresholds as calib
-from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec, sha256_file
+from daemon.manifest import PreprocessSpec, ScoreSpec, SsimSpec
 from export import data as D
 from export.data import load_mvtec_test
 from export.defects import DefectConfig
