@@ -147,6 +147,10 @@ def load_parent(model_dir: str | Path) -> Parent:
         manifest = load_manifest(model_dir)
     except ModelError as exc:
         raise ValueError(f"--init {model_dir}: {exc}") from exc
+    if manifest.ensemble is not None:
+        msg = (f"--init {model_dir} is an ensemble of {len(manifest.ensemble.members) + 1} models; fine-tune each "
+               "member model directory on its own, then rebuild the ensemble (`inspectd ensemble`)")
+        raise ValueError(msg)
     arch = manifest.training.get("model")
     if manifest.kind != "autoencoder" or not isinstance(arch, dict):
         msg = (f"--init {model_dir}: the manifest has no training.model facts (the architecture); only "

@@ -136,3 +136,10 @@ def test_bad_ensembles_are_refused_with_exit_2_and_the_reason(members, separable
     res = run_cli("ensemble", "--member", str(a), "--member", str(bare), "--data", str(separable_tree),
                   "--out", str(tmp_path / "o"), timeout=300)
     assert res.returncode == 2 and "does not say which images it held out" in res.stderr, res.stderr[-1500:]
+
+
+def test_fine_tuning_an_ensemble_is_refused_with_what_to_do_instead(ensemble, separable_tree, tmp_path):
+    res = run_cli("train", "--init", str(ensemble), "--data", str(separable_tree), "--out", str(tmp_path / "ft"),
+                  "--iterations", "2", timeout=300)
+    assert res.returncode == 2 and "is an ensemble of 2 models" in res.stderr, res.stderr[-1500:]
+    assert not (tmp_path / "ft").exists()
