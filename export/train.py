@@ -206,11 +206,13 @@ def train(
     loss_fn = ReconstructionLoss(cfg.ssim_weight, cfg.ssim_size, cfg.ssim_sigma)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_it = 0
+    resumed_loss = float("nan")
     if resume is not None:
         ckpt = load_checkpoint(resume)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_it = int(ckpt["iteration"])
+        resumed_loss = float(ckpt.get("loss", float("nan")))  # reported if nothing is left to train
         # a resumed run continues the random stream from a new point instead of replaying the first batches
         rng = np.random.default_rng([cfg.seed, start_it])
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
@@ -298,7 +300,7 @@ def train(
     model.eval()
     if bar_shown[0]:
         say("")
-    final = float(np.mean(recent)) if recent else loss_value
+    final = float(np.mean(recent)) if recent else (loss_value if it > start_it else resumed_loss)
     if ckpt_path is not None and it > start_it:
         save_checkpoint(ckpt_path, model, optimizer, it, cfg, final)
     seconds = time.monotonic() - t0

@@ -69,6 +69,15 @@ def test_checkpoints_hold_model_optimizer_and_iteration_and_training_resumes_fro
     assert more.iterations == 9
 
 
+def test_resuming_a_finished_run_reports_the_checkpoints_loss_not_nan(tmp_path):
+    """A run whose export failed after training is finished by resuming from its last checkpoint: nothing is left
+    to train, and the manifest must still get the real final loss."""
+    cfg = TrainConfig(iterations=4, batch_size=4, seed=0, log_every=0, threads=1)
+    done = train(ConvAutoencoder(TINY), _data(), cfg, checkpoint_dir=tmp_path, log=None)
+    again = train(ConvAutoencoder(TINY), _data(), cfg, checkpoint_dir=tmp_path / "b", resume=done.checkpoint, log=None)
+    assert again.iterations == 4 and again.final_loss == done.final_loss
+
+
 def test_progress_lines_go_to_the_log_stream(capsys):
     import sys
 
