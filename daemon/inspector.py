@@ -12,7 +12,7 @@ Two ways to call it:
 
 An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
 member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
-every model's frame-sized map by that model's own pixel threshold and combines the maps (max or mean) before the one
+every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or mean) before the one
 decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
 
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
@@ -136,7 +136,7 @@ class Inspector:
 
     def _map(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
         """(the map the decision reads, this model's reconstructions): this model's difference map, or for an
-        ensemble the combination of every model's map divided by its own pixel threshold."""
+        ensemble the combination of every model's map divided by its divisor (manifest ensemble.divide_by)."""
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:

@@ -20,7 +20,7 @@ from daemon.types import ModelError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
-MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its own threshold)
+MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its divisor)
 
 
 class _Strict(BaseModel):
@@ -119,14 +119,15 @@ class MemberSpec(_Strict):
 
     dir: str = Field(min_length=1, description="path of the member's model directory, relative to this one")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the member's model.onnx (checked at load)")
-    divide_by: float = Field(gt=0, description="the member's difference map is divided by this (its own pixel threshold)")
+    divide_by: float = Field(gt=0, description="the member's difference map is divided by this (its scale)")
 
 
 class EnsembleSpec(_Strict):
     """Several autoencoders judge each frame together (e.g. a native-resolution model for small defects and a
-    quarter-scale one for large ones). Each model's frame-sized difference map is divided by its own calibrated
-    pixel threshold, so 1.0 means "at that model's threshold" for every one of them; the maps are combined pixel by
-    pixel (max: a defect any model sees counts; mean) and the manifest's thresholds apply to the combination."""
+    quarter-scale one for large ones). Each model's frame-sized difference map is divided by its divisor, which puts
+    the maps on one scale (`inspectd ensemble` chooses it: a quantile of that model's image scores on good images
+    it never trained on, or its own pixel threshold); the maps are combined pixel by pixel (max: a defect any model
+    sees counts; mean) and the manifest's thresholds apply to the combination."""
 
     combine: Literal["max", "mean"] = "max"
     divide_by: float = Field(gt=0, description="this directory's own model.onnx map is divided by this")

@@ -145,6 +145,10 @@ def register_ensemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="the ensemble model directory to write (must not exist)")
     p.add_argument("--combine", choices=("max", "mean"), default="max",
                    help="per pixel: max (a defect any model sees counts; default) or mean of the normalised maps")
+    p.add_argument("--normalize", choices=("good-score", "threshold"), default="good-score",
+                   help="what each model's map is divided by: a quantile of its image scores on the held-out good "
+                   "images (default), or its own calibrated pixel threshold")
+    p.add_argument("--quantile", type=float, default=0.9, help="good-score: the quantile (default 0.9)")
     p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
     p.add_argument("--calibrate-with-test", action="store_true",
                    help="also use DIR/test/* with masks (without the images any member trained on)")
@@ -157,11 +161,13 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     parts = ["inspectd", "ensemble"]
     for m in args.member:
         parts += ["--member", str(m)]
-    parts += ["--data", str(args.data), "--out", str(args.out), "--combine", args.combine]
+    parts += ["--data", str(args.data), "--out", str(args.out), "--combine", args.combine,
+              "--normalize", args.normalize, "--quantile", f"{args.quantile:g}"]
     parts += ["--name", args.name] if args.name else []
     parts += ["--calibrate-with-test"] if args.calibrate_with_test else []
     try:
         result = build_ensemble(args.member, args.out, data=args.data, combine=args.combine, name=args.name,
+                                normalize=args.normalize, quantile=args.quantile,
                                 calibrate_with_test=args.calibrate_with_test, command=shlex.join(parts))
     except (FileNotFoundError, ValueError) as exc:
         print(f"inspectd ensemble: {exc}", file=sys.stderr)

@@ -11,9 +11,11 @@ The output directory is a model directory of its own, so everything that takes o
     OUT/model.onnx, OUT/manifest.json      the first --member's model (its preprocessing, reconstruction, name ...)
     OUT/members/1-<name>/                  each further --member, copied whole (model.onnx + manifest.json)
 
-manifest.json is the first member's, with `ensemble` (combine rule; every model's own calibrated pixel threshold,
-which divides its map, so 1.0 is "at that model's threshold" for each) and new thresholds for the combined map,
-calibrated here through the daemon's Inspector on the good images that *no* member trained on: each member's
+manifest.json is the first member's, with `ensemble` (combine rule; each model's divisor) and new thresholds for
+the combined map. The divisor puts the models' maps on one scale: by default (`--normalize good-score`) the 90th
+percentile of that model's image scores on the good images no member trained on, so 1.0 is "as high as a good part
+goes" for each model (on magnetic tile this scored better than `--normalize threshold`, each model's own calibrated
+pixel threshold: README "Results on magnetic tile"). The thresholds are calibrated here through the daemon's Inspector on the good images that *no* member trained on: each member's
 held-out images are recomputed from its manifest (training.seed, held_out_count and the data digest), and the
 calibration uses their intersection. The members' hard-defect files are recorded as trained on, so
 `inspectd evaluate` leaves out every image any member learnt from.
@@ -32,12 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
+import numpy as np
+
 from calibration import thresholds as calib
 from daemon.manifest import MANIFEST_NAME, Manifest, load_manifest
 from daemon.types import ModelError
 from export import data as D
 
 STDERR = sys.stderr
+# good-score normalisation: each model's map is divided by this quantile of its image scores on held-out good images
+GOOD_SCORE_QUANTILE = 0.9
 
 
 @dataclass
@@ -74,7 +80,7 @@ def _member(path: Path) -> Manifest:
         msg = f"--member {path} is a {m.kind!r} model; an ensemble combines autoencoders"
         raise ValueError(msg)
     if m.thresholds.method == "uncalibrated":
-        msg = f"--member {path} has uncalibrated thresholds; its map could not be scaled to its threshold"
+        msg = f"--member {path} has uncalibrated thresholds; calibrate it (`inspectd train` does) before combining it"
         raise ValueError(msg)
     return m
 
@@ -113,6 +119,8 @@ def build_ensemble(
     *,
     data: Path,
     combine: Literal["max", "mean"] = "max",
+    normalize: Literal["good-score", "threshold"] = "good-score",
+    quantile: float = GOOD_SCORE_QUANTILE,
     name: str = "",
     calibrate_with_test: bool = False,
     command: str = "",
@@ -137,8 +145,18 @@ def build_ensemble(
         msg = f"the members read frames in different colours {sorted(colors)}; an ensemble needs one"
         raise ValueError(msg)
     color = colors.pop()
+    if not 0.0 < quantile <= 1.0:
+        msg = f"--quantile must be within (0, 1], got {quantile}"
+        raise ValueError(msg)
     goods_files, data_facts = common_held_out(loaded, data)
     say(f"calibration: {len(goods_files)} good images of {data} that none of the {len(loaded)} members trained on")
+    goods = [D.read_image(f, color) for f in goods_files]
+    divisors = [m.thresholds.pixel for _, m in loaded]
+    if normalize == "good-score":
+        divisors = [good_score(path, goods, quantile) for path, _ in loaded]
+    say("divisors: " + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + (f" (q{quantile:g} of each model's image score on those images)" if normalize == "good-score"
+           else " (each model's pixel threshold)"))
 
     from calibration.evaluate import trained_files
 
@@ -148,21 +166,23 @@ def build_ensemble(
     tmp = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None, prefix=f".{out.name}.tmp-"))
     try:
         shutil.copy2(first_path / first.onnx.file, tmp / first.onnx.file)
-        facts.append(_facts(".", first))
+        facts.append(_facts(".", first, divisors[0]))
         for i, (path, m) in enumerate(loaded[1:], start=1):
             rel = f"members/{i}-{_slug(m.name)}"
             (tmp / rel).mkdir(parents=True)
             shutil.copy2(path / m.onnx.file, tmp / rel / m.onnx.file)
             shutil.copy2(path / MANIFEST_NAME, tmp / rel / MANIFEST_NAME)
-            specs.append({"dir": rel, "sha256": m.onnx.sha256, "divide_by": m.thresholds.pixel})
-            facts.append(_facts(rel, m))
+            specs.append({"dir": rel, "sha256": m.onnx.sha256, "divide_by": divisors[i]})
+            facts.append(_facts(rel, m, divisors[i]))
         raw = first.model_dump(mode="json")
         raw["name"] = name or out.resolve().name
-        raw["ensemble"] = {"combine": combine, "divide_by": first.thresholds.pixel, "members": specs}
+        raw["ensemble"] = {"combine": combine, "divide_by": divisors[0], "members": specs}
         raw["thresholds"] = {**raw["thresholds"], "pixel": 2.0, "min_region_area": 1, "method": "uncalibrated",
                              "calibrated_at": ""}
         raw["training"] = {
-            "ensemble": {"combine": combine, "models": facts, "command": command},
+            "ensemble": {"combine": combine, "normalize": normalize,
+                         **({"quantile": quantile} if normalize == "good-score" else {}),
+                         "models": facts, "command": command},
             "data_files": data_facts,
             "seed": first.training.get("seed"),
             **({"hard_defects": {"inherited_files": list(trained.values())}} if trained else {}),
@@ -170,7 +190,6 @@ def build_ensemble(
         Manifest.model_validate(raw).write(tmp)
         load_manifest(tmp)  # the members as the daemon will check them
 
-        goods = [D.read_image(f, color) for f in goods_files]
         defect_images, defect_masks = [], []
         desc = f"{len(goods)} good images of {data} held out by every member"
         if calibrate_with_test:
@@ -178,7 +197,7 @@ def build_ensemble(
             goods += t_goods
             desc += f" + {data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks" + (
                 f", without the {len(trained)} images members trained on)" if trained else ")")
-        say(f"calibrating the combined map ({combine} of each model's map / its threshold) ...")
+        say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
         calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
         calib.write_thresholds(tmp, calibration, calibrated_at=_utc_now())
         tmp.rename(out)
@@ -188,10 +207,24 @@ def build_ensemble(
     return EnsembleResult(out, facts, calibration, time.monotonic() - t0)
 
 
-def _facts(rel: str, m: Manifest) -> dict:
+def good_score(model_dir: Path, goods: list, quantile: float) -> float:
+    """The `quantile` of one model's image scores (its own map, reduction and preprocessing, through the daemon's
+    Inspector) over good images it never trained on: the scale on which that model's good parts lie."""
+    insp = calib.open_inspector(model_dir)
+    scores = np.array([insp.inspect(img).decision.score for img in goods], dtype=np.float64)
+    value = float(np.quantile(scores, quantile))
+    if not np.isfinite(value) or value <= 0:
+        msg = f"{model_dir}: its image scores on the good images are not positive (q{quantile:g} = {value}); " \
+              "an ensemble cannot scale its map"
+        raise ValueError(msg)
+    return round(value, 6)
+
+
+def _facts(rel: str, m: Manifest, divide_by: float) -> dict:
     t = m.training or {}
-    return {"dir": rel, "name": m.name, "sha256": m.onnx.sha256, "divide_by": m.thresholds.pixel,
-            "min_region_area": m.thresholds.min_region_area, "command": t.get("command", ""),
+    return {"dir": rel, "name": m.name, "sha256": m.onnx.sha256, "divide_by": divide_by,
+            "pixel_threshold": m.thresholds.pixel, "min_region_area": m.thresholds.min_region_area,
+            "command": t.get("command", ""),
             "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale}}
 
 

@@ -41,19 +41,42 @@ def ensemble(members, separable_tree, tmp_path_factory) -> Path:
     return out
 
 
-def test_the_ensemble_directory_holds_both_models_each_scaled_by_its_own_threshold(ensemble, members):
+def test_the_ensemble_directory_holds_both_models_each_scaled_by_its_good_images_scores(ensemble, members,
+                                                                                       separable_tree):
+    from calibration.thresholds import open_inspector
     from daemon.manifest import load_manifest
+    from export.data import read_image
+    from export.ensemble import common_held_out
 
     m = load_manifest(ensemble)
     first, second = (load_manifest(p) for p in members)
     assert m.onnx.sha256 == first.onnx.sha256 and m.preprocess == first.preprocess
-    assert m.ensemble.divide_by == first.thresholds.pixel
     (spec,) = m.ensemble.members
-    assert spec.sha256 == second.onnx.sha256 and spec.divide_by == second.thresholds.pixel
+    assert spec.sha256 == second.onnx.sha256
     assert (ensemble / spec.dir / "model.onnx").read_bytes() == (members[1] / "model.onnx").read_bytes()
+    # the divisor: the 90th percentile of each model's own image scores on the good images no member trained on
+    files, _ = common_held_out([(p, load_manifest(p)) for p in members], separable_tree)
+    goods = [read_image(f, "gray") for f in files]
+    for path, divisor in zip(members, (m.ensemble.divide_by, spec.divide_by)):
+        insp = open_inspector(path)
+        want = np.quantile([insp.inspect(g).decision.score for g in goods], 0.9)
+        assert divisor == pytest.approx(want, rel=1e-5)
     assert m.thresholds.method.startswith("good-only") and "held out by every member" in m.thresholds.method
     assert m.thresholds.model_sha256 == m.onnx.sha256 and m.identity != m.onnx.sha256
     assert "inspectd ensemble --member" in m.training["ensemble"]["command"]
+    assert m.training["ensemble"]["normalize"] == "good-score"
+
+
+def test_normalize_threshold_divides_each_map_by_that_models_own_pixel_threshold(members, separable_tree, tmp_path):
+    from daemon.manifest import load_manifest
+
+    out = tmp_path / "by-threshold"
+    res = run_cli("ensemble", "--member", str(members[0]), "--member", str(members[1]), "--data", str(separable_tree),
+                  "--out", str(out), "--normalize", "threshold", timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = load_manifest(out)
+    assert m.ensemble.divide_by == load_manifest(members[0]).thresholds.pixel
+    assert m.ensemble.members[0].divide_by == load_manifest(members[1]).thresholds.pixel
 
 
 def test_calibration_uses_only_good_images_no_member_trained_on_and_passes_all_of_them(ensemble, members,
@@ -100,14 +123,16 @@ def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained
     assert res.returncode == 2 and "is an ensemble" in res.stderr and "each member" in res.stderr
 
 
-def test_the_combined_map_is_the_max_of_the_members_own_maps_over_their_thresholds(ensemble, members,
+def test_the_combined_map_is_the_max_of_the_members_own_maps_over_their_divisors(ensemble, members,
                                                                                    separable_tree):
     from calibration.thresholds import open_inspector
     from daemon.manifest import load_manifest
     from export.data import read_image
 
     img = read_image(next((separable_tree / "test" / "spot").iterdir()), "gray")
-    maps = [open_inspector(p).score_map(img) / load_manifest(p).thresholds.pixel for p in members]
+    m = load_manifest(ensemble)
+    divisors = (m.ensemble.divide_by, m.ensemble.members[0].divide_by)
+    maps = [open_inspector(p).score_map(img) / d for p, d in zip(members, divisors)]
     np.testing.assert_allclose(open_inspector(ensemble).score_map(img), np.maximum(*maps), rtol=1e-5, atol=1e-6)
 
 
