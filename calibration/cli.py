@@ -88,6 +88,10 @@ def summary_text(r: dict) -> str:
             f"{name:<15} {_f(v['image_auroc']):<12} {_f(v['pixel_auroc']):<12} {_f(v['f1']):<6} "
             f"{_f(v['precision']):<10} {_f(v['recall'])}"
         )
+    if r.get("model_image_auroc"):  # an ensemble: each model alone on the same images
+        names = [m.get("name", "?") for m in r.get("ensemble", {}).get("models", [])]
+        lines.append("models alone (image AUROC, same images): " + ", ".join(
+            f"{n} {_f(a)}" for n, a in zip(names, r["model_image_auroc"])))
     lines.append("class      n    image AUROC  pixel AUROC  rejected")
     for cls, c in r["per_class"].items():
         lines.append(

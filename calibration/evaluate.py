@@ -215,6 +215,8 @@ class _ScoreResults:
             "regions": [r.as_dict() for r in d.regions],
             "ms": round(ms, 2),
         }
+        if inspection.parts is not None:  # an ensemble: each model's own image score (its divided map)
+            rec["model_scores"] = [float(v) for v in inspection.parts]
         self.records.append(rec)
         if truth is None:
             self.no_truth += 1
@@ -276,6 +278,9 @@ class _ScoreResults:
             per_class[cls] = entry
         out["per_class"] = per_class
         out["images_without_ground_truth"] = self.no_truth
+        if recs and "model_scores" in recs[0]:  # an ensemble: how each model alone ranks the same images
+            out["model_image_auroc"] = [metrics.auroc(np.array([r["model_scores"][i] for r in recs]), y)
+                                        for i in range(len(recs[0]["model_scores"]))]
         return out
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.decide import Decider, smooth_map
+from daemon.decide import Decider, reduce_map, smooth_map
 from daemon.detector import DEFAULT_PROVIDERS, Detector
 from daemon.preprocess import Prepared, Preprocessor
 from daemon.ssim import SsimKernel
@@ -41,6 +41,8 @@ class Inspection:
     decision: Decision
     timings_ms: dict[str, float] = field(default_factory=dict)
     reconstruction: np.ndarray | None = None  # per-tile reconstructions in [0, 1] (only when asked for)
+    # an ensemble: each model's image score (the manifest's reduction of its divided map), primary first
+    parts: list[float] | None = None
 
 
 @dataclass
@@ -127,37 +129,41 @@ class Inspector:
             raise ValueError(msg)
         timings = pending.timings_ms
         t0 = time.perf_counter()
-        score_map, recon = self._map(pending)
+        score_map, recon, parts = self._map(pending)
         t1 = time.perf_counter()
         decision = self.decider.decide(score_map)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
-        return Inspection(score_map, decision, timings, recon if keep_reconstruction else None)
+        return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
 
-    def _map(self, pending: Pending) -> tuple[np.ndarray, np.ndarray]:
-        """(the map the decision reads, this model's reconstructions): this model's difference map, or for an
-        ensemble the combination of every model's map divided by its divisor (manifest ensemble.divide_by)."""
+    def _map(self, pending: Pending) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+        """(the map the decision reads, this model's reconstructions, each model's image score or None): this
+        model's difference map, or for an ensemble the combination of every model's map divided by its divisor
+        (manifest ensemble.divide_by)."""
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
-            return score_map, recon
+            return score_map, recon, None
         if len(pending.members) != len(self.members) or any(p.output is None for p in pending.members):
             msg = "finish() needs a Pending prepared and inferred by this Inspector (its ensemble members are missing)"
             raise ValueError(msg)
         combined = score_map / np.float32(ens.divide_by)
+        reduction = self.manifest.score.reduction
+        parts = [reduce_map(combined, reduction)]
         for (member, divide_by), part in zip(self.members, pending.members):
             other = member._score(part.prepared, part.output)[0]
             if other.shape != combined.shape:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
                 raise ValueError(msg)
             other /= np.float32(divide_by)
+            parts.append(reduce_map(other, reduction))
             if ens.combine == "max":
                 np.maximum(combined, other, out=combined)
             else:
                 combined += other
         if ens.combine == "mean":
             combined /= np.float32(len(self.members) + 1)
-        return combined, recon
+        return combined, recon, parts
 
     def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the

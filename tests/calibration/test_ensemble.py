@@ -118,6 +118,18 @@ def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained
     assert sorted(r["left_out_trained_on"]["images"]) == sorted(f["image"] for f in trained)
     assert r["model_sha256"] == load_manifest(ensemble).identity
     assert [mm["sha256"] for mm in r["ensemble"]["models"]] == [load_manifest(p).onnx.sha256 for p in members]
+    # each model's own image score on the same images: the member's own score over its divisor
+    ens_stdout = res.stdout
+    alone = tmp_path / "alone.json"
+    res = run_cli("evaluate", "--model", str(members[0]), "--data", str(separable_tree), "--json", str(alone),
+                  timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    by_file = {i["file"]: i["score"] for i in json.loads(alone.read_text())["images"]}
+    divisor = load_manifest(ensemble).ensemble.divide_by
+    for i in r["images"]:
+        assert len(i["model_scores"]) == 2 and max(i["model_scores"]) == pytest.approx(i["score"], rel=1e-5)
+        assert i["model_scores"][0] * divisor == pytest.approx(by_file[i["file"]], rel=1e-4)
+    assert len(r["model_image_auroc"]) == 2 and "models alone (image AUROC, same images)" in ens_stdout
     res = run_cli("evaluate", "--model", str(ensemble), "--data", str(separable_tree), "--json", str(out),
                   "--score", "uniform-ssim", timeout=300)
     assert res.returncode == 2 and "is an ensemble" in res.stderr and "each member" in res.stderr
