@@ -346,7 +346,8 @@ def evaluate(
         first = None
         for i, r in enumerate(runs):
             t1 = time.perf_counter()
-            result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None))
+            result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None),
+                                        model_scores=True)
             ms = (t_shared + time.perf_counter() - t1) * 1e3
             rec = r.add(item, result, truth, ms)
             if i == 0:

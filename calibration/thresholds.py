@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from daemon.manifest import MAX_ENSEMBLE_PIXEL, Manifest, Thresholds, load_manifest
+from daemon.manifest import Manifest, Thresholds, load_manifest
 
 
 @dataclass(frozen=True)
@@ -225,17 +225,15 @@ def calibrate(
         return calibrate_with_defects(
             good_maps, score_maps(inspector, defect_images), defect_masks, data=data, **kwargs
         )
-    if inspector.manifest.ensemble is not None:
-        kwargs.setdefault("max_pixel", MAX_ENSEMBLE_PIXEL)
+    kwargs.setdefault("max_pixel", inspector.manifest.pixel_limit)
     return calibrate_good_only(good_maps, data=data, **kwargs)
 
 
 def write_thresholds(model_dir: str | Path, result: Calibration, *, calibrated_at: str) -> Manifest:
     """Rewrite the model directory's manifest with the calibrated thresholds (bound to the current model.onnx)."""
     manifest = load_manifest(model_dir)
-    limit = 2.0 if manifest.ensemble is None else MAX_ENSEMBLE_PIXEL
     thresholds = Thresholds(
-        pixel=min(limit, max(0.0, result.pixel)),
+        pixel=min(manifest.pixel_limit, max(0.0, result.pixel)),
         min_region_area=result.min_region_area,
         model_sha256=manifest.onnx.sha256,
         method=result.method,

@@ -41,7 +41,8 @@ class Inspection:
     decision: Decision
     timings_ms: dict[str, float] = field(default_factory=dict)
     reconstruction: np.ndarray | None = None  # per-tile reconstructions in [0, 1] (only when asked for)
-    # an ensemble: each model's image score (the manifest's reduction of its divided map), primary first
+    # an ensemble, with finish(model_scores=True): each model's image score (the manifest's reduction of its
+    # divided map), primary first
     parts: list[float] | None = None
 
 
@@ -82,7 +83,9 @@ class Inspector:
 
         ens = self.manifest.ensemble
         out = []
-        for (path, _), spec in zip(load_members(self.detector.model_dir, self.manifest), ens.members):
+        # where each member is, and that it still is one (cheap: its Detector below hashes its model.onnx)
+        members = load_members(self.detector.model_dir, self.manifest, verify_hash=False)
+        for (path, _), spec in zip(members, ens.members):
             member = Inspector(Detector(path, **self.detector.options))
             if member.manifest.onnx.sha256 != spec.sha256:  # replaced between the check and the session
                 msg = f"ensemble member {path} changed while loading (sha256 {member.manifest.onnx.sha256[:12]}…)"
@@ -122,24 +125,24 @@ class Inspector:
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
         return pending
 
-    def finish(self, pending: Pending, *, keep_reconstruction: bool = False) -> Inspection:
+    def finish(self, pending: Pending, *, keep_reconstruction: bool = False, model_scores: bool = False) -> Inspection:
         """Stage 3: SSIM difference map of input vs reconstruction, stitched to frame size, then the decision."""
         if pending.output is None:
             msg = "finish() needs a Pending that went through infer() first"
             raise ValueError(msg)
         timings = pending.timings_ms
         t0 = time.perf_counter()
-        score_map, recon, parts = self._map(pending)
+        score_map, recon, parts = self._map(pending, model_scores=model_scores)
         t1 = time.perf_counter()
         decision = self.decider.decide(score_map)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
 
-    def _map(self, pending: Pending) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
-        """(the map the decision reads, this model's reconstructions, each model's image score or None): this
-        model's difference map, or for an ensemble the combination of every model's map divided by its divisor
-        (manifest ensemble.divide_by)."""
+    def _map(self, pending: Pending, *, model_scores: bool = False) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+        """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
+        an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
+        map divided by its divisor (manifest ensemble.divide_by)."""
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
@@ -149,14 +152,15 @@ class Inspector:
             raise ValueError(msg)
         combined = score_map / np.float32(ens.divide_by)
         reduction = self.manifest.score.reduction
-        parts = [reduce_map(combined, reduction)]
+        parts = [reduce_map(combined, reduction)] if model_scores else None
         for (member, divide_by), part in zip(self.members, pending.members):
             other = member._score(part.prepared, part.output)[0]
             if other.shape != combined.shape:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
                 raise ValueError(msg)
             other /= np.float32(divide_by)
-            parts.append(reduce_map(other, reduction))
+            if parts is not None:
+                parts.append(reduce_map(other, reduction))
             if ens.combine == "max":
                 np.maximum(combined, other, out=combined)
             else:

@@ -163,6 +163,11 @@ class Manifest(_Strict):
         parts += [f"{m.sha256}/{m.divide_by!r}" for m in e.members]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
+    @property
+    def pixel_limit(self) -> float:
+        """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), an ensemble's more."""
+        return 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
+
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
         if self.thresholds.model_sha256 != self.onnx.sha256:
@@ -178,10 +183,9 @@ class Manifest(_Strict):
         if self.kind == "autoencoder" and self.output.shape[1:] != self.input.shape[1:]:
             msg = f"an autoencoder's output shape {list(self.output.shape)} must equal its input shape {list(self.input.shape)}"
             raise ValueError(msg)
-        limit = 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
-        if self.thresholds.pixel > limit:
+        if self.thresholds.pixel > self.pixel_limit:
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
-            msg = f"thresholds.pixel {self.thresholds.pixel} is above {limit:g} ({what})"
+            msg = f"thresholds.pixel {self.thresholds.pixel} is above {self.pixel_limit:g} ({what})"
             raise ValueError(msg)
         if self.ensemble is not None and self.kind != "autoencoder":
             msg = f"an ensemble combines autoencoders' difference maps; this model's kind is {self.kind!r}"

@@ -133,7 +133,7 @@ def register_ensemble(sub: argparse._SubParsersAction) -> None:
         "ensemble",
         help="combine trained model directories into one that the daemon runs as a whole",
         description="Copy two or more trained model directories into one ensemble model directory: every frame "
-        "goes through each model, each difference map is divided by that model's own calibrated pixel threshold, "
+        "goes through each model, each difference map is divided by that model's scale (--normalize), "
         "the maps are combined (max or mean) and one decision is made at thresholds calibrated here on the good "
         "images that no member trained on. The first --member's model gives the directory its preprocessing and "
         "reconstruction.",
