@@ -158,6 +158,22 @@ def summary(results: Sequence[ImageCheck], checkers: Sequence[Checker], config: 
     }
 
 
+def flagged_ids(path: str | Path) -> list[str]:
+    """The image ids a `label check` JSON flagged; ValueError naming what is wrong with the file."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        msg = f"cannot read the check result {path}: {exc}"
+        raise ValueError(msg) from exc
+    flagged = doc.get("flagged") if isinstance(doc, dict) else None
+    if not isinstance(flagged, list) or not all(isinstance(f, dict) and isinstance(f.get("image"), str)
+                                                for f in flagged):
+        msg = f"{path} is not a `label check` result: expected {{\"flagged\": [{{\"image\": \"<class>/<stem>\"}}, ...]}}"
+        raise ValueError(msg)
+    return [f["image"] for f in flagged]
+
+
 def write_json(path: str | Path, doc: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

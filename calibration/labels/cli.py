@@ -49,6 +49,7 @@ def _import(a: argparse.Namespace) -> int:
 
 
 def _train(a: argparse.Namespace) -> int:
+    from calibration.labels.check import flagged_ids
     from calibration.labels.dataset import scan, train_good
     from calibration.labels.training import TrainSettings, train_checkers
     from export.checker import CheckerConfig
@@ -59,15 +60,21 @@ def _train(a: argparse.Namespace) -> int:
         settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, batch_size=a.batch_size, seed=a.seed,
                                  threads=a.threads, good_share=a.good_share)
         extra = [] if a.no_train_good else train_good(a.data)
+        exclude = [] if a.exclude is None else flagged_ids(a.exclude)
     except (FileNotFoundError, ValueError) as exc:
         return _err(str(exc))
     if a.folds > len(items):
         return _err(f"--folds {a.folds} exceeds the {len(items)} images")
     if a.jobs < 1:
         return _err(f"--jobs must be >= 1, got {a.jobs}")
-    dirs = train_checkers(items, a.out, folds=a.folds, config=config, settings=settings, data_root=str(a.data),
-                          area_threshold=a.area_threshold, jobs=a.jobs, extra_good=extra)
-    print(f"wrote {len(dirs)} checker(s) to {a.out}")
+    try:
+        dirs = train_checkers(items, a.out, folds=a.folds, config=config, settings=settings,
+                              data_root=str(a.data), area_threshold=a.area_threshold, jobs=a.jobs,
+                              extra_good=extra, exclude=exclude)
+    except ValueError as exc:
+        return _err(str(exc))
+    left = f", {len(exclude)} flagged image(s) left out of training" if exclude else ""
+    print(f"wrote {len(dirs)} checker(s) to {a.out}{left}")
     return EXIT_OK
 
 
@@ -151,6 +158,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--jobs", type=int, default=1,
                    help="train this many folds at once, one process each (2 on a 2-core PC: twice the training "
                    "per minute of wall time)")
+    q.add_argument("--exclude", type=Path, default=None, metavar="CHECK_JSON",
+                   help="leave the images a previous `label check` flagged (its --json) out of every checker's "
+                   "training; they are then checked by all checkers")
     q.set_defaults(func=_train)
 
     q = lsub.add_parser("check", help="flag labelling anomalies with the checkers (exit 3 when any is flagged)")

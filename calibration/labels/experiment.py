@@ -181,8 +181,38 @@ def _sweep(rows: list[dict], kinds: dict[str, str], empty: list[str]) -> list[di
     return out
 
 
+def _check_round(items: list[LabelledImage], checkers: list, kinds: dict[str, str], empty: list[str]):
+    """(scores per refinement, sweep rows, rows per refinement) of one set of checkers."""
+    from calibration.labels.check import run_check
+
+    by_refine, sweep, all_rows = {}, [], {}
+    for refine in ("none", "guided"):
+        results = run_check(items, checkers, RuleConfig(refine=refine), log=print)
+        rows = all_rows[refine] = [{**r.as_json(), "k": len(r.checkers)} for r in results]
+        by_refine[refine] = {name: score(rejudge(rows, RuleConfig(region=region)), kinds, empty)
+                             for name, region in (("default_rules", "global"), ("local_region_rules", "local"),
+                                                  ("contrast_region_rules", "contrast"))}
+        sweep += [{**row, "refine": refine} for row in _sweep(rows, kinds, empty)]
+    return by_refine, sweep, all_rows
+
+
+def _print_round(rnd: int, by_refine: dict, sweep: list[dict], best: dict) -> None:
+    for refine, scores in by_refine.items():
+        for name, res in scores.items():
+            print(f"round {rnd}, refine {refine}, {name}")
+            print(json.dumps({k: res[k] for k in res if k != "per_kind"}, indent=1))
+            for kind, v in res["per_kind"].items():
+                print(f"{kind:13s} {v}")
+    print(f"round {rnd} sweep (refine, region, its thresholds, recall, precision, flagged):")
+    for s in sweep:
+        print(f"  {s['refine']:6s} {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} "
+              f"n={s['flagged']}")
+    for k, v in best.items():
+        print(f"round {rnd} best precision at {k}: {v}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from calibration.labels.check import load_checkers, run_check
+    from calibration.labels.check import load_checkers
     from calibration.labels.training import TrainSettings, train_checkers
     from export.checker import CheckerConfig
 
@@ -198,46 +228,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-pool", choices=("mean", "max"), default="max")
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
-    p.add_argument("--skip-training", action="store_true", help="reuse the checkers already under --work")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of train + check; each round after the first trains without the images the "
+                   "previous round's contrast rule flagged")
+    p.add_argument("--skip-training", action="store_true",
+                   help="reuse the checkers already under --work (rounds without stored checkers still train)")
     a = p.parse_args(argv)
     t0 = time.monotonic()
     items, kinds, empty = corrupt(a.data, a.work / "data", a.fraction, a.seed)
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
-    if not a.skip_training:
-        config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
-        train_checkers(items, a.work / "checkers", folds=a.folds, config=config,
-                       settings=TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1),
-                       data_root=str(a.work / "data"), jobs=a.jobs,
-                       extra_good=[] if a.no_train_good else train_good(a.data))
-    t_train = time.monotonic() - t0
-    checkers = load_checkers(a.work / "checkers")
-    by_refine, sweep, all_rows = {}, [], {}
-    for refine in ("none", "guided"):
-        results = run_check(items, checkers, RuleConfig(refine=refine), log=print)
-        rows = all_rows[refine] = [{**r.as_json(), "k": len(r.checkers)} for r in results]
-        by_refine[refine] = {name: score(rejudge(rows, RuleConfig(region=region)), kinds, empty)
-                             for name, region in (("default_rules", "global"), ("local_region_rules", "local"),
-                                                  ("contrast_region_rules", "contrast"))}
-        sweep += [{**row, "refine": refine} for row in _sweep(rows, kinds, empty)]
-    best = {f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"], default=None)
-            for r in (0.8, 0.9)}
-    doc = {**by_refine["guided"], "by_refine": by_refine, "sweep": sweep, "best_in_sweep": best,
-           "rows": all_rows["guided"], "rows_unrefined": all_rows["none"], "kinds": kinds,
-           "train_and_setup_seconds": round(t_train), "total_seconds": round(time.monotonic() - t0),
+    config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
+    settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1)
+    exclude: list[str] = []
+    rounds = []
+    for rnd in range(1, a.rounds + 1):
+        checkers_dir = a.work / ("checkers" if rnd == 1 else f"checkers_round{rnd}")
+        t_round = time.monotonic()
+        if not (a.skip_training and (checkers_dir / "folds.json").is_file()):
+            train_checkers(items, checkers_dir, folds=a.folds, config=config, settings=settings,
+                           data_root=str(a.work / "data"), jobs=a.jobs,
+                           extra_good=[] if a.no_train_good else train_good(a.data), exclude=exclude)
+        t_train = time.monotonic() - t_round
+        by_refine, sweep, all_rows = _check_round(items, load_checkers(checkers_dir), kinds, empty)
+        best = {f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"],
+                                    default=None) for r in (0.8, 0.9)}
+        # the next round's checkers do not train on what this round's contrast rule flagged (still in doubt)
+        doubt = sorted(r["image"] for r in rejudge(all_rows["guided"], RuleConfig(region="contrast")) if r["reason"])
+        rounds.append({**by_refine["guided"], "by_refine": by_refine, "sweep": sweep, "best_in_sweep": best,
+                       "rows": all_rows["guided"], "rows_unrefined": all_rows["none"], "round": rnd,
+                       "excluded_from_training": exclude, "contrast_flagged": doubt,
+                       "train_seconds": round(t_train)})
+        _print_round(rnd, by_refine, sweep, best)
+        exclude = doubt
+    doc = {**rounds[-1], "rounds": [{k: v for k, v in r.items() if k not in ("rows", "rows_unrefined", "sweep")}
+                                    for r in rounds],
+           "kinds": kinds, "total_seconds": round(time.monotonic() - t0),
            "args": {k: str(v) for k, v in vars(a).items()}}
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
-    for refine, scores in by_refine.items():
-        for name, res in scores.items():
-            print(f"refine {refine}, {name}")
-            print(json.dumps({k: res[k] for k in res if k != "per_kind"}, indent=1))
-            for kind, v in res["per_kind"].items():
-                print(f"{kind:13s} {v}")
-    print("sweep (refine, region, its thresholds, recall, precision, flagged):")
-    for s in sweep:
-        print(f"  {s['refine']:6s} {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} "
-              f"n={s['flagged']}")
-    for k, v in best.items():
-        print(f"best precision at {k}: {v}")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
     return 0
 

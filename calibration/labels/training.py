@@ -18,7 +18,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
@@ -236,8 +236,12 @@ def train_checkers(
     items: Sequence[LabelledImage], out: str | Path, *, folds: int, config: CheckerConfig = CheckerConfig(),
     settings: TrainSettings = TrainSettings(), data_root: str = "", area_threshold: int = 15,
     log: Callable[[str], None] | None = print, jobs: int = 1, extra_good: Sequence[Path] = (),
+    exclude: Iterable[str] = (),
 ) -> list[Path]:
     """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs.
+
+    exclude: image ids no checker trains on (the labels a previous check flagged, still in doubt): they are in no
+    fold, so every checker checks them, and the folds are dealt from the other images. folds.json lists them.
 
     extra_good: known defect-free images that are never checked (an MVTec tree's train/good): every checker
     trains on all of them besides its fold, `settings.good_share` of each batch, so it learns what the clean
@@ -254,9 +258,20 @@ def train_checkers(
         msg = f"jobs must be >= 1, got {jobs}"
         raise ValueError(msg)
     extra_good = [Path(p) for p in extra_good]
-    members = assign_folds([i.id for i in items], folds, seed=settings.seed)
     by_id = {i.id: i for i in items}
-    (out / FOLDS_FILE).write_text(json.dumps({"folds": members, "data": data_root}, indent=1) + "\n")
+    excluded = sorted(set(exclude))
+    unknown = [i for i in excluded if i not in by_id]
+    if unknown:
+        msg = f"{len(unknown)} excluded image(s) are not in the data, e.g. {unknown[0]!r}: expected <class>/<stem> ids"
+        raise ValueError(msg)
+    left_out = set(excluded)
+    kept = [i.id for i in items if i.id not in left_out]
+    if len(kept) < folds:
+        msg = f"{len(kept)} images left after excluding {len(excluded)} cannot fill {folds} folds"
+        raise ValueError(msg)
+    members = assign_folds(kept, folds, seed=settings.seed)
+    doc = {"folds": members, "data": data_root, "excluded": excluded}
+    (out / FOLDS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     tasks = [(k, [by_id[i] for i in ids], ids) for k, ids in enumerate(members)]
     if jobs == 1 or folds == 1:
         return [_train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)

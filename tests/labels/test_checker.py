@@ -219,6 +219,40 @@ def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec
 
 
 
+def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_every_fold(
+    checkers_dir, mvtec_dir, tmp_path
+):
+    """The loop's retraining: `--exclude CHECK_JSON` trains no checker on the labels a check flagged; those images
+    are then checked by all checkers (none trained on them), the others by the checker of the other fold."""
+    from calibration.labels.check import load_checkers, run_check
+    from calibration.labels.dataset import scan
+    from daemon.manifest import load_manifest
+
+    first = tmp_path / "first.json"
+    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(first),
+                   "--iou-threshold", "1.0")
+    flagged = [f["image"] for f in json.loads(first.read_text())["flagged"]]
+    assert proc.returncode == 3 and 0 < len(flagged) < 18, proc.stderr
+    common = ["label", "train-checker", "--data", str(mvtec_dir), "--folds", "2", "--size", "32", "--base-width",
+              "4", "--iterations", "4", "--batch-size", "8", "--threads", "1"]
+    proc = run_cli(*common, "--out", str(tmp_path / "ck"), "--exclude", str(first))
+    assert proc.returncode == 0, proc.stderr
+    assert f"{len(flagged)} flagged image(s) left out of training" in proc.stdout
+    folds = json.loads((tmp_path / "ck" / "folds.json").read_text())
+    assert folds["excluded"] == sorted(flagged)
+    members = [set(load_manifest(tmp_path / "ck" / f"checker_{k}").training["checker"]["members"]) for k in range(2)]
+    assert not (members[0] | members[1]) & set(flagged)
+    assert members[0] | members[1] | set(flagged) == {i.id for i in scan(mvtec_dir)}
+    for r in run_check(scan(mvtec_dir), load_checkers(tmp_path / "ck")):
+        assert len(r.checkers) == (2 if r.item.id in flagged else 1) and not r.in_sample
+    (tmp_path / "bad.json").write_text('{"checked": 3}')
+    bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--exclude", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "is not a `label check` result" in bad.stderr
+    (tmp_path / "other.json").write_text('{"flagged": [{"image": "spot/999"}]}')
+    other = run_cli(*common, "--out", str(tmp_path / "other"), "--exclude", str(tmp_path / "other.json"))
+    assert other.returncode == 2 and "not in the data, e.g. 'spot/999'" in other.stderr
+
+
 def _spawned_children(pid: int) -> list[int]:
     """The spawned multiprocessing workers among pid's children (not its resource tracker)."""
     out = []

@@ -55,3 +55,25 @@ def test_rejudge_applies_the_contrast_rule_to_stored_contrast_numbers():
     assert got == {"crack/a": None, "crack/b": REGION_MISMATCH, "crack/c": REGION_MISMATCH}
     looser = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="contrast", band_max=0.9))}
     assert looser["crack/c"] is None
+
+
+def test_experiment_second_round_trains_without_what_the_first_round_flagged(mvtec_dir, tmp_path):
+    """`--rounds 2`: the round-2 checkers train on every image except those the round-1 contrast rule flagged
+    (folds.json lists them), and result.json reports both rounds."""
+    import json
+
+    import pytest
+
+    pytest.importorskip("torch", reason="training checkers needs the train extra")
+    from calibration.labels.experiment import main
+
+    work = tmp_path / "work"
+    assert main(["--data", str(mvtec_dir), "--work", str(work), "--fraction", "0.2", "--size", "32",
+                 "--iterations", "6", "--minutes", "1", "--rounds", "2"]) == 0
+    doc = json.loads((work / "result.json").read_text())
+    first, second = doc["rounds"]
+    assert (first["round"], second["round"]) == (1, 2) and first["excluded_from_training"] == []
+    assert first["contrast_flagged"], "tiny checkers should leave something in doubt"
+    assert second["excluded_from_training"] == first["contrast_flagged"]
+    assert json.loads((work / "checkers_round2" / "folds.json").read_text())["excluded"] == first["contrast_flagged"]
+    assert doc["round"] == 2 and len(doc["kinds"]) == 4 and len(doc["rows"]) == 20
