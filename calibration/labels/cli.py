@@ -58,7 +58,7 @@ def _train(a: argparse.Namespace) -> int:
         items = scan(a.data)
         config = CheckerConfig(a.size, a.size, base_width=a.base_width, image_pool=a.image_pool)
         settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, batch_size=a.batch_size, seed=a.seed,
-                                 threads=a.threads, good_share=a.good_share)
+                                 threads=a.threads, good_share=a.good_share, crop=a.crop or None)
         extra = [] if a.no_train_good else train_good(a.data)
         exclude = [] if a.exclude is None else flagged_ids(a.exclude)
     except (FileNotFoundError, ValueError) as exc:
@@ -147,6 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--iterations", type=int, default=600, help="per checker")
     q.add_argument("--minutes", type=float, default=None, help="wall-clock budget per checker")
     q.add_argument("--batch-size", type=int, default=16)
+    q.add_argument("--crop", type=int, default=64,
+                   help="train on random crops of this many input px (a multiple of 8); 0 = whole inputs (64)")
     q.add_argument("--area-threshold", type=int, default=15, help="recorded in the manifests (px)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=0,

@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=2500)
     p.add_argument("--minutes", type=float, default=7.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--crop", type=int, default=64, help="training crop (input px); 0 = whole inputs")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-pool", choices=("mean", "max"), default="max")
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
@@ -238,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     items, kinds, empty = corrupt(a.data, a.work / "data", a.fraction, a.seed)
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
     config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
-    settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1)
+    settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1,
+                             batch_size=a.batch_size, crop=a.crop or None)
     exclude: list[str] = []
     rounds = []
     for rnd in range(1, a.rounds + 1):

@@ -46,6 +46,9 @@ class TrainSettings:
     good_share: float = 0.3  # share of each batch drawn from the extra defect-free images (when there are any)
 
     def __post_init__(self) -> None:
+        if self.crop is not None and self.crop < 8:
+            msg = f"crop must be >= 8 input px (or None for whole inputs), got {self.crop}"
+            raise ValueError(msg)
         if not 0.0 <= self.good_share < 1.0:
             msg = f"good_share must lie in [0, 1), got {self.good_share}"
             raise ValueError(msg)
@@ -256,6 +259,9 @@ def train_checkers(
     out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
+        raise ValueError(msg)
+    if settings.crop is not None and settings.crop % 2**config.depth:
+        msg = f"crop {settings.crop} must be a multiple of 2^depth = {2**config.depth} input px"
         raise ValueError(msg)
     extra_good = [Path(p) for p in extra_good]
     by_id = {i.id: i for i in items}

@@ -253,6 +253,23 @@ def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_ev
     assert other.returncode == 2 and "not in the data, e.g. 'spot/999'" in other.stderr
 
 
+def test_train_checker_crop_option_trains_on_whole_inputs_with_0_and_refuses_a_tiny_crop(mvtec_dir, tmp_path):
+    from daemon.manifest import load_manifest
+
+    common = ["label", "train-checker", "--data", str(mvtec_dir), "--folds", "2", "--size", "32", "--base-width",
+              "4", "--iterations", "3", "--batch-size", "8", "--threads", "1"]
+    proc = run_cli(*common, "--out", str(tmp_path / "whole"), "--crop", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert load_manifest(tmp_path / "whole" / "checker_0").training["settings"]["crop"] is None
+    proc = run_cli(*common, "--out", str(tmp_path / "crop"), "--crop", "16")
+    assert proc.returncode == 0, proc.stderr
+    assert load_manifest(tmp_path / "crop" / "checker_1").training["settings"]["crop"] == 16
+    bad = run_cli(*common, "--out", str(tmp_path / "bad"), "--crop", "4")
+    assert bad.returncode == 2 and "crop must be >= 8 input px" in bad.stderr
+    odd = run_cli(*common, "--out", str(tmp_path / "odd"), "--crop", "12")
+    assert odd.returncode == 2 and "crop 12 must be a multiple of 2^depth = 8" in odd.stderr
+
+
 def _spawned_children(pid: int) -> list[int]:
     """The spawned multiprocessing workers among pid's children (not its resource tracker)."""
     out = []
