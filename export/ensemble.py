@@ -113,6 +113,18 @@ def common_held_out(members: list[tuple[Path, Manifest]], data: Path) -> tuple[l
     return [files[i] for i in chosen], facts
 
 
+def few_common_warning(n_common: int, held_out: list[int]) -> str | None:
+    """A warning when the images every member held out are fewer than half of what the smallest held-out set
+    had (members trained with different --seed hold out different images): the calibration then rests on few
+    images, and its thresholds are less certain. None when the set is large enough."""
+    smallest = min(held_out)
+    if n_common * 2 >= smallest:
+        return None
+    return (f"warning: only {n_common} good images are held out by every member (each member held out "
+            f"{', '.join(map(str, held_out))}): members trained with different --seed hold out different images; "
+            "train them with the same --seed for a larger calibration set")
+
+
 def build_ensemble(
     members: list[Path],
     out: Path,
@@ -150,6 +162,9 @@ def build_ensemble(
         raise ValueError(msg)
     goods_files, data_facts = common_held_out(loaded, data)
     say(f"calibration: {len(goods_files)} good images of {data} that none of the {len(loaded)} members trained on")
+    warning = few_common_warning(len(goods_files), [int(m.training["held_out_count"]) for _, m in loaded])
+    if warning:
+        say(warning)
     goods = [D.read_image(f, color) for f in goods_files]
     divisors = [m.thresholds.pixel for _, m in loaded]
     if normalize == "good-score":
