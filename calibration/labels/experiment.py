@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-pool", choices=("mean", "max"), default="max")
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
+    p.add_argument("--good-share", type=float, default=0.3, help="share of each batch drawn from train/good")
     p.add_argument("--rounds", type=int, default=1,
                    help="rounds of train + check; each round after the first trains without the images the "
                    "previous round's contrast rule flagged")
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
     config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
     settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1,
-                             batch_size=a.batch_size, crop=a.crop or None)
+                             batch_size=a.batch_size, crop=a.crop or None, good_share=a.good_share)
     exclude: list[str] = []
     rounds = []
     for rnd in range(1, a.rounds + 1):
