@@ -256,7 +256,6 @@ def train_checkers(
     failing fold fails the whole call (no partial checker set is returned); workers end when this process ends,
     however it is stopped (`_exit_with_parent`)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
         raise ValueError(msg)
@@ -276,6 +275,7 @@ def train_checkers(
         msg = f"{len(kept)} images left after excluding {len(excluded)} cannot fill {folds} folds"
         raise ValueError(msg)
     members = assign_folds(kept, folds, seed=settings.seed)
+    out.mkdir(parents=True, exist_ok=True)
     doc = {"folds": members, "data": data_root, "excluded": excluded}
     (out / FOLDS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     tasks = [(k, [by_id[i] for i in ids], ids) for k, ids in enumerate(members)]

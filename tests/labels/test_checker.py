@@ -268,6 +268,7 @@ def test_train_checker_crop_option_trains_on_whole_inputs_with_0_and_refuses_a_t
     assert bad.returncode == 2 and "crop must be >= 8 input px" in bad.stderr
     odd = run_cli(*common, "--out", str(tmp_path / "odd"), "--crop", "12")
     assert odd.returncode == 2 and "crop 12 must be a multiple of 2^depth = 8" in odd.stderr
+    assert not (tmp_path / "odd").exists()  # refused before anything is written
 
 
 def _spawned_children(pid: int) -> list[int]:
