@@ -12,6 +12,9 @@ Nothing is copied: the corrupted set under --work links its images to --data and
 
 The check runs twice, on the checkers' map as it is and sharpened to the image's edges (RuleConfig.refine "none"
 and "guided"), and the rules are swept over thresholds for both (result.json: by_refine, sweep, best_in_sweep).
+`--rounds N` repeats train + check, each round after the first training its checkers without the images the previous
+round's contrast rule flagged (`train-checker --exclude`); result.json's top level is the last round, `rounds` lists
+every round's scores, exclusions and flags.
 """
 
 from __future__ import annotations
