@@ -54,6 +54,13 @@ class TrainSettings:
             raise ValueError(msg)
 
 
+def check_crop(crop: int | None, config: CheckerConfig) -> None:
+    """ValueError unless the training crop (None = whole inputs) fits the checker's pooling levels."""
+    if crop is not None and crop % 2**config.depth:
+        msg = f"crop {crop} must be a multiple of 2^depth = {2**config.depth} input px"
+        raise ValueError(msg)
+
+
 def load_arrays(items: Sequence[LabelledImage], config: CheckerConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(images N,1,H,W in [0,1], soft masks N,1,H,W in [0,1], image labels N) at the checker's input size."""
     size = (config.width, config.height)
@@ -99,9 +106,7 @@ def train_one(
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
     h, w = images.shape[2:]
     crop = settings.crop if settings.crop and settings.crop < min(h, w) else None
-    if crop is not None and crop % 2**config.depth:
-        msg = f"crop {crop} must be a multiple of 2^depth = {2**config.depth}"
-        raise ValueError(msg)
+    check_crop(crop, config)
     defect_pixels = [np.argwhere(m[0] > 0.25) for m in masks]
     budget = None if settings.minutes is None else settings.minutes * 60
     t0, loss_value, step = time.monotonic(), float("nan"), 0
@@ -259,17 +264,15 @@ def train_checkers(
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
         raise ValueError(msg)
-    if settings.crop is not None and settings.crop % 2**config.depth:
-        msg = f"crop {settings.crop} must be a multiple of 2^depth = {2**config.depth} input px"
-        raise ValueError(msg)
+    check_crop(settings.crop, config)  # before any worker starts
     extra_good = [Path(p) for p in extra_good]
     by_id = {i.id: i for i in items}
-    excluded = sorted(set(exclude))
+    left_out = set(exclude)
+    excluded = sorted(left_out)
     unknown = [i for i in excluded if i not in by_id]
     if unknown:
         msg = f"{len(unknown)} excluded image(s) are not in the data, e.g. {unknown[0]!r}: expected <class>/<stem> ids"
         raise ValueError(msg)
-    left_out = set(excluded)
     kept = [i.id for i in items if i.id not in left_out]
     if len(kept) < folds:
         msg = f"{len(kept)} images left after excluding {len(excluded)} cannot fill {folds} folds"

@@ -102,9 +102,12 @@ def test_calibration_uses_only_good_images_no_member_trained_on_and_passes_all_o
     held = [set(holdout_order(n, s)[: loaded[0][1].training["held_out_count"]]) for s in (0, 5)]
     assert [image_files(separable_tree).index(f) for f in both] == sorted(held[0] & held[1])
     assert 0 < len(both) < len(files)
+
+
+def test_ensemble_warns_when_its_members_held_out_fewer_than_half_as_many_good_images_in_common():
     from export.ensemble import few_common_warning
 
-    assert few_common_warning(len(files), [len(files)] * 2) is None
+    assert few_common_warning(20, [20, 20]) is None
     warning = few_common_warning(3, [20, 24])
     assert warning is not None and "only 3 good images" in warning and "same --seed" in warning
     assert few_common_warning(10, [20, 24]) is None and few_common_warning(9, [20, 24]) is not None
