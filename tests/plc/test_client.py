@@ -91,7 +91,8 @@ def test_a_dead_plc_never_stalls_emit_and_the_link_recovers_when_it_comes_back()
         assert wait_until(lambda: sink.link_state == "down", 2)
         plc = StandInPlc(port).start()  # the PLC comes (back)
         assert wait_until(lambda: plc.read(WRITE + 2, 1) == [200], 5), "newest result not written after reconnect"
-        assert sink.link_state == "up"
+        # the sink reports the link up after a whole pass (block write, then request poll): a moment after the write
+        assert wait_until(lambda: sink.link_state == "up", 2)
         plc.stop()  # and goes away again, mid-run
         for seq in range(201, 211):
             sink.emit(verdict(seq, Code.PASS, item_id=seq))
