@@ -49,8 +49,9 @@ def test_folder_missing_then_filled_then_emptied_then_refilled(tmp_path, blur_mo
     try:
         # 1. no folder: camera fault, not ready, but alive (the heartbeat moves), no items taken
         assert d.wait_event("camera_open_failed", 20)
+        # the state reaches the PLC sink's thread just after the log line: wait for it, do not race it
+        assert wait_until(lambda: plc_view(c)["state"] == 2 and not plc_view(c)["ready"], 3), plc_view(c)
         v = plc_view(c)
-        assert v["state"] == 2 and not v["ready"], v
         assert wait_until(lambda: plc_view(c)["heartbeat"] != v["heartbeat"], 3), "heartbeat must move"
         assert not verdicts(d)
         # 2. the folder appears: running, ready, results
@@ -68,7 +69,7 @@ def test_folder_missing_then_filled_then_emptied_then_refilled(tmp_path, blur_mo
         _fill(folder)
         m = len(verdicts(d))
         assert wait_until(lambda: sum(x["code"] != "error" for x in verdicts(d)[m:]) >= 5, 10)
-        assert plc_view(c)["state"] == 1
+        assert wait_until(lambda: plc_view(c)["state"] == 1, 3), plc_view(c)
     finally:
         c.close()
         code = d.stop()
@@ -151,7 +152,7 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
 
     try:
         assert d.wait_event("camera_open_failed", 20)
-        assert plc_view(c)["state"] == 2 and not plc_view(c)["ready"]
+        assert wait_until(lambda: plc_view(c)["state"] == 2 and not plc_view(c)["ready"], 3), plc_view(c)
         assert [item(100 + i) for i in range(5)] == [3] * 5, "no camera: every item is an error (reject)"
         srv = _Http(www, http_port)  # the camera comes up
         try:

@@ -84,7 +84,7 @@ def test_sigkill_at_random_points_and_restart_loses_no_confirmed_mark_and_no_ver
         try:
             v = plc_view(client)
             assert wait_until(lambda: plc_view(client)["heartbeat"] != v["heartbeat"], 3)
-            assert plc_view(client)["state"] == 1
+            assert wait_until(lambda: plc_view(client)["state"] == 1, 10), plc_view(client)
             d.frames(10)
             assert wait_until(lambda: len(d.events("verdict")) >= 10, 30)
             assert wait_until(lambda: d.status()["spool"]["depth"] == 0, 30), d.status()
