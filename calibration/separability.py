@@ -33,22 +33,21 @@ import cv2
 import numpy as np
 
 from calibration import metrics
-from calibration.evaluate import find_test_images, read_truth
+from calibration.evaluate import find_test_images, read_image, read_truth
+from daemon.manifest import PreprocessSpec
+from daemon.preprocess import normalize_exposure
 
 TEXTURE_SIGMAS = (2.0, 4.0, 8.0, 16.0)
 IMAGE_SMOOTH_SIGMA = 4.0  # the default recipe's score.smooth_sigma
 SAMPLES_PER_IMAGE = 400  # pixels per training image for the Gaussian fit
 
 
-def normalized(image: np.ndarray, target: float = 100.0) -> np.ndarray:
-    """uint8 gray -> float32 with its median grey scaled to `target` (the default recipe's exposure normalisation)."""
-    img = image.astype(np.float32)
-    return img * np.float32(target / max(float(np.median(img)), 1.0))
+EXPOSURE = PreprocessSpec(color="gray", normalize="median")  # the default recipe's exposure normalisation
 
 
 def texture_features(image: np.ndarray, sigmas: Sequence[float] = TEXTURE_SIGMAS) -> np.ndarray:
     """uint8 gray HxW -> HxWx(4 * len(sigmas)) float32 local statistics (see the module docstring)."""
-    img = normalized(image)
+    img = normalize_exposure(image, EXPOSURE).astype(np.float32)
     gx = np.abs(cv2.Sobel(img, cv2.CV_32F, 1, 0))
     gy = np.abs(cv2.Sobel(img, cv2.CV_32F, 0, 1))
     out = []
@@ -111,8 +110,7 @@ class EncoderProbe:
             raise ValueError(msg)
         self.pre = Preprocessor(manifest.preprocess, manifest.input)
         self.model = model_from_checkpoint(checkpoint)
-        depth, per_stage = self.model.config.depth, 6 if self.model.config.batch_norm else 4
-        self._cuts = {per_stage * (i + 1) for i in range(depth)} | {len(self.model.encoder)}
+        self._cuts = set(self.model.encoder_stage_ends)
         rng = np.random.default_rng(seed)
         rows: list[list[np.ndarray]] = []
         for im in train_images:
@@ -138,9 +136,7 @@ class EncoderProbe:
         for k, (gauss, f) in enumerate(zip(self.stages, self._features(prepared.batch), strict=True)):
             d = gauss.distance(f.transpose(0, 2, 3, 1))
             tiles = np.stack([cv2.resize(t, (tw, th), interpolation=cv2.INTER_LINEAR) for t in d])
-            m = self.pre.stitch(tiles, prepared.layout)
-            if prepared.layout.native_hw is not None:
-                m = cv2.resize(m, prepared.layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            m = self.pre.stitch(tiles, prepared.layout)  # in the camera frame's pixels, also with preprocess.scale
             name = "encoder-bottleneck" if k == len(self.stages) - 1 else f"encoder-stage{k + 1}"
             out[name] = m
         return out
@@ -153,8 +149,6 @@ def image_score(score_map: np.ndarray) -> float:
 def measure(data: str | Path, probes: Sequence[Callable[[np.ndarray], dict[str, np.ndarray]]], *,
             pixel_stride: int = 5) -> dict:
     """Per cue: image and pixel AUROC of all defect classes together and of each against test/good."""
-    from calibration.evaluate import read_image
-
     image_scores: dict[str, list[tuple[str, float]]] = {}
     pixels: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for item in find_test_images(data):
@@ -210,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--model and --checkpoint go together (the encoder probe needs both)")
     if args.train_every < 1 or args.pixel_stride < 1:
         p.error("--train-every and --pixel-stride must be >= 1")
-    from export.data import image_files, read_image
+    from export.data import image_files
 
     train = [read_image(f, "gray") for f in image_files(args.data)[:: args.train_every]]
     probes = [TextureProbe(train).maps]

@@ -79,12 +79,16 @@ class ConvAutoencoder(nn.Module):
         bn = cfg.batch_norm
 
         enc: list[nn.Module] = []
+        ends: list[int] = []
         c_in = cfg.channels
         for w in widths:
             enc += _block(nn.Conv2d, c_in, w, 4, 2, 1, bn) + _block(nn.Conv2d, w, w, 3, 1, 1, bn)
+            ends.append(len(enc))
             c_in = w
         enc += [nn.Conv2d(c_in, cfg.latent_channels, 1)]
         self.encoder = nn.Sequential(*enc)
+        # how many encoder layers produce each stride-2 stage's output, then the bottleneck (feature probes read these)
+        self.encoder_stage_ends: tuple[int, ...] = (*ends, len(enc))
 
         dec: list[nn.Module] = _block(nn.Conv2d, cfg.latent_channels, c_in, 1, 1, 0, bn)
         for i in reversed(range(cfg.depth)):
