@@ -85,6 +85,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--texture-defects", type=float, default=0.0, metavar="P",
                    help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
                    "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)")
+    t.add_argument("--band-defects", type=float, default=0.0, metavar="P",
+                   help="share of texture defects drawn as a band from one edge of the crop up to a line across it "
+                   "(a region ground differently, as magnetic tile's uneven; default 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
     t.add_argument("--log-every", type=int, default=50)
@@ -207,7 +210,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--minutes", f"{args.minutes or 0:g}"]
     parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
               "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
-              "--texture-defects", f"{args.texture_defects:g}",
+              "--texture-defects", f"{args.texture_defects:g}", "--band-defects", f"{args.band_defects:g}",
               "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
     if args.hard_defects is not None:
         parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}",
@@ -254,7 +257,8 @@ def build_job(args: argparse.Namespace):
         evaluate=args.evaluate if args.synthetic else 0,
         init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
         stop_loss=args.loss_threshold,
-        hard_defects=args.hard_defects, hard_prob=args.hard_prob, hard_fraction=args.hard_fraction, defects=DefectConfig(texture_prob=args.texture_defects),
+        hard_defects=args.hard_defects, hard_prob=args.hard_prob, hard_fraction=args.hard_fraction,
+        defects=DefectConfig(texture_prob=args.texture_defects, band_prob=args.band_defects),
         ssim=SsimSpec(size=args.ssim_size, sigma=args.ssim_sigma),
         score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
     )

@@ -13,6 +13,10 @@ region whose surface texture is wrong (worn smooth, ground rougher, brighter or 
 grey but replaced by the image's own texture changed one way: "smooth" (blurred: the texture worn away),
 "contrast" (the deviation from the local mean amplified: rougher) or "gain" (brighter or darker). The target is
 still the clean image, so the model also learns to restore the normal texture.
+
+Band defects (off by default: `band_prob`, a share of the texture defects): the changed region is a band from one
+edge of the crop up to a gently tilted, wavy line across it, a part ground differently from a line on (magnetic
+tile's *uneven*), and its texture change may also be "coarse" (the grain zoomed 1.6-3x, local brightness kept).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 
 SHAPES = ("ellipse", "rectangle", "triangle")
 TEXTURES = ("smooth", "contrast", "gain")
+BAND_TEXTURES = (*TEXTURES, "coarse")  # a band (another grinding up to a line) may also have a coarser grain
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class DefectConfig:
     grey_range: tuple[int, int] = (0, 255)  # inclusive range of the fill value
     texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = the seed's grey fill only
     texture_scale: float = 3.0  # texture defects' shapes are this much larger (capped at half the shorter side)
+    band_prob: float = 0.0  # share of texture defects drawn as a band from one image edge (see random_band)
 
     def __post_init__(self) -> None:
         if len(self.shape_weights) != len(SHAPES) or min(self.shape_weights) < 0 or sum(self.shape_weights) <= 0:
@@ -58,6 +64,9 @@ class DefectConfig:
             raise ValueError(msg)
         if self.n_points < 3:
             msg = f"n_points must be >= 3, got {self.n_points}"
+            raise ValueError(msg)
+        if not 0.0 <= self.band_prob <= 1.0:
+            msg = f"need 0 <= band_prob <= 1, got {self.band_prob}"
             raise ValueError(msg)
         if not 0.0 <= self.texture_prob <= 1.0 or self.texture_scale < 1.0:
             msg = f"need 0 <= texture_prob <= 1 and texture_scale >= 1, got {self.texture_prob}, {self.texture_scale}"
@@ -141,8 +150,33 @@ def random_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = 
     return Defect(shape=shape, polygon=_to_pixels(pts, h, w), value=value, params=params)
 
 
+def random_band(rng: np.random.Generator, h: int, w: int, n_points: int = 16) -> Defect:
+    """A band from one image edge: the region between that edge and a gently tilted, wavy line across the image
+    (n_points on the line, plus the edge's two corners), 15-60 % of the image deep. A region ground or coated
+    differently up to a line across the part (magnetic tile's *uneven*) has this shape."""
+    edge = ("top", "bottom", "left", "right")[int(rng.integers(4))]
+    along, across = (w, h) if edge in ("top", "bottom") else (h, w)
+    depth = float(rng.uniform(0.15, 0.6)) * across
+    t = np.linspace(0.0, along - 1.0, n_points)
+    tilt = float(rng.uniform(-0.1, 0.1))
+    wave = float(rng.uniform(0.0, 0.03)) * across * np.sin(2 * np.pi * t / along * float(rng.uniform(0.5, 2.0))
+                                                            + float(rng.uniform(0, 2 * np.pi)))
+    d = np.clip(depth + tilt * (t - along / 2) + wave, 1.0, across - 1.0)
+    line = np.stack([t, d], axis=1)  # (along, depth from the edge)
+    poly = np.concatenate([line, [[along - 1.0, 0.0], [0.0, 0.0]]])
+    if edge == "bottom":
+        poly[:, 1] = h - 1 - poly[:, 1]
+    elif edge in ("left", "right"):
+        poly = poly[:, ::-1].copy()
+        if edge == "right":
+            poly[:, 0] = w - 1 - poly[:, 0]
+    return Defect(shape="band", polygon=_to_pixels(poly, h, w), value=0,
+                  params={"edge": edge, "depth": depth, "tilt": tilt})
+
+
 def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = DefectConfig()) -> Defect:
-    """A texture defect: a larger, rounder shape (scaled by texture_scale) and a texture change with its amount."""
+    """A texture defect: a larger, rounder shape (scaled by texture_scale) or, with probability band_prob, a band
+    from one edge (random_band), and a texture change with its amount."""
     k = cfg.texture_scale
     big = replace(
         cfg,
@@ -150,12 +184,17 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
         min_aspect=max(cfg.min_aspect, 0.3), max_aspect=max(cfg.max_aspect, 0.9),
         min_side=min(0.49, cfg.min_side * k), max_side=min(0.5, cfg.max_side * k),
     )
-    shape = random_defect(rng, h, w, big)
-    texture = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    if cfg.band_prob > 0 and rng.random() < cfg.band_prob:
+        shape, kinds = random_band(rng, h, w, cfg.n_points), BAND_TEXTURES
+    else:
+        shape, kinds = random_defect(rng, h, w, big), TEXTURES
+    texture = kinds[int(rng.integers(len(kinds)))]
     if texture == "smooth":
         amount = float(rng.uniform(1.5, 4.0))  # blur sigma, pixels
     elif texture == "contrast":
         amount = float(rng.uniform(1.8, 3.0))  # factor on the deviation from the local mean
+    elif texture == "coarse":
+        amount = float(rng.uniform(1.6, 3.0))  # zoom factor of the texture: the grain this much coarser
     else:
         amount = float(rng.uniform(0.55, 0.8)) if rng.random() < 0.5 else float(rng.uniform(1.25, 1.8))  # gain
     return replace(shape, texture=texture, amount=amount)
@@ -168,6 +207,13 @@ def _retextured(image: np.ndarray, defect: Defect) -> np.ndarray:
     elif defect.texture == "contrast":
         local = cv2.GaussianBlur(img, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)
         out = local + defect.amount * (img - local)
+    elif defect.texture == "coarse":
+        h, w = img.shape[:2]
+        big = cv2.resize(img, None, fx=defect.amount, fy=defect.amount, interpolation=cv2.INTER_LINEAR)
+        y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
+        zoomed = big[y0:y0 + h, x0:x0 + w]
+        local = cv2.GaussianBlur(img, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)  # keep the local brightness
+        out = local + zoomed - cv2.GaussianBlur(zoomed, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)
     else:
         out = img * defect.amount
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)

@@ -14,7 +14,7 @@ def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_p
         "train", "--synthetic", "--synthetic-frames", "12", "--synthetic-width", "64", "--synthetic-height", "64",
         "--out", str(out), "--input-size", "32", "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
         "--depth", "2", "--iterations", "6", "--batch-size", "4", "--threads", "1", "--log-every", "3",
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--evaluate", "8",
+        "--checkpoint-dir", str(tmp_path / "ckpt"), "--evaluate", "8", "--texture-defects", "0.5", "--band-defects", "0.5",
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -32,6 +32,7 @@ def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_p
     cmd = shlex.split(t["command"])
     assert cmd[:2] == ["inspectd", "train"] and "--synthetic" in cmd and cmd[cmd.index("--iterations") + 1] == "6"
     assert cmd[cmd.index("--input-size") + 1] == "32x32"
+    assert cmd[cmd.index("--texture-defects") + 1] == "0.5" and cmd[cmd.index("--band-defects") + 1] == "0.5"
 
 
 def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
@@ -39,6 +40,8 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--input-size", "34", "--iterations", "1"]) == 2
     assert "multiple of" in capsys.readouterr().err
+    assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--band-defects", "1.5", "--iterations", "1"]) == 2
+    assert "band_prob" in capsys.readouterr().err
 
 
 def test_train_on_an_mvtec_folder_calibrates_with_its_test_defects_when_asked(tmp_path, capsys):

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from export.defects import TEXTURES, DefectConfig, add_defect, random_defect
+from export.defects import BAND_TEXTURES, TEXTURES, DefectConfig, add_defect, random_defect
 from tests.export.conftest import stripes
 
 TEXTURE_ONLY = DefectConfig(texture_prob=1.0)
@@ -52,3 +52,50 @@ def test_with_texture_defects_off_the_seeds_random_stream_is_unchanged():
 def test_bad_texture_settings_are_refused(kwargs):
     with pytest.raises(ValueError, match="texture"):
         DefectConfig(**kwargs)
+
+
+BANDS_ONLY = DefectConfig(texture_prob=1.0, band_prob=1.0)
+
+
+def test_band_defects_run_from_one_edge_across_the_whole_image_and_leave_the_opposite_edge_untouched():
+    rng = np.random.default_rng(4)
+    image = stripes(1, size=96, seed=5)[0]
+    edges, kinds = set(), set()
+    for _ in range(60):
+        out, mask, d = add_defect(image, rng, BANDS_ONLY)
+        assert d.shape == "band" and d.texture in BAND_TEXTURES
+        edges.add(d.params["edge"])
+        kinds.add(d.texture)
+        first, opposite = {"top": (mask[0], mask[-1]), "bottom": (mask[-1], mask[0]),
+                           "left": (mask[:, 0], mask[:, -1]), "right": (mask[:, -1], mask[:, 0])}[d.params["edge"]]
+        assert first.all(), "a band covers its whole edge"
+        assert not opposite.any(), "and stops at a line before the opposite edge"
+        assert 0.1 < mask.mean() < 0.7  # 15-60 % deep, give or take the tilt and the wave
+        np.testing.assert_array_equal(out[~mask.astype(bool)], image[~mask.astype(bool)])
+    assert edges == {"top", "bottom", "left", "right"} and kinds == set(BAND_TEXTURES)
+
+
+def test_coarse_texture_keeps_the_local_brightness_but_widens_the_grain():
+    rng = np.random.default_rng(0)
+    image = stripes(1, size=96, seed=2)[0]
+    for _ in range(200):
+        out, mask, d = add_defect(image, rng, BANDS_ONLY)
+        if d.texture == "coarse" and mask.sum() > 1500:
+            break
+    else:
+        pytest.fail("no large coarse defect drawn in 200 tries")
+    inside = mask.astype(bool)
+    grain = lambda im: np.abs(np.diff(im.astype(np.float32), axis=1))[inside[:, 1:]].mean()  # noqa: E731
+    assert grain(out) < 0.8 * grain(image)
+    assert abs(float(out[inside].mean()) - float(image[inside].mean())) < 8
+
+
+def test_with_bands_off_texture_defects_draw_the_same_shapes_as_before():
+    a = add_defect(np.zeros((64, 64), np.uint8), np.random.default_rng(3), TEXTURE_ONLY)[2]
+    b = add_defect(np.zeros((64, 64), np.uint8), np.random.default_rng(3), DefectConfig(texture_prob=1.0, band_prob=0.0))[2]
+    np.testing.assert_array_equal(a.polygon, b.polygon)
+
+
+def test_a_band_share_outside_0_to_1_is_refused():
+    with pytest.raises(ValueError, match="band_prob"):
+        DefectConfig(band_prob=1.5)
