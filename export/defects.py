@@ -200,20 +200,24 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
     return replace(shape, texture=texture, amount=amount)
 
 
+def _blur(img: np.ndarray, sigma: float = 8.0) -> np.ndarray:
+    """Gaussian blur; at the default sigma, the local mean that contrast and coarse changes keep."""
+    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+
+
 def _retextured(image: np.ndarray, defect: Defect) -> np.ndarray:
     img = image.astype(np.float32)
     if defect.texture == "smooth":
-        out = cv2.GaussianBlur(img, (0, 0), defect.amount, borderType=cv2.BORDER_REFLECT)
+        out = _blur(img, defect.amount)
     elif defect.texture == "contrast":
-        local = cv2.GaussianBlur(img, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)
+        local = _blur(img)
         out = local + defect.amount * (img - local)
-    elif defect.texture == "coarse":
+    elif defect.texture == "coarse":  # the grain zoomed about the centre, on the original local brightness
         h, w = img.shape[:2]
         big = cv2.resize(img, None, fx=defect.amount, fy=defect.amount, interpolation=cv2.INTER_LINEAR)
         y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
         zoomed = big[y0:y0 + h, x0:x0 + w]
-        local = cv2.GaussianBlur(img, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)  # keep the local brightness
-        out = local + zoomed - cv2.GaussianBlur(zoomed, (0, 0), 8.0, borderType=cv2.BORDER_REFLECT)
+        out = _blur(img) + zoomed - _blur(zoomed)
     else:
         out = img * defect.amount
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
