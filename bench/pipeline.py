@@ -4,7 +4,7 @@ For each model (the demo model, models/demo, and a 256x256-input autoencoder), i
 
 1. `--frames` frames of the synthetic fabric camera (256x256 gray, a quarter with defects) are written as PNG to a
    temporary folder;
-2. the daemon's real parts are built as ``inspectd run`` builds them: thread budget (daemon.pipeline.thread_budget,
+2. the daemon's real parts are built as ``inspectd run`` builds them: thread budget (inspectd.daemon.pipeline.thread_budget,
    automatic unless `--onnxruntime-threads` / `--numba-threads`), Detector (CPU), Inspector, warm-up, the folder
    camera unthrottled (rate_hz 0), the log sink (JSON rendered, written to /dev/null), Dispatcher, Pipeline;
 3. a bare onnxruntime loop (the same Detector session, so the same session options and threads) runs over the same
@@ -59,7 +59,7 @@ def build_autoencoder(
     seed: int = 0,
     name: str | None = None,
 ) -> Path:
-    """export/model.py's ConvAutoencoder as an ONNX graph (BatchNorm folded into the convolutions), random weights.
+    """inspectd/training/model.py's ConvAutoencoder as an ONNX graph (BatchNorm folded into the convolutions), random weights.
 
     Encoder: per stage a 4x4 stride-2 conv and a 3x3 conv, LeakyReLU(0.2); a 1x1 conv to `latent` channels.
     Decoder: a 1x1 conv back, then per stage a 3x3 conv and a 4x4 stride-2 transposed conv; a 3x3 conv and a sigmoid.
@@ -67,7 +67,7 @@ def build_autoencoder(
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from daemon.manifest import Manifest, sha256_file
+    from inspectd.core.manifest import Manifest, sha256_file
 
     rng = np.random.default_rng(seed)
     nodes: list = []
@@ -139,7 +139,7 @@ def build_autoencoder(
 def write_frames(folder: Path, n: int, hw: tuple[int, int]) -> None:
     import cv2
 
-    from daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(SyntheticCameraConfig(width=hw[1], height=hw[0], defect_rate=0.25, seed=4))
     folder.mkdir(parents=True, exist_ok=True)
@@ -184,14 +184,14 @@ class _Timings:
 
 
 def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: int, all_cores: bool) -> dict:
-    from daemon import logs
-    from daemon.cameras import build_camera
-    from daemon.cameras.folder import FolderCameraConfig, list_images
-    from daemon.detector import Detector
-    from daemon.dispatch import Dispatcher
-    from daemon.inspector import Inspector
-    from daemon.pipeline import Pipeline, thread_budget
-    from daemon.sinks.log import LogSink
+    from inspectd.core import logs
+    from inspectd.daemon.cameras import build_camera
+    from inspectd.daemon.cameras.folder import FolderCameraConfig, list_images
+    from inspectd.inspection.detector import Detector
+    from inspectd.daemon.dispatch import Dispatcher
+    from inspectd.inspection.inspector import Inspector
+    from inspectd.daemon.pipeline import Pipeline, thread_budget
+    from inspectd.daemon.logsink import LogSink
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     logs.configure("info", "json", stream=devnull)  # the log sink renders its JSON lines, as in production
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    from daemon.pipeline import usable_cores
+    from inspectd.daemon.pipeline import usable_cores
 
     with tempfile.TemporaryDirectory(prefix="inspectd-bench-pipeline-") as tmp:
         tmp_path = Path(tmp)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO, cli_env
+from tests.support.helpers import REPO, cli_env
 
 
 def _run_bench(script: str, out: Path) -> dict:

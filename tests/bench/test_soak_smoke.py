@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.helpers import REPO, cli_env
+from tests.support.helpers import REPO, cli_env
 
 
 def test_soak_smoke_reports_frames_verdicts_rss_and_fds_without_growth(tmp_path):

@@ -7,10 +7,10 @@ import threading
 import pytest
 import zmq
 
-from collector.dataset import Dataset
-from collector.server import Collector
-from daemon.protocol import ACK_TAG, NACK_TAG, encode_record
-from tests.collector.support import meta_lines, record
+from inspectd.collector.dataset import Dataset
+from inspectd.collector.server import Collector
+from inspectd.feedback.protocol import ACK_TAG, NACK_TAG, encode_record
+from tests.support.collector import meta_lines, record
 
 
 class Running:

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from daemon.cameras import CAMERA_TYPES, build_camera
-from daemon.cameras.folder import FolderCamera, FolderCameraConfig
-from daemon.cameras.opencv import OpenCVCamera, OpenCVCameraConfig, mask_secrets
-from daemon.cameras.synthetic import DEFECT_KINDS, SurfaceGenerator, SyntheticCamera, SyntheticCameraConfig
-from daemon.cameras.video import VideoCamera, VideoCameraConfig
-from daemon.types import Camera, CameraError, EndOfStream
+from inspectd.daemon.cameras import CAMERA_TYPES, build_camera
+from inspectd.daemon.cameras.folder import FolderCamera, FolderCameraConfig
+from inspectd.daemon.cameras.opencv import OpenCVCamera, OpenCVCameraConfig, mask_secrets
+from inspectd.daemon.cameras.synthetic import DEFECT_KINDS, SurfaceGenerator, SyntheticCamera, SyntheticCameraConfig
+from inspectd.daemon.cameras.video import VideoCamera, VideoCameraConfig
+from inspectd.core.types import Camera
+from inspectd.core.errors import CameraError, EndOfStream
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -439,7 +440,7 @@ def test_opencv_camera_read_times_out_when_no_frame_arrives(monkeypatch):
         def release(self):
             pass
 
-    import daemon.cameras.opencv as mod
+    import inspectd.daemon.cameras.opencv as mod
 
     monkeypatch.setattr(mod.cv2, "VideoCapture", SilentCapture)
     cam = OpenCVCamera(OpenCVCameraConfig(source=0))

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import Config, check_runtime, load_config, parse_config
-from daemon.types import ConfigError
-from tests.helpers import REPO, make_blur_model, run_cli, write_config
+from inspectd.daemon.config import Config, check_runtime, load_config, parse_config
+from inspectd.core.errors import ConfigError
+from tests.support.helpers import REPO, make_blur_model, run_cli, write_config
 
 
 def _error(text: str) -> str:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from daemon.config import Config
-from daemon.configdoc import BEGIN, END, render
-from tests.helpers import REPO
+from inspectd.daemon.config import Config
+from inspectd.daemon.configdoc import BEGIN, END, render
+from tests.support.helpers import REPO
 
 
 def test_readme_configuration_reference_matches_the_schema():
     readme = (REPO / "README.md").read_text()
     section = readme[readme.index(BEGIN) : readme.index(END) + len(END)]
-    assert section == render(), "README is stale: run `.venv/bin/python -m daemon.configdoc --write README.md`"
+    assert section == render(), "README is stale: run `.venv/bin/python -m inspectd.daemon.configdoc --write README.md`"
 
 
 def test_every_config_key_has_a_description():
@@ -22,7 +22,7 @@ def test_every_config_key_has_a_description():
             elif name not in ("camera", "type"):
                 yield f"{prefix}{name}", field.description
 
-    from daemon.cameras import CAMERA_TYPES
+    from inspectd.daemon.cameras import CAMERA_TYPES
 
     missing = [k for k, d in walk(Config) if not d]
     for type_name, (cfg_cls, _) in CAMERA_TYPES.items():

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
-from daemon.cameras.base import CameraConfigBase
-from daemon.dispatch import Dispatcher
-from daemon.inspector import Inspector
-from daemon.pipeline import Pipeline, State
-from daemon.types import Code, Verdict
-from tests.helpers import CollectSink, ScriptedCamera, SlowInspector, make_blur_model
+from inspectd.daemon.cameras.base import CameraConfigBase
+from inspectd.daemon.dispatch import Dispatcher
+from inspectd.inspection.inspector import Inspector
+from inspectd.daemon.pipeline import Pipeline, State
+from inspectd.core.types import Code, Verdict
+from tests.support.helpers import CollectSink, ScriptedCamera, SlowInspector, make_blur_model
 
 
 class _Cfg(CameraConfigBase):

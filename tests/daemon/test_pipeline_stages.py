@@ -10,13 +10,14 @@ import numba
 import numpy as np
 import pytest
 
-from daemon.cameras.base import CameraConfigBase
-from daemon.config import parse_config
-from daemon.dispatch import Dispatcher
-from daemon.inspector import Inspector
-from daemon.pipeline import Pipeline, thread_budget
-from daemon.types import Code, ConfigError
-from tests.helpers import CollectSink, ScriptedCamera, draw_item, make_blur_model
+from inspectd.daemon.cameras.base import CameraConfigBase
+from inspectd.daemon.config import parse_config
+from inspectd.daemon.dispatch import Dispatcher
+from inspectd.inspection.inspector import Inspector
+from inspectd.daemon.pipeline import Pipeline, thread_budget
+from inspectd.core.types import Code
+from inspectd.core.errors import ConfigError
+from tests.support.helpers import CollectSink, ScriptedCamera, draw_item, make_blur_model
 
 
 class _Cfg(CameraConfigBase):

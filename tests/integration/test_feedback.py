@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import zmq
 
-from daemon.protocol import ACK_TAG, NACK_TAG, RECORD_TAG, encode_record
-from tests.collector.support import (
+from inspectd.feedback.protocol import ACK_TAG, NACK_TAG, RECORD_TAG, encode_record
+from tests.support.collector import (
     Daemon,
     collector,
     daemon_config,
@@ -23,7 +23,7 @@ from tests.collector.support import (
     record,
     wait_until,
 )
-from tests.helpers import make_blur_model, run_cli, verify_systemd_unit
+from tests.support.helpers import make_blur_model, run_cli, verify_systemd_unit
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +106,7 @@ def test_with_the_collector_down_for_the_whole_run_every_record_arrives_once_it_
 
 
 def test_the_plcs_false_reject_register_marks_the_item_good_and_it_reaches_the_collector(tmp_path, blur_model):
-    from tests.plc.support import plc_client
+    from tests.support.plc import plc_client
 
     port, modbus = free_port(), free_port()
     out = tmp_path / "out"

@@ -10,11 +10,11 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="fine-tuning needs the train extra (pip install -e '.[train]')")
 
-from collector.dataset import Dataset
-from daemon.manifest import load_manifest
-from daemon.protocol import RecordMeta
-from export.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table
-from tests.helpers import make_blur_model, run_cli
+from inspectd.collector.dataset import Dataset
+from inspectd.core.manifest import load_manifest
+from inspectd.feedback.protocol import RecordMeta
+from inspectd.training.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table
+from tests.support.helpers import make_blur_model, run_cli
 
 TINY = ["--input-size", "32", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
         "--batch-size", "8", "--threads", "1", "--log-every", "20"]
@@ -50,9 +50,9 @@ def test_the_loss_threshold_follows_the_seeds_table_by_sample_count():
 
 
 def test_training_stops_when_the_loss_reaches_the_threshold_or_else_at_the_iteration_cap():
-    from export.data import InputGeometry, TrainingSet
-    from export.model import ConvAutoencoder, ModelConfig
-    from export.train import TrainConfig, train
+    from inspectd.training.data import InputGeometry, TrainingSet
+    from inspectd.training.model import ConvAutoencoder, ModelConfig
+    from inspectd.training.train import TrainConfig, train
 
     cfg = ModelConfig(height=32, width=32, channels=1, base_width=8, max_width=16, latent_channels=8, depth=2)
     data = TrainingSet(_stripes(8, 8, 0.5, 0, size=32), InputGeometry(height=32, width=32))
@@ -65,7 +65,7 @@ def test_training_stops_when_the_loss_reaches_the_threshold_or_else_at_the_itera
 
 
 def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_path):
-    from calibration.thresholds import open_inspector
+    from inspectd.evaluation.thresholds import open_inspector
 
     t0 = time.monotonic()
     # the line's model: trained on one weave (stripes of period 8)

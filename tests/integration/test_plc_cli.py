@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from tests.helpers import daemon_config, make_blur_model, parse_json_lines, popen_cli, synthetic_camera
-from tests.plc.support import StandInPlc, free_port, plc_client, wait_until
+from tests.support.helpers import daemon_config, make_blur_model, parse_json_lines, popen_cli, synthetic_camera
+from tests.support.plc import StandInPlc, free_port, plc_client, wait_until
 
 CODES = {"pass": 1, "reject": 2, "error": 3}
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from tests.helpers import REPO, cli_env
+from tests.support.helpers import REPO, cli_env
 
 
 def test_modbus_bench_smoke_writes_its_json(tmp_path):

@@ -7,11 +7,11 @@ import time
 
 import pytest
 
-from daemon.pipeline import State
-from daemon.plc import PlcConfig, build_plc_sink
-from daemon.plc.book import FLAG_READY, FLAG_REJECT, FLAG_TOGGLE
-from daemon.types import Code
-from tests.plc.support import FakeControls, StandInPlc, code_for, free_port, verdict, wait_until
+from inspectd.daemon.pipeline import State
+from inspectd.plc import PlcConfig, build_plc_sink
+from inspectd.plc.book import FLAG_READY, FLAG_REJECT, FLAG_TOGGLE
+from inspectd.core.types import Code
+from tests.support.plc import FakeControls, StandInPlc, code_for, free_port, verdict, wait_until
 
 WRITE, READ = 100, 150  # where the stand-in PLC keeps inspectd's status block and its own request registers
 

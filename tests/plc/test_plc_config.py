@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.config import load_config, parse_config
-from daemon.plc import PlcConfig
-from daemon.types import ConfigError
-from tests.helpers import REPO
+from inspectd.daemon.config import load_config, parse_config
+from inspectd.plc import PlcConfig
+from inspectd.core.errors import ConfigError
+from tests.support.helpers import REPO
 
 CAMERA = "camera:\n  type: synthetic\n"
 

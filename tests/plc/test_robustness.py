@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from daemon.plc import PlcConfig, build_plc_sink
-from daemon.types import Code
-from tests.plc.support import free_port, plc_client, verdict, wait_until
+from inspectd.plc import PlcConfig, build_plc_sink
+from inspectd.core.types import Code
+from tests.support.plc import free_port, plc_client, verdict, wait_until
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from daemon.pipeline import State
-from daemon.plc import PlcConfig, PlcError, build_plc_sink
-from daemon.types import Code
-from tests.plc.support import FakeControls, code_for, free_port, plc_client, verdict, wait_until
+from inspectd.daemon.pipeline import State
+from inspectd.plc import PlcConfig, PlcError, build_plc_sink
+from inspectd.core.types import Code
+from tests.support.plc import FakeControls, code_for, free_port, plc_client, verdict, wait_until
 
 
 @pytest.fixture
@@ -206,6 +206,6 @@ def test_a_port_in_use_is_a_clear_plc_error():
 
 
 def test_book_state_values_are_the_pipeline_states():
-    from daemon.plc import book
+    from inspectd.plc import book
 
     assert (book.RUNNING, book.STOPPING) == (State.RUNNING, State.STOPPING)

@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers import draw_item, make_blur_model, run_cli
-from tests.plc.support import free_port, plc_client, wait_until
-from tests.reliability.support import assert_accounted, config, plc_section, plc_view, run_daemon, verdicts
+from tests.support.helpers import draw_item, make_blur_model, run_cli
+from tests.support.plc import free_port, plc_client, wait_until
+from tests.support.reliability import assert_accounted, config, plc_section, plc_view, run_daemon, verdicts
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import pytest
 import zmq
 import zmq.auth
 
-from daemon.protocol import encode_record
-from tests.collector.support import Daemon, collector, daemon_config, free_port, meta_lines, record, wait_until
-from tests.helpers import make_blur_model, run_cli
+from inspectd.feedback.protocol import encode_record
+from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, record, wait_until
+from tests.support.helpers import make_blur_model, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config, parse_config
-from daemon.types import ConfigError
-from tests.helpers import REPO, draw_item
+from inspectd.daemon.config import Config, parse_config
+from inspectd.core.errors import ConfigError
+from tests.support.helpers import REPO, draw_item
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
@@ -131,8 +131,8 @@ def test_fuzz_cli_handlers_with_bad_configs_return_2_with_a_message(tmp_path, cm
 
 @pytest.fixture(scope="module")
 def collector_server(tmp_path_factory):
-    from collector.dataset import Dataset
-    from collector.server import Collector
+    from inspectd.collector.dataset import Dataset
+    from inspectd.collector.server import Collector
 
     ctx = zmq.Context()
     c = Collector("tcp://127.0.0.1:*", Dataset(tmp_path_factory.mktemp("collected")), max_image_bytes=256 * 1024,
@@ -152,7 +152,7 @@ def collector_server(tmp_path_factory):
 
 
 def _meta_like():
-    from tests.collector.support import record
+    from tests.support.collector import record
 
     meta, _ = record("fuzz-1")
     return st.fixed_dictionaries({}, optional={k: st.one_of(st.just(v), values) for k, v in meta.items()})
@@ -168,7 +168,7 @@ frames = st.lists(
 @FUZZ
 @given(message=frames)
 def test_fuzz_zeromq_messages_are_answered_and_the_collector_keeps_serving(collector_server, message):
-    from daemon.protocol import ACK_TAG, NACK_TAG
+    from inspectd.feedback.protocol import ACK_TAG, NACK_TAG
 
     c, dealer, thread = collector_server
     dealer.send_multipart(message)
@@ -179,8 +179,8 @@ def test_fuzz_zeromq_messages_are_answered_and_the_collector_keeps_serving(colle
 
 
 def test_after_the_zeromq_fuzz_a_valid_record_is_stored(collector_server):
-    from daemon.protocol import ACK_TAG, encode_record
-    from tests.collector.support import record
+    from inspectd.feedback.protocol import ACK_TAG, encode_record
+    from tests.support.collector import record
 
     c, dealer, thread = collector_server
     dealer.send_multipart(encode_record(*record("after-fuzz")))
@@ -192,8 +192,8 @@ def test_after_the_zeromq_fuzz_a_valid_record_is_stored(collector_server):
 
 @pytest.fixture(scope="module")
 def modbus_server():
-    from daemon.plc import PlcConfig, build_plc_sink
-    from tests.plc.support import free_port
+    from inspectd.plc import PlcConfig, build_plc_sink
+    from tests.support.plc import free_port
 
     sink = build_plc_sink(PlcConfig(server={"port": free_port(), "linger_s": 0, "max_clients": 8}))
     sink.start()
@@ -216,8 +216,8 @@ modbus_bytes = st.one_of(
 @FUZZ
 @given(payload=modbus_bytes)
 def test_fuzz_modbus_frames_never_stop_the_server_and_a_normal_read_still_answers(modbus_server, payload):
-    from daemon.types import Code
-    from tests.plc.support import verdict
+    from inspectd.core.types import Code
+    from tests.support.plc import verdict
 
     with socket.create_connection(modbus_server.address, timeout=2) as s:
         s.sendall(payload)
@@ -237,8 +237,8 @@ def test_fuzz_modbus_frames_never_stop_the_server_and_a_normal_read_still_answer
 
 @pytest.fixture(scope="module")
 def control_server(tmp_path_factory):
-    from daemon.control import ControlServer
-    from daemon.feedback import Feedback
+    from inspectd.feedback.control import ControlServer
+    from inspectd.feedback.channel import Feedback
 
     fb = Feedback()
     server = ControlServer(tmp_path_factory.mktemp("ctl") / "c.sock", fb.handle)
@@ -284,8 +284,8 @@ images = st.one_of(st.binary(max_size=2000),
 
 @pytest.fixture(scope="module")
 def gray_inspector(tmp_path_factory):
-    from daemon.inspector import Inspector
-    from tests.helpers import make_blur_model
+    from inspectd.inspection.inspector import Inspector
+    from tests.support.helpers import make_blur_model
 
     return Inspector.from_model_dir(make_blur_model(tmp_path_factory.mktemp("m"), size=(32, 32)),
                                     providers=("CPUExecutionProvider",))
@@ -295,7 +295,7 @@ def gray_inspector(tmp_path_factory):
 @given(data=images, ext=st.sampled_from([".png", ".jpg", ".bmp", ".tif"]))
 def test_fuzz_image_files_in_a_folder_camera_give_an_error_capture_or_an_image_that_inspects(
         tmp_path, gray_inspector, data, ext):
-    from daemon.cameras.folder import FolderCamera, FolderCameraConfig
+    from inspectd.daemon.cameras.folder import FolderCamera, FolderCameraConfig
 
     folder = tmp_path / "imgs"
     folder.mkdir(exist_ok=True)

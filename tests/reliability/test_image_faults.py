@@ -11,9 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from daemon.inspector import Inspector
-from tests.helpers import draw_item, make_blur_model, run_cli
-from tests.reliability.support import config
+from inspectd.inspection.inspector import Inspector
+from tests.support.helpers import draw_item, make_blur_model, run_cli
+from tests.support.reliability import config
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.plc import PlcConfig, build_plc_sink
-from tests.helpers import make_blur_model
-from tests.plc.support import free_port, plc_client, wait_until
-from tests.reliability.support import assert_accounted, config, plc_section, plc_view, run_daemon
+from inspectd.plc import PlcConfig, build_plc_sink
+from tests.support.helpers import make_blur_model
+from tests.support.plc import free_port, plc_client, wait_until
+from tests.support.reliability import assert_accounted, config, plc_section, plc_view, run_daemon
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.support import Daemon, daemon_config, free_port, wait_until
-from tests.helpers import make_blur_model, run_cli
-from tests.plc.support import plc_client
-from tests.reliability.support import assert_accounted, config, plc_section, plc_view, wait_verdicts
+from tests.support.collector import Daemon, daemon_config, free_port, wait_until
+from tests.support.helpers import make_blur_model, run_cli
+from tests.support.plc import plc_client
+from tests.support.reliability import assert_accounted, config, plc_section, plc_view, wait_verdicts
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def _replace_model(live: Path, new: Path) -> None:
 
 
 def test_a_model_whose_onnx_is_garbage_but_whose_hash_matches_is_refused_at_start_with_exit_2(tmp_path, models):
-    from daemon.manifest import Manifest, sha256_file
+    from inspectd.core.manifest import Manifest, sha256_file
 
     broken = tmp_path / "broken"
     shutil.copytree(models[0], broken)

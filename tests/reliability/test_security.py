@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.support.helpers import REPO
 
 LIMITS = {"inspectd.service": 2.5, "inspectd-collect.service": 2.0}
 
@@ -43,7 +43,7 @@ def test_the_daemon_unit_reloads_with_sighup_and_keeps_the_access_it_needs():
 
 
 def test_the_control_socket_is_not_world_accessible(tmp_path):
-    from daemon.control import ControlServer
+    from inspectd.feedback.control import ControlServer
 
     server = ControlServer(tmp_path / "c.sock", lambda request: {"ok": True})
     try:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from pymodbus.client import ModbusTcpClient
 
-from daemon.control import ControlError
-from tests.collector.support import Daemon, collector, daemon_config, free_port, meta_lines, wait_until
-from tests.helpers import make_blur_model
-from tests.plc.support import plc_client
-from tests.reliability.support import assert_accounted, plc_section, plc_view
+from inspectd.feedback.control import ControlError
+from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, wait_until
+from tests.support.helpers import make_blur_model
+from tests.support.plc import plc_client
+from tests.support.reliability import assert_accounted, plc_section, plc_view
 
 
 @pytest.fixture(scope="module")

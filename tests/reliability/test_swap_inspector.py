@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import time
 
-from daemon.cameras.base import CameraConfigBase
-from daemon.dispatch import Dispatcher
-from daemon.inspector import Inspector
-from daemon.pipeline import Pipeline
-from daemon.types import Code
-from tests.helpers import CollectSink, ScriptedCamera, make_blur_model
+from inspectd.daemon.cameras.base import CameraConfigBase
+from inspectd.daemon.dispatch import Dispatcher
+from inspectd.inspection.inspector import Inspector
+from inspectd.daemon.pipeline import Pipeline
+from inspectd.core.types import Code
+from tests.support.helpers import CollectSink, ScriptedCamera, make_blur_model
 
 
 class _Cfg(CameraConfigBase):

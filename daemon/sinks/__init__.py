@@ -1,1 +1,0 @@
-"""Where verdicts go. The dispatcher calls each sink in order: time-critical ones (Modbus) first."""

@@ -1,0 +1,1 @@
+"""Experiment probes and measurements, not installed with the package (run them from a checkout)."""

@@ -1,0 +1,206 @@
+"""One image in, one difference map and decision out: preprocess -> ONNX -> SSIM map -> decide.
+
+This is the daemon's whole per-frame computation, and the one code path that calibration and evaluation use too,
+so thresholds are chosen on exactly the numbers the daemon will see.
+
+Two ways to call it:
+
+- ``inspect(image)`` (and ``score_map(image)``): the whole computation in one call (calibration, evaluation, tests);
+- the three stages ``prepare(image) -> Pending``, ``infer(pending)``, ``finish(pending) -> Inspection``, which the
+  pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
+  inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
+
+An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
+member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
+every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or mean) before the one
+decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
+
+Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
+owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
+``Pending`` belongs to one frame and is handed from stage to stage, never shared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from inspectd.inspection.decide import Decider, reduce_map, smooth_map
+from inspectd.inspection.detector import DEFAULT_PROVIDERS, Detector
+from inspectd.inspection.preprocess import Prepared, Preprocessor
+from inspectd.inspection.ssim import SsimKernel
+from inspectd.core.types import Decision
+
+
+@dataclass
+class Inspection:
+    score_map: np.ndarray  # float32, frame-sized: 1 - SSIM(input, reconstruction), larger = more different
+    decision: Decision
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    reconstruction: np.ndarray | None = None  # per-tile reconstructions in [0, 1] (only when asked for)
+    # an ensemble, with finish(model_scores=True): each model's image score (the manifest's reduction of its
+    # divided map), primary first
+    parts: list[float] | None = None
+
+
+@dataclass
+class Pending:
+    """One frame part-way through inspection: prepared by `prepare`, reconstructed by `infer`."""
+
+    prepared: Prepared
+    output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    members: list["Pending"] = field(default_factory=list)  # an ensemble's other models, in manifest order
+
+
+class Inspector:
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        pixel_threshold: float | None = None,
+        min_region_area: int | None = None,
+    ) -> None:
+        self.detector = detector
+        m = detector.manifest
+        self.manifest = m
+        self.preprocessor = Preprocessor(m.preprocess, m.input)
+        self.ssim = SsimKernel(window=m.ssim.window, size=m.ssim.size, sigma=m.ssim.sigma, k1=m.ssim.k1, k2=m.ssim.k2)
+        self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
+        self.min_region_area = m.thresholds.min_region_area if min_region_area is None else int(min_region_area)
+        self.decider = Decider(self.pixel_threshold, self.min_region_area, m.score.reduction)
+        self.members: list[tuple[Inspector, float]] = []  # (member, divide_by) of an ensemble
+        if m.ensemble is not None:
+            self.members = self._open_members()
+
+    def _open_members(self) -> list[tuple["Inspector", float]]:
+        """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
+        from inspectd.core.manifest import load_members
+        from inspectd.core.errors import ModelError
+
+        ens = self.manifest.ensemble
+        out = []
+        # where each member is, and that it still is one (cheap: its Detector below hashes its model.onnx)
+        members = load_members(self.detector.model_dir, self.manifest, verify_hash=False)
+        for (path, _), spec in zip(members, ens.members):
+            member = Inspector(Detector(path, **self.detector.options))
+            if member.manifest.onnx.sha256 != spec.sha256:  # replaced between the check and the session
+                msg = f"ensemble member {path} changed while loading (sha256 {member.manifest.onnx.sha256[:12]}…)"
+                raise ModelError(msg)
+            out.append((member, spec.divide_by))
+        return out
+
+    @classmethod
+    def from_model_dir(
+        cls,
+        model_dir: str | Path,
+        *,
+        providers: tuple[str, ...] = DEFAULT_PROVIDERS,
+        require_gpu: bool = False,
+        intra_op_threads: int = 0,
+        pixel_threshold: float | None = None,
+        min_region_area: int | None = None,
+    ) -> "Inspector":
+        det = Detector(model_dir, providers=tuple(providers), require_gpu=require_gpu, intra_op_threads=intra_op_threads)
+        return cls(det, pixel_threshold=pixel_threshold, min_region_area=min_region_area)
+
+    # --- the three pipeline stages ----------------------------------------------------------------------------
+
+    def prepare(self, image: np.ndarray) -> Pending:
+        """Stage 1: frame -> model batch and SSIM reference (resize or tiles), as the manifest says."""
+        t0 = time.perf_counter()
+        prepared = self.preprocessor.prepare(image)
+        members = [member.prepare(image) for member, _ in self.members]
+        return Pending(prepared, timings_ms={"preprocess": (time.perf_counter() - t0) * 1e3}, members=members)
+
+    def infer(self, pending: Pending) -> Pending:
+        """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
+        t0 = time.perf_counter()
+        pending.output = self.detector.run(pending.prepared.batch)
+        for (member, _), part in zip(self.members, pending.members):
+            member.infer(part)
+        pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
+        return pending
+
+    def finish(self, pending: Pending, *, keep_reconstruction: bool = False, model_scores: bool = False) -> Inspection:
+        """Stage 3: SSIM difference map of input vs reconstruction, stitched to frame size, then the decision."""
+        if pending.output is None:
+            msg = "finish() needs a Pending that went through infer() first"
+            raise ValueError(msg)
+        timings = pending.timings_ms
+        t0 = time.perf_counter()
+        score_map, recon, parts = self._map(pending, model_scores=model_scores)
+        t1 = time.perf_counter()
+        decision = self.decider.decide(score_map)
+        timings["ssim"] = (t1 - t0) * 1e3
+        timings["decide"] = (time.perf_counter() - t1) * 1e3
+        return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
+
+    def _map(self, pending: Pending, *, model_scores: bool = False) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+        """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
+        an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
+        map divided by its divisor (manifest ensemble.divide_by)."""
+        score_map, recon = self._score(pending.prepared, pending.output)
+        ens = self.manifest.ensemble
+        if ens is None:
+            return score_map, recon, None
+        if len(pending.members) != len(self.members) or any(p.output is None for p in pending.members):
+            msg = "finish() needs a Pending prepared and inferred by this Inspector (its ensemble members are missing)"
+            raise ValueError(msg)
+        combined = score_map / np.float32(ens.divide_by)
+        reduction = self.manifest.score.reduction
+        parts = [reduce_map(combined, reduction)] if model_scores else None
+        for (member, divide_by), part in zip(self.members, pending.members):
+            other = member._score(part.prepared, part.output)[0]
+            if other.shape != combined.shape:
+                msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
+                raise ValueError(msg)
+            other /= np.float32(divide_by)
+            if parts is not None:
+                parts.append(reduce_map(other, reduction))
+            if ens.combine == "max":
+                np.maximum(combined, other, out=combined)
+            else:
+                combined += other
+        if ens.combine == "mean":
+            combined /= np.float32(len(self.members) + 1)
+        return combined, recon, parts
+
+    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
+        manifest's score.smooth_sigma says (decide.smooth_map)."""
+        recon = self.preprocessor.to_unit(output)
+        ref = prepared.reference
+        layout = prepared.layout
+        if ref.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == ref.shape[1:3]:  # one tile = frame
+            return smooth_map(self.ssim.difference(ref[0], recon[0]), self.manifest.score.smooth_sigma), recon
+        maps = np.empty(ref.shape[:3], dtype=np.float32)
+        for i in range(ref.shape[0]):
+            self.ssim.difference(ref[i], recon[i], out=maps[i])
+        return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), recon
+
+    # --- one call ----------------------------------------------------------------------------------------------
+
+    def score_map(self, image: np.ndarray) -> np.ndarray:
+        """The frame-sized difference map of one uint8 image (HxW gray or HxWx3 BGR)."""
+        return self._map(self.infer(self.prepare(image)))[0]
+
+    def inspect(self, image: np.ndarray, *, keep_reconstruction: bool = False) -> Inspection:
+        """All three stages in one call: finish(infer(prepare(image)))."""
+        return self.finish(self.infer(self.prepare(image)), keep_reconstruction=keep_reconstruction)
+
+    def warmup(self) -> float:
+        """First inference and every JIT kernel, on a frame of the model's own size; returns seconds."""
+        t0 = time.perf_counter()
+        self.detector.warmup()
+        self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
+        for member, _ in self.members:
+            member.detector.warmup()
+            member.ssim.warmup(member.preprocessor.channels)
+        c, h, w = self.manifest.input.shape[1:]
+        frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
+        self.inspect(frame)
+        return time.perf_counter() - t0

@@ -1,0 +1,167 @@
+"""Labelled images in the MVTec layout (DESIGN.md §6): test/<class>/<stem>.<ext> with its label at
+ground_truth/<class>/<stem>_mask.png (0/255).
+
+A label says "defect-free" when its mask is missing or all zero, so a deleted label and a good image read the same.
+Image ids are "<class>/<stem>", the form the check's JSON uses. Image files may be symlinks (the corruption
+experiment links images from ../shared and writes only masks).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+MASK_SUFFIX = "_mask.png"
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    id: str  # "<class>/<stem>"
+    image_path: Path
+    mask_path: Path  # where its label lives (may not exist = defect-free)
+
+    @property
+    def defect_class(self) -> str:
+        return self.id.split("/", 1)[0]
+
+    @property
+    def stem(self) -> str:
+        return self.id.split("/", 1)[1]
+
+
+def mask_path_for(root: Path, image_id: str) -> Path:
+    cls, stem = image_id.split("/", 1)
+    return Path(root) / "ground_truth" / cls / f"{stem}{MASK_SUFFIX}"
+
+
+def _is_image(f: Path) -> bool:
+    return f.suffix.lower() in IMAGE_EXTS and not f.name.startswith(".")
+
+
+def scan(root: str | Path, split: str = "test") -> list[LabelledImage]:
+    """Every image of root/<split>/<class>/, sorted by id; raises when there is none."""
+    root = Path(root)
+    base = root / split
+    if not base.is_dir():
+        msg = f"{base} does not exist: expected an MVTec-layout folder with {split}/<class>/<images>"
+        raise FileNotFoundError(msg)
+    items = []
+    for cls_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        for f in sorted(cls_dir.iterdir()):
+            if _is_image(f):
+                image_id = f"{cls_dir.name}/{f.stem}"
+                items.append(LabelledImage(image_id, f, mask_path_for(root, image_id)))
+    if not items:
+        msg = f"no images under {base}/<class>/ (extensions {', '.join(IMAGE_EXTS)})"
+        raise FileNotFoundError(msg)
+    return items
+
+
+def train_good(root: str | Path) -> list[Path]:
+    """The known defect-free images of an MVTec tree (root/train/good/), sorted; [] when there is no such folder."""
+    base = Path(root) / "train" / "good"
+    if not base.is_dir():
+        return []
+    return sorted(f for f in base.iterdir() if _is_image(f))
+
+
+def read_gray(path: str | Path) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        msg = f"cannot read image {path}"
+        raise OSError(msg)
+    return img
+
+
+def read_mask(item: LabelledImage, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The label as a uint8 0/255 mask; zeros when missing. `shape` (h, w) checks or supplies the size."""
+    if item.mask_path.is_file():
+        m = read_gray(item.mask_path)
+        if shape is not None and m.shape != tuple(shape):
+            msg = f"mask {item.mask_path} is {m.shape[1]}x{m.shape[0]} but its image is {shape[1]}x{shape[0]}"
+            raise ValueError(msg)
+        return np.where(m > 127, 255, 0).astype(np.uint8)
+    if shape is None:
+        shape = read_gray(item.image_path).shape
+    return np.zeros(shape, np.uint8)
+
+
+def write_png(path: str | Path, image: np.ndarray) -> Path:
+    """Write a PNG atomically (temp file, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        msg = f"cannot encode {path} as PNG"
+        raise OSError(msg)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".png.tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(buf.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def write_mask(root: str | Path, image_id: str, mask: np.ndarray) -> Path:
+    """Store a label in ground_truth layout as 0/255 PNG."""
+    return write_png(mask_path_for(Path(root), image_id), np.where(mask > 0, 255, 0).astype(np.uint8))
+
+
+def link_image(src: Path, root: str | Path, image_id: str, split: str = "test") -> Path:
+    """Reference an image from root/<split>/<class>/ by symlink (no copy); returns the link."""
+    cls, stem = image_id.split("/", 1)
+    dst = Path(root) / split / cls / f"{stem}{src.suffix}"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    dst.symlink_to(Path(src).resolve())
+    return dst
+
+
+def import_labels(src: str | Path, images: str | Path, out: str | Path, *, default_class: str = "defect") -> list[str]:
+    """Reviewed labels -> MVTec layout under `out`.
+
+    `src` holds LabelMe JSON files (<stem>.json) and/or mask PNGs (<stem>_mask.png or <stem>.png), flat or in
+    <class>/ subfolders; `images` holds the images they belong to (searched recursively by stem). Each image is
+    linked to out/test/<class>/ and its label written to out/ground_truth/<class>/<stem>_mask.png (an image with an
+    empty label goes to class "good" and gets no mask). Returns the ids written."""
+    from inspectd.labelling.labelme import read_labelme_mask
+
+    src, out = Path(src), Path(out)
+    by_stem = {p.stem: p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file()}
+    written = []
+    for f in sorted(src.rglob("*")):
+        if f.suffix.lower() == ".json":
+            stem = f.stem
+        elif f.suffix.lower() == ".png" and f.parent != Path(images):
+            stem = f.stem[: -len("_mask")] if f.stem.endswith("_mask") else f.stem
+        else:
+            continue
+        if stem not in by_stem:
+            continue
+        image = by_stem[stem]
+        h, w = read_gray(image).shape
+        if f.suffix.lower() == ".json":
+            mask = read_labelme_mask(f, (h, w))
+        else:
+            mask = read_gray(f)
+            if mask.shape != (h, w):
+                msg = f"mask {f} is {mask.shape[1]}x{mask.shape[0]} but image {image} is {w}x{h}"
+                raise ValueError(msg)
+        cls = f.parent.name if f.parent != src else default_class
+        if not np.any(mask > 127):
+            cls = "good"
+        image_id = f"{cls}/{stem}"
+        link_image(image, out, image_id)
+        if cls != "good":
+            write_mask(out, image_id, mask > 127)
+        written.append(image_id)
+    if not written:
+        msg = f"no LabelMe JSON or mask PNG under {src} matches an image under {images}"
+        raise FileNotFoundError(msg)
+    return written

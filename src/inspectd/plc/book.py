@@ -1,0 +1,152 @@
+"""What the PLC is told, without addresses: the newest result, toggles, counters, the ring, heartbeat, state.
+
+Both link modes keep one ResultBook and render it: the server into its coil and register tables, the client into
+the status block it writes. The book does no locking and no I/O; its owner applies a whole result under one lock,
+so no reader ever sees one item's seq with another item's code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from inspectd.plc.config import CLIENT_BLOCK_WORDS, RING_SLOTS
+from inspectd.core.types import Code, Verdict
+
+RUNNING, STOPPING = 1, 4  # inspectd.daemon.pipeline.State values (not imported: the pipeline imports the sinks' world)
+
+# client-mode status block: word offsets from plc.client.write_address (server-mode offsets where they exist)
+OFF_HEARTBEAT, OFF_STATE, OFF_SEQ, OFF_CODE, OFF_SCORE, OFF_AREA, OFF_ITEM, OFF_FLAGS = range(8)
+OFF_COUNTERS = 8  # 6 words
+OFF_RING = 16  # 16 words
+FLAG_READY, FLAG_TOGGLE, FLAG_PASS, FLAG_REJECT = 1, 2, 4, 8
+
+
+def wrap_seq(seq: int) -> int:
+    """The daemon's unbounded seq as the PLC sees it: 1..65535, then 1 again (0 means 'no result yet')."""
+    return (seq - 1) % 65535 + 1 if seq > 0 else 0
+
+
+def saturate16(value: float) -> int:
+    """0..65535; NaN saturates high (an unusable score must not read as a perfect one)."""
+    if isinstance(value, float) and math.isnan(value):
+        return 65535
+    return max(0, min(65535, round(value)))
+
+
+def uint32_words(value: int) -> list[int]:
+    value &= 0xFFFFFFFF
+    return [value >> 16, value & 0xFFFF]
+
+
+@dataclass(frozen=True, slots=True)
+class PlcResult:
+    seq: int  # wrapped, 1..65535
+    code: int  # Code value: 1 pass, 2 reject, 3 error
+    score_milli: int
+    defect_area: int
+    item_id: int
+
+    @classmethod
+    def from_verdict(cls, v: Verdict) -> "PlcResult":
+        return cls(
+            seq=wrap_seq(v.seq),
+            code=int(v.code),
+            score_milli=saturate16(v.score * 1000.0),
+            defect_area=saturate16(v.defect_area),
+            item_id=int(v.item_id) & 0xFFFF,
+        )
+
+
+class ResultBook:
+    def __init__(self, heartbeat_interval_s: float) -> None:
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.heartbeat = 0
+        self.state = 0  # STARTING until the pipeline says otherwise
+        self.last: PlcResult | None = None
+        self.toggle = False
+        self.frames = self.rejects = self.errors = 0
+        self.ring: deque[PlcResult] = deque(maxlen=RING_SLOTS)  # newest at the left
+        self._last_beat: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state == RUNNING
+
+    def add(self, verdict: Verdict) -> PlcResult:
+        result = PlcResult.from_verdict(verdict)
+        self.last = result
+        self.toggle = not self.toggle
+        self.frames += 1
+        self.rejects += verdict.code is Code.REJECT
+        self.errors += verdict.code is Code.ERROR
+        self.ring.appendleft(result)
+        return result
+
+    def beat(self, now: float) -> bool:
+        """Called from the inspection loop; counts up once per interval. True when the register changed."""
+        if self._last_beat is not None and now - self._last_beat < self.heartbeat_interval_s:
+            return False
+        self._last_beat = now
+        self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+        return True
+
+    def set_state(self, state: int) -> bool:
+        """True when it changed. STOPPING is final: nothing moves the PLC's view back to running."""
+        if self.state == STOPPING or state == self.state:
+            return False
+        self.state = int(state)
+        return True
+
+    # --- renderings ---------------------------------------------------------------------------------------
+
+    @property
+    def last_pass(self) -> bool:
+        return self.last is not None and self.last.code == Code.PASS
+
+    @property
+    def last_reject(self) -> bool:
+        """Reject and error alike: fail-safe, an item is bad until it has a positive pass."""
+        return self.last is not None and self.last.code != Code.PASS
+
+    def result_words(self) -> list[int]:
+        """last_seq, last_code, last_score_milli, last_defect_area, last_item_id."""
+        r = self.last
+        return [0, 0, 0, 0, 0] if r is None else [r.seq, r.code, r.score_milli, r.defect_area, r.item_id]
+
+    def counter_words(self) -> list[int]:
+        return [*uint32_words(self.frames), *uint32_words(self.rejects), *uint32_words(self.errors)]
+
+    def ring_words(self) -> list[int]:
+        words = [0] * (2 * RING_SLOTS)
+        for i, r in enumerate(self.ring):
+            words[2 * i], words[2 * i + 1] = r.seq, r.code
+        return words
+
+    def flags(self) -> int:
+        return (
+            FLAG_READY * self.ready
+            | FLAG_TOGGLE * self.toggle
+            | FLAG_PASS * self.last_pass
+            | FLAG_REJECT * self.last_reject
+        )
+
+    def block(self) -> list[int]:
+        """The client-mode status block (32 words); see the README for the layout."""
+        words = [0] * CLIENT_BLOCK_WORDS
+        words[OFF_HEARTBEAT] = self.heartbeat
+        words[OFF_STATE] = self.state
+        words[OFF_SEQ : OFF_SEQ + 5] = self.result_words()
+        words[OFF_FLAGS] = self.flags()
+        words[OFF_COUNTERS : OFF_COUNTERS + 6] = self.counter_words()
+        words[OFF_RING : OFF_RING + 2 * RING_SLOTS] = self.ring_words()
+        return words
+
+    def with_live_fields(self, block: list[int]) -> list[int]:
+        """A result block taken earlier, with the heartbeat, state and ready bit as they are now."""
+        out = list(block)
+        out[OFF_HEARTBEAT] = self.heartbeat
+        out[OFF_STATE] = self.state
+        out[OFF_FLAGS] = (out[OFF_FLAGS] & ~FLAG_READY) | (FLAG_READY * self.ready)
+        return out

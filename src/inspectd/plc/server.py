@@ -1,0 +1,278 @@
+"""Server mode: inspectd is a Modbus TCP server and the PLC polls it (DESIGN.md §4).
+
+Threading: the pymodbus server runs on its own asyncio event loop in the thread `plc-server`. The pipeline's
+threads call emit() / on_state() / heartbeat(), which only update the PlcDatastore's tables under its lock
+(microseconds; never the network). PLC requests (a rising trigger, a false-reject seq) are served on the event loop
+after the write has been answered; the false-reject hand-over, which may touch the disk, runs in its own thread.
+
+Connections: at most `max_clients`; one more closes the connection that has been idle longest (a PLC that rebooted
+leaves a dead one behind). A connection with no request for `idle_timeout_s` is closed (half-open connections).
+Malformed frames are dropped by pymodbus' framer (its receive buffer is capped at 516 bytes), unknown function
+codes get exception 01, illegal addresses exception 02; none of it stops the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import threading
+import time
+
+import structlog
+import ipaddress
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+
+from inspectd.plc import PlcError
+from inspectd.plc.book import STOPPING, ResultBook
+from inspectd.plc.config import PlcConfig
+from inspectd.plc.datastore import PlcDatastore
+from inspectd.plc.requests import RequestWorker
+from inspectd.core.types import Verdict
+
+log = structlog.get_logger("inspectd.plc")
+
+
+class _Connection(ServerRequestHandler):
+    """pymodbus' per-connection handler, plus the time of the last request and the peer's address."""
+
+    def __init__(self, owner: "_Server") -> None:
+        super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
+        self.last_rx = time.monotonic()
+        self.peer = "?"
+        self.may_write = owner.allow_writes_from is None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if self.server.allow_writes_from is not None and isinstance(peer, tuple):
+            self.may_write = _normalise_ip(peer[0]) in self.server.allow_writes_from
+        self.server.clients_changed(self, connected=True)
+
+    async def handle_request(self):
+        """plc.server.allow_writes_from: a write from any other peer gets exception 01 and changes nothing."""
+        pdu = self.last_pdu
+        if pdu is not None and not self.may_write and pdu.function_code in _WRITE_FCS:
+            self.server.writes_refused += 1
+            n = self.server.writes_refused
+            if n <= 3 or n % 1000 == 0:
+                log.warning("plc_write_refused", peer=self.peer, function=pdu.function_code, refused=n,
+                            reason="peer not in plc.server.allow_writes_from")
+            response = ExceptionResponse(pdu.function_code, ExcCodes.ILLEGAL_FUNCTION)
+            response.transaction_id = pdu.transaction_id
+            response.dev_id = pdu.dev_id
+            self.server_send(response, self.last_addr)
+            return
+        await super().handle_request()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = time.monotonic()
+        super().data_received(data)
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        super().callback_disconnected(exc)
+        self.server.clients_changed(self, connected=False)
+
+    def drop(self, why: str) -> None:
+        log.warning("plc_connection_closed", peer=self.peer, reason=why)
+        self.close()
+        self.server.clients_changed(self, connected=False)
+
+
+class _Server(ModbusTcpServer):
+    def __init__(self, store: PlcDatastore, address: tuple[str, int], max_clients: int, idle_timeout_s: float) -> None:
+        super().__init__(store, address=address)
+        self.max_clients = max_clients
+        self.idle_timeout_s = idle_timeout_s
+        self.link_up = False
+        self.allow_writes_from: frozenset[str] | None = None
+        self.writes_refused = 0
+
+    def callback_new_connection(self) -> _Connection:
+        return _Connection(self)
+
+    def handle_new_connection(self):
+        for _ in range(len(self.active_connections)):  # bounded: each pass closes one
+            if len(self.active_connections) < self.max_clients:
+                break
+            idle = min(self.active_connections.values(), key=lambda c: getattr(c, "last_rx", 0.0))
+            if isinstance(idle, _Connection):
+                idle.drop(f"max_clients ({self.max_clients}) reached; closing the connection idle longest")
+            else:
+                idle.close()
+        return super().handle_new_connection()
+
+    def clients_changed(self, conn: _Connection, *, connected: bool) -> None:
+        n = len(self.active_connections)
+        log.debug("plc_client", peer=conn.peer, connected=connected, clients=n)
+        if (n > 0) != self.link_up:
+            self.link_up = n > 0
+            log.info("plc_link", state="up" if self.link_up else "down", mode="server", clients=n, peer=conn.peer)
+
+    async def reap_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout_s / 4))
+            now = time.monotonic()
+            for conn in list(self.active_connections.values()):
+                if isinstance(conn, _Connection) and now - conn.last_rx > self.idle_timeout_s:
+                    conn.drop(f"no request for {self.idle_timeout_s:g} s (idle_timeout_s)")
+
+
+class ModbusServerSink:
+    """The Sink for `plc.mode: server`. start() binds the port (raises PlcError); close() is idempotent."""
+
+    name = "plc"
+
+    def __init__(self, cfg: PlcConfig) -> None:
+        self.cfg = cfg.server
+        self.book = ResultBook(cfg.heartbeat_interval_s)
+        self.store = PlcDatastore(cfg.server, self.book, self._on_request)
+        self.requests = RequestWorker()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._start_error: BaseException | None = None
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    # --- lifecycle ----------------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.cfg.host, self.cfg.port
+
+    @property
+    def link_state(self) -> str:
+        return "up" if self._server is not None and self._server.link_up else "down"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        _check_bind(self.cfg.host, self.cfg.port)
+        self.requests.start()
+        self._thread = threading.Thread(target=self._run, name="plc-server", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout_s):
+            msg = f"Modbus server on {self.cfg.host}:{self.cfg.port} did not start within {timeout_s:g} s"
+            raise PlcError(msg)
+        if self._start_error is not None:
+            msg = f"cannot serve Modbus TCP on {self.cfg.host}:{self.cfg.port}: {self._start_error}"
+            raise PlcError(msg) from self._start_error
+        log.info("plc_server_listening", host=self.cfg.host, port=self.cfg.port, max_clients=self.cfg.max_clients)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._serve())
+        except Exception as exc:  # a crash of the server thread: the PLC sees the port close and fails safe
+            if not self._started.is_set():
+                self._start_error = exc
+            else:
+                log.exception("plc_server_crashed")
+        finally:
+            self._started.set()
+            loop.close()
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        server = _Server(self.store, self.address, self.cfg.max_clients, self.cfg.idle_timeout_s)
+        if self.cfg.allow_writes_from is not None:
+            server.allow_writes_from = frozenset(self.cfg.allow_writes_from)
+        await server.serve_forever(background=True)
+        self._server = server
+        reaper = asyncio.create_task(server.reap_idle())
+        self._started.set()
+        try:
+            await self._stop.wait()
+        finally:
+            reaper.cancel()
+            await server.shutdown()
+
+    def close(self) -> None:
+        """ready = 0 and state = 4, answer polls for linger_s more, then stop the server and its threads."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.store.update(lambda b: b.set_state(STOPPING))
+        if self._loop is not None and self._thread is not None and self._thread.is_alive() and self._stop is not None:
+            time.sleep(self.cfg.linger_s)
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop already ended
+                pass
+            self._thread.join(5.0)
+            if self._thread.is_alive():
+                log.error("plc_server_stop_timeout", detail="the Modbus server thread did not stop within 5 s")
+        self.requests.close()
+        log.info("plc_server_stopped", host=self.cfg.host, port=self.cfg.port)
+
+    # --- the Sink protocol and its hooks (pipeline threads) -----------------------------------------------
+
+    def emit(self, verdict: Verdict) -> None:
+        self.store.update(lambda b: b.add(verdict))
+
+    def on_state(self, state: int) -> None:
+        self.store.update(lambda b: b.set_state(state))
+
+    def heartbeat(self) -> None:
+        self.store.beat(time.monotonic())
+
+    def attach(self, controls) -> None:
+        self.requests.controls = controls
+
+    # --- PLC requests (event loop thread) -----------------------------------------------------------------
+
+    def _on_request(self, kind: str, value: int) -> None:
+        """Called by the datastore inside a write; served once the write has been answered."""
+        loop = self._loop
+        if loop is None:
+            return
+        if kind == "trigger":
+            loop.call_soon(self.requests.trigger, value, self.store.acknowledge_trigger)
+        elif kind == "false_reject":
+            loop.call_soon(self._false_reject, value)
+
+    def _false_reject(self, seq: int) -> None:
+        self.requests.false_reject(seq)  # queued: the hand-over runs in the request worker's thread
+        self.store.clear_false_reject(seq)
+
+
+_WRITE_FCS = frozenset({5, 6, 15, 16, 22, 23})  # write coil(s), write register(s), mask write, read/write
+
+
+def _normalise_ip(text: str) -> str:
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return text
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
+
+
+def _check_bind(host: str, port: int) -> None:
+    """Fail early with the operating system's own reason (pymodbus only says 'could not start listen')."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        msg = f"plc.server.host {host!r} does not resolve: {exc}"
+        raise PlcError(msg) from exc
+    family, stype, proto, _, sockaddr = infos[0]
+    with socket.socket(family, stype, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(sockaddr)
+        except OSError as exc:
+            hint = {
+                errno.EADDRINUSE: "another process listens on this port",
+                errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE (use e.g. 5020, or grant the capability)",
+                errno.EADDRNOTAVAIL: "this machine has no such address; use the address of the PLC-facing network card",
+            }.get(exc.errno, "")
+            msg = f"cannot listen on {host}:{port}: {exc.strerror}" + (f" ({hint})" if hint else "")
+            raise PlcError(msg) from exc
