@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from inspectd.core import logs
+from inspectd.core.types import Code, Verdict
 from inspectd.plc import PlcConfig, build_plc_sink
 from inspectd.plc.book import wrap_seq
-from inspectd.core.types import Code, Verdict
 
 
 def _free_port() -> int:

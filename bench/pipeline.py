@@ -79,11 +79,15 @@ def build_autoencoder(
         i = len(inits) // 2
         shape = (c_in, c_out, k, k) if transpose else (c_out, c_in, k, k)
         w = (rng.standard_normal(shape) * np.sqrt(2.0 / (c_in * k * k))).astype(np.float32)
-        inits.extend([numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")])
+        inits.extend(
+            [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(np.zeros(c_out, np.float32), f"b{i}")]
+        )
         op = "ConvTranspose" if transpose else "Conv"
         out = "reconstruction_logits" if act == "sigmoid" else f"c{i}"
         nodes.append(
-            helper.make_node(op, [cur, f"w{i}", f"b{i}"], [out], kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4)
+            helper.make_node(
+                op, [cur, f"w{i}", f"b{i}"], [out], kernel_shape=[k, k], strides=[stride] * 2, pads=[pad] * 4
+            )
         )
         cur = out
         if act == "lrelu":
@@ -187,11 +191,11 @@ def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: 
     from inspectd.core import logs
     from inspectd.daemon.cameras import build_camera
     from inspectd.daemon.cameras.folder import FolderCameraConfig, list_images
-    from inspectd.inspection.detector import Detector
     from inspectd.daemon.dispatch import Dispatcher
-    from inspectd.inspection.inspector import Inspector
-    from inspectd.daemon.pipeline import Pipeline, thread_budget
     from inspectd.daemon.logsink import LogSink
+    from inspectd.daemon.pipeline import Pipeline, thread_budget
+    from inspectd.inspection.detector import Detector
+    from inspectd.inspection.inspector import Inspector
 
     devnull = open(os.devnull, "w")  # noqa: SIM115 (lives as long as the process)
     logs.configure("info", "json", stream=devnull)  # the log sink renders its JSON lines, as in production

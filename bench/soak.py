@@ -133,7 +133,7 @@ class PlcPoller:
                     self.failures += 1
                     continue
                 regs = client.read_holding_registers(0, count=48, device_id=1).registers
-            except Exception:  # noqa: BLE001 - a failed poll is counted, the PLC goes on polling
+            except Exception:
                 self.failures += 1
                 continue
             self.polls += 1
@@ -158,8 +158,15 @@ def soak(minutes: float, sample_s: float, base_config: Path, max_growth_pct: flo
         cfg, plc_port = soak_config(work, base_config)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env.setdefault("NUMBA_CACHE_DIR", str(REPO / ".cache" / "numba"))
-        proc = subprocess.Popen([sys.executable, "-m", "inspectd", "run", "--config", str(cfg)], cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", "run", "--config", str(cfg)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
         stderr_tail: list[str] = []
         threading.Thread(target=lambda: stderr_tail.extend(proc.stderr), daemon=True).start()
         log = LogReader(proc)
@@ -218,8 +225,13 @@ def soak(minutes: float, sample_s: float, base_config: Path, max_growth_pct: flo
         "samples": samples,
     }
     report["ok"] = bool(
-        samples and exit_code == 0 and growth is not None and growth < max_growth_pct
-        and last["fds"] <= first["fds"] and report["verdicts"]["error"] == 0 and log.seqs_in_order
+        samples
+        and exit_code == 0
+        and growth is not None
+        and growth < max_growth_pct
+        and last["fds"] <= first["fds"]
+        and report["verdicts"]["error"] == 0
+        and log.seqs_in_order
         and summary.get("frames") == sum(log.codes.values())
     )
     return report
@@ -229,8 +241,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--minutes", type=float, default=10.0, help="how long to run (default 10)")
     p.add_argument("--sample-s", type=float, default=5.0, help="seconds between RSS/fd samples (default 5)")
-    p.add_argument("--warmup-s", type=float, default=None,
-                   help="samples before this are not the baseline (default: 60 s, or a fifth of a shorter run)")
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=None,
+        help="samples before this are not the baseline (default: 60 s, or a fifth of a shorter run)",
+    )
     p.add_argument("--config", default=str(REPO / "config.yaml"), help="the config to soak (default: config.yaml)")
     p.add_argument("--max-rss-growth-pct", type=float, default=5.0, help="`ok` needs less RSS growth (default 5)")
     p.add_argument("--json", help="write the report here too")

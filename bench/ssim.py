@@ -35,13 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from inspectd.inspection.ssim import SsimKernel, set_num_threads
-
 import cv2  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
 from inspectd.daemon.pipeline import usable_cores
+from inspectd.inspection.ssim import SsimKernel, set_num_threads
 
 SIZE, SIGMA, K1, K2, DATA_RANGE = 11, 1.5, 0.01, 0.03, 1.0
 C1, C2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2
@@ -170,11 +169,19 @@ def measure_compile(*, smoke: bool) -> dict:
             cold = None
         else:
             imp, gray, multi, wall = _probe(cache)
-            cold = {"import_s": round(imp, 3), "gray_first_call_s": round(gray, 3),
-                    "multichannel_first_call_s": round(multi, 3), "process_s": round(wall, 3)}
+            cold = {
+                "import_s": round(imp, 3),
+                "gray_first_call_s": round(gray, 3),
+                "multichannel_first_call_s": round(multi, 3),
+                "process_s": round(wall, 3),
+            }
         imp, gray, multi, wall = _probe(None if smoke else cache)
-        cached = {"import_s": round(imp, 3), "gray_first_call_s": round(gray, 3),
-                  "multichannel_first_call_s": round(multi, 3), "process_s": round(wall, 3)}
+        cached = {
+            "import_s": round(imp, 3),
+            "gray_first_call_s": round(gray, 3),
+            "multichannel_first_call_s": round(multi, 3),
+            "process_s": round(wall, 3),
+        }
     return {
         "first_call_compile_s": None if cold is None else cold["gray_first_call_s"],
         "cached_start_s": round(cached["import_s"] + cached["gray_first_call_s"], 3),
@@ -207,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the results here too")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, few rounds (test suite; no timing claims)")
-    p.add_argument("--sizes", type=lambda s: [int(v) for v in s.split(",")], help="frame sizes (default 256,512,1024,2048)")
+    p.add_argument(
+        "--sizes", type=lambda s: [int(v) for v in s.split(",")], help="frame sizes (default 256,512,1024,2048)"
+    )
     p.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")], help="thread counts (default 1,all)")
     p.add_argument("--no-compile", action="store_true", help="skip the compile-time measurement")
     args = p.parse_args(argv)

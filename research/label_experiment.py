@@ -31,11 +31,24 @@ import cv2
 import numpy as np
 
 from inspectd.labelling.dataset import LabelledImage, link_image, read_gray, read_mask, scan, train_good, write_mask
-from inspectd.labelling.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, Contrast, RuleConfig, grow_to_area, inner_part, region_mismatch
+from inspectd.labelling.rules import (
+    MISSED_LABEL,
+    REGION_MISMATCH,
+    WRONG_LABEL,
+    Contrast,
+    RuleConfig,
+    grow_to_area,
+    inner_part,
+    region_mismatch,
+)
 
 KINDS = ("ring", "eroded", "deleted", "false_region")
-EXPECTED = {"ring": {REGION_MISMATCH}, "eroded": {REGION_MISMATCH}, "deleted": {MISSED_LABEL},
-            "false_region": {WRONG_LABEL, REGION_MISMATCH}}
+EXPECTED = {
+    "ring": {REGION_MISMATCH},
+    "eroded": {REGION_MISMATCH},
+    "deleted": {MISSED_LABEL},
+    "false_region": {WRONG_LABEL, REGION_MISMATCH},
+}
 
 
 def grow(mask: np.ndarray, factor: float = 2.5) -> np.ndarray:
@@ -57,7 +70,9 @@ def false_region(shape: tuple[int, int], area: float, rng: np.random.Generator) 
     return m
 
 
-def corrupt(data: Path, work: Path, fraction: float, seed: int) -> tuple[list[LabelledImage], dict[str, str], list[str]]:
+def corrupt(
+    data: Path, work: Path, fraction: float, seed: int
+) -> tuple[list[LabelledImage], dict[str, str], list[str]]:
     """Build work/ (image links + masks); returns (items, {id: kind}, ids whose original mask is empty)."""
     rng = np.random.default_rng(seed)
     items = scan(data)
@@ -79,7 +94,9 @@ def corrupt(data: Path, work: Path, fraction: float, seed: int) -> tuple[list[La
     out = []
     for item in items:
         link = link_image(item.image_path, work, item.id)
-        new = LabelledImage(item.id, link, work / "ground_truth" / item.mask_path.relative_to(item.mask_path.parents[1]))
+        new = LabelledImage(
+            item.id, link, work / "ground_truth" / item.mask_path.relative_to(item.mask_path.parents[1])
+        )
         m = masks[item.id]
         kind = kinds.get(item.id)
         if kind == "ring":
@@ -144,12 +161,21 @@ def rejudge(rows: list[dict], cfg: RuleConfig) -> list[dict]:
 
 def _sweep_row(cfg: RuleConfig, s: dict) -> dict:
     if cfg.region == "contrast":
-        knobs = {"rim_min": cfg.rim_min, "band_max": cfg.band_max, "high_threshold": cfg.high_threshold,
-                 "low_threshold": cfg.low_threshold}
+        knobs = {
+            "rim_min": cfg.rim_min,
+            "band_max": cfg.band_max,
+            "high_threshold": cfg.high_threshold,
+            "low_threshold": cfg.low_threshold,
+        }
     else:
         knobs = {"iou_threshold": cfg.iou_threshold, "low_threshold": cfg.low_threshold}
-    return {"region": cfg.region, "thresholds": knobs, "recall": round(s["recall"], 3),
-            "precision": round(s["precision"], 3), "flagged": s["flagged"]}
+    return {
+        "region": cfg.region,
+        "thresholds": knobs,
+        "recall": round(s["recall"], 3),
+        "precision": round(s["precision"], 3),
+        "flagged": s["flagged"],
+    }
 
 
 def _sweep(rows: list[dict], kinds: dict[str, str], empty: list[str]) -> list[dict]:
@@ -160,8 +186,9 @@ def _sweep(rows: list[dict], kinds: dict[str, str], empty: list[str]) -> list[di
             for low in (0.5, 0.3, 0.2, 0.1):
                 cfg = RuleConfig(iou_threshold=iou_t, low_threshold=low, region=region)
                 out.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
-    for rim, band, high, low in itertools.product((0.3, 0.4, 0.5, 0.6), (0.4, 0.5, 0.6, 0.8, 1.0),
-                                                  (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999), (0.5, 0.1)):
+    for rim, band, high, low in itertools.product(
+        (0.3, 0.4, 0.5, 0.6), (0.4, 0.5, 0.6, 0.8, 1.0), (0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999), (0.5, 0.1)
+    ):
         cfg = RuleConfig(region="contrast", rim_min=rim, band_max=band, high_threshold=high, low_threshold=low)
         out.append(_sweep_row(cfg, score(rejudge(rows, cfg), kinds, empty)))
     return out
@@ -175,9 +202,14 @@ def _check_round(items: list[LabelledImage], checkers: list, kinds: dict[str, st
     for refine in ("none", "guided"):
         results = run_check(items, checkers, RuleConfig(refine=refine), log=print)
         rows = all_rows[refine] = [{**r.as_json(), "k": len(r.checkers)} for r in results]
-        by_refine[refine] = {name: score(rejudge(rows, RuleConfig(region=region)), kinds, empty)
-                             for name, region in (("default_rules", "global"), ("local_region_rules", "local"),
-                                                  ("contrast_region_rules", "contrast"))}
+        by_refine[refine] = {
+            name: score(rejudge(rows, RuleConfig(region=region)), kinds, empty)
+            for name, region in (
+                ("default_rules", "global"),
+                ("local_region_rules", "local"),
+                ("contrast_region_rules", "contrast"),
+            )
+        }
         sweep += [{**row, "refine": refine} for row in _sweep(rows, kinds, empty)]
     return by_refine, sweep, all_rows
 
@@ -191,16 +223,18 @@ def _print_round(rnd: int, by_refine: dict, sweep: list[dict], best: dict) -> No
                 print(f"{kind:13s} {v}")
     print(f"round {rnd} sweep (refine, region, its thresholds, recall, precision, flagged):")
     for s in sweep:
-        print(f"  {s['refine']:6s} {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} "
-              f"n={s['flagged']}")
+        print(
+            f"  {s['refine']:6s} {s['region']:8s} {s['thresholds']}  R={s['recall']:.3f} P={s['precision']:.3f} "
+            f"n={s['flagged']}"
+        )
     for k, v in best.items():
         print(f"round {rnd} best precision at {k}: {v}")
 
 
 def main(argv: list[str] | None = None) -> int:
     from inspectd.labelling.check import load_checkers
-    from inspectd.labelling.training import TrainSettings, train_checkers
     from inspectd.labelling.checker import CheckerConfig
+    from inspectd.labelling.training import TrainSettings, train_checkers
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
@@ -217,43 +251,80 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="checkers trained at once (one process and thread each)")
     p.add_argument("--no-train-good", action="store_true", help="checkers train on the corrupted test/ labels only")
     p.add_argument("--good-share", type=float, default=0.3, help="share of each batch drawn from train/good")
-    p.add_argument("--rounds", type=int, default=1,
-                   help="rounds of train + check; each round after the first trains without the images the "
-                   "previous round's contrast rule flagged")
-    p.add_argument("--skip-training", action="store_true",
-                   help="reuse the checkers already under --work (rounds without stored checkers still train)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of train + check; each round after the first trains without the images the "
+        "previous round's contrast rule flagged",
+    )
+    p.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="reuse the checkers already under --work (rounds without stored checkers still train)",
+    )
     a = p.parse_args(argv)
     t0 = time.monotonic()
     items, kinds, empty = corrupt(a.data, a.work / "data", a.fraction, a.seed)
     print(f"corrupted {len(kinds)} of {len(items)} labels: {dict(Counter(kinds.values()))}")
     config = CheckerConfig(a.size, a.size, image_pool=a.image_pool)
-    settings = TrainSettings(iterations=a.iterations, minutes=a.minutes, seed=a.seed, threads=1,
-                             batch_size=a.batch_size, crop=a.crop or None, good_share=a.good_share)
+    settings = TrainSettings(
+        iterations=a.iterations,
+        minutes=a.minutes,
+        seed=a.seed,
+        threads=1,
+        batch_size=a.batch_size,
+        crop=a.crop or None,
+        good_share=a.good_share,
+    )
     exclude: list[str] = []
     rounds = []
     for rnd in range(1, a.rounds + 1):
         checkers_dir = a.work / ("checkers" if rnd == 1 else f"checkers_round{rnd}")
         t_round = time.monotonic()
         if not (a.skip_training and (checkers_dir / "folds.json").is_file()):
-            train_checkers(items, checkers_dir, folds=a.folds, config=config, settings=settings,
-                           data_root=str(a.work / "data"), jobs=a.jobs,
-                           extra_good=[] if a.no_train_good else train_good(a.data), exclude=exclude)
+            train_checkers(
+                items,
+                checkers_dir,
+                folds=a.folds,
+                config=config,
+                settings=settings,
+                data_root=str(a.work / "data"),
+                jobs=a.jobs,
+                extra_good=[] if a.no_train_good else train_good(a.data),
+                exclude=exclude,
+            )
         t_train = time.monotonic() - t_round
         by_refine, sweep, all_rows = _check_round(items, load_checkers(checkers_dir), kinds, empty)
-        best = {f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"],
-                                    default=None) for r in (0.8, 0.9)}
+        best = {
+            f"recall>={r}": max((s for s in sweep if s["recall"] >= r), key=lambda s: s["precision"], default=None)
+            for r in (0.8, 0.9)
+        }
         # the next round's checkers do not train on what this round's contrast rule flagged (still in doubt)
         doubt = sorted(r["image"] for r in rejudge(all_rows["guided"], RuleConfig(region="contrast")) if r["reason"])
-        rounds.append({**by_refine["guided"], "by_refine": by_refine, "sweep": sweep, "best_in_sweep": best,
-                       "rows": all_rows["guided"], "rows_unrefined": all_rows["none"], "round": rnd,
-                       "excluded_from_training": exclude, "contrast_flagged": doubt,
-                       "train_seconds": round(t_train)})
+        rounds.append(
+            {
+                **by_refine["guided"],
+                "by_refine": by_refine,
+                "sweep": sweep,
+                "best_in_sweep": best,
+                "rows": all_rows["guided"],
+                "rows_unrefined": all_rows["none"],
+                "round": rnd,
+                "excluded_from_training": exclude,
+                "contrast_flagged": doubt,
+                "train_seconds": round(t_train),
+            }
+        )
         _print_round(rnd, by_refine, sweep, best)
         exclude = doubt
-    doc = {**rounds[-1], "rounds": [{k: v for k, v in r.items() if k not in ("rows", "rows_unrefined", "sweep")}
-                                    for r in rounds],
-           "kinds": kinds, "total_seconds": round(time.monotonic() - t0),
-           "args": {k: str(v) for k, v in vars(a).items()}}
+    doc = {
+        **rounds[-1],
+        "rounds": [{k: v for k, v in r.items() if k not in ("rows", "rows_unrefined", "sweep")} for r in rounds],
+        "kinds": kinds,
+        "total_seconds": round(time.monotonic() - t0),
+        "args": {k: str(v) for k, v in vars(a).items()},
+    }
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
     return 0

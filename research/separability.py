@@ -32,9 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.core.manifest import PreprocessSpec
 from inspectd.evaluation import metrics
 from inspectd.evaluation.evaluate import find_test_images, read_image, read_truth
-from inspectd.core.manifest import PreprocessSpec
 from inspectd.inspection.preprocess import normalize_exposure
 
 TEXTURE_SIGMAS = (2.0, 4.0, 8.0, 16.0)
@@ -54,8 +54,12 @@ def texture_features(image: np.ndarray, sigmas: Sequence[float] = TEXTURE_SIGMAS
     for s in sigmas:
         mean = cv2.GaussianBlur(img, (0, 0), s)
         var = np.maximum(cv2.GaussianBlur(img * img, (0, 0), s) - mean * mean, 0.0)
-        out += [np.log1p(mean), 0.5 * np.log1p(var), np.log1p(cv2.GaussianBlur(gx, (0, 0), s)),
-                np.log1p(cv2.GaussianBlur(gy, (0, 0), s))]
+        out += [
+            np.log1p(mean),
+            0.5 * np.log1p(var),
+            np.log1p(cv2.GaussianBlur(gx, (0, 0), s)),
+            np.log1p(cv2.GaussianBlur(gy, (0, 0), s)),
+        ]
     return np.stack(out, axis=-1)
 
 
@@ -87,8 +91,10 @@ class TextureProbe:
 
     def __init__(self, train_images: Sequence[np.ndarray], seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        rows = [_sample(texture_features(im).reshape(-1, 4 * len(TEXTURE_SIGMAS)), rng, SAMPLES_PER_IMAGE)
-                for im in train_images]
+        rows = [
+            _sample(texture_features(im).reshape(-1, 4 * len(TEXTURE_SIGMAS)), rng, SAMPLES_PER_IMAGE)
+            for im in train_images
+        ]
         self.model = Gaussian(np.concatenate(rows))
 
     def maps(self, image: np.ndarray) -> dict[str, np.ndarray]:
@@ -98,8 +104,9 @@ class TextureProbe:
 class EncoderProbe:
     """Mahalanobis distance of a trained autoencoder's encoder stages (torch; the model directory's preprocessing)."""
 
-    def __init__(self, model_dir: str | Path, checkpoint: str | Path, train_images: Sequence[np.ndarray],
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model_dir: str | Path, checkpoint: str | Path, train_images: Sequence[np.ndarray], seed: int = 0
+    ) -> None:
         from inspectd.core.manifest import load_manifest
         from inspectd.inspection.preprocess import Preprocessor
         from inspectd.training.train import model_from_checkpoint
@@ -115,7 +122,9 @@ class EncoderProbe:
         rows: list[list[np.ndarray]] = []
         for im in train_images:
             feats = self._features(self.pre.prepare(im).batch)
-            rows.append([_sample(f.transpose(0, 2, 3, 1).reshape(-1, f.shape[1]), rng, SAMPLES_PER_IMAGE) for f in feats])
+            rows.append(
+                [_sample(f.transpose(0, 2, 3, 1).reshape(-1, f.shape[1]), rng, SAMPLES_PER_IMAGE) for f in feats]
+            )
         self.stages = [Gaussian(np.concatenate([r[k] for r in rows])) for k in range(len(self._cuts))]
 
     def _features(self, batch: np.ndarray) -> list[np.ndarray]:
@@ -146,8 +155,9 @@ def image_score(score_map: np.ndarray) -> float:
     return float(cv2.GaussianBlur(score_map, (0, 0), IMAGE_SMOOTH_SIGMA).max())
 
 
-def measure(data: str | Path, probes: Sequence[Callable[[np.ndarray], dict[str, np.ndarray]]], *,
-            pixel_stride: int = 5) -> dict:
+def measure(
+    data: str | Path, probes: Sequence[Callable[[np.ndarray], dict[str, np.ndarray]]], *, pixel_stride: int = 5
+) -> dict:
     """Per cue: image and pixel AUROC of all defect classes together and of each against test/good."""
     image_scores: dict[str, list[tuple[str, float]]] = {}
     pixels: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
@@ -158,8 +168,13 @@ def measure(data: str | Path, probes: Sequence[Callable[[np.ndarray], dict[str, 
             for cue, m in probe(img).items():
                 image_scores.setdefault(cue, []).append((item.cls, image_score(m)))
                 if truth is not None:
-                    pixels.setdefault(cue, []).append((item.cls, m[::pixel_stride, ::pixel_stride].ravel(),
-                                                       truth[::pixel_stride, ::pixel_stride].ravel()))
+                    pixels.setdefault(cue, []).append(
+                        (
+                            item.cls,
+                            m[::pixel_stride, ::pixel_stride].ravel(),
+                            truth[::pixel_stride, ::pixel_stride].ravel(),
+                        )
+                    )
     result = {}
     for cue, scored in image_scores.items():
         classes = sorted({c for c, _ in scored if c != "good"})
@@ -171,7 +186,9 @@ def measure(data: str | Path, probes: Sequence[Callable[[np.ndarray], dict[str, 
             defect = [v[t] for c, v, t in pixels.get(cue, []) if c != "good" and cls_filter(c)]
             defect = np.concatenate(defect) if defect else np.empty(0, np.float32)
             img_auc = metrics.auroc(np.r_[bad, good], np.r_[np.ones(bad.size, bool), np.zeros(good.size, bool)])
-            pix_auc = metrics.auroc(np.r_[defect, normal], np.r_[np.ones(defect.size, bool), np.zeros(normal.size, bool)])
+            pix_auc = metrics.auroc(
+                np.r_[defect, normal], np.r_[np.ones(defect.size, bool), np.zeros(normal.size, bool)]
+            )
             return {"n": int(bad.size), "image_auroc": img_auc, "pixel_auroc": pix_auc}
 
         result[cue] = {"all": pair(lambda c: True), "per_class": {c: pair(lambda k, c=c: k == c) for c in classes}}
@@ -184,7 +201,9 @@ def summary_text(result: dict) -> str:
 
     lines = []
     for cue, r in result.items():
-        lines.append(f"{cue}: all defects  image AUROC {f(r['all']['image_auroc'])}  pixel AUROC {f(r['all']['pixel_auroc'])}")
+        lines.append(
+            f"{cue}: all defects  image AUROC {f(r['all']['image_auroc'])}  pixel AUROC {f(r['all']['pixel_auroc'])}"
+        )
         for cls, c in r["per_class"].items():
             lines.append(f"  {cls:<12} n={c['n']:<4} image {f(c['image_auroc'])}  pixel {f(c['pixel_auroc'])}")
     return "\n".join(lines)
@@ -192,12 +211,19 @@ def summary_text(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m research.separability", description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="MVTec-layout tree: DIR/train/good, DIR/test/<class>, DIR/ground_truth")
+    p.add_argument(
+        "--data", required=True, help="MVTec-layout tree: DIR/train/good, DIR/test/<class>, DIR/ground_truth"
+    )
     p.add_argument("--model", help="a tiled model directory (its preprocessing) for the encoder probe")
-    p.add_argument("--checkpoint", help="that model's training checkpoint (export/ checkpoint.pt) for the encoder probe")
-    p.add_argument("--train-every", type=int, default=3, metavar="K", help="fit on every K-th training image (default 3)")
-    p.add_argument("--pixel-stride", type=int, default=5, metavar="S",
-                   help="pixel AUROC on every S-th row and column (default 5)")
+    p.add_argument(
+        "--checkpoint", help="that model's training checkpoint (export/ checkpoint.pt) for the encoder probe"
+    )
+    p.add_argument(
+        "--train-every", type=int, default=3, metavar="K", help="fit on every K-th training image (default 3)"
+    )
+    p.add_argument(
+        "--pixel-stride", type=int, default=5, metavar="S", help="pixel AUROC on every S-th row and column (default 5)"
+    )
     p.add_argument("--json", help="write the result here")
     args = p.parse_args(argv)
     if (args.model is None) != (args.checkpoint is None):

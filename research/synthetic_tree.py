@@ -40,7 +40,9 @@ def write_synthetic_tree(
     root = Path(root)
 
     def gen(seed: int, rate: float) -> SurfaceGenerator:
-        return SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=rate, color=color))
+        return SurfaceGenerator(
+            SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=rate, color=color)
+        )
 
     def save(path: Path, image: np.ndarray) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,10 @@ def write_synthetic_tree(
             cap = t.render(n)
             if cap.truth_mask is not None and cap.truth_mask.any():
                 save(root / "test" / kinds[0] / f"{n:06d}.png", cap.image)
-                save(root / "ground_truth" / kinds[0] / f"{n:06d}_mask.png", np.where(cap.truth_mask > 0, 255, 0).astype(np.uint8))
+                save(
+                    root / "ground_truth" / kinds[0] / f"{n:06d}_mask.png",
+                    np.where(cap.truth_mask > 0, 255, 0).astype(np.uint8),
+                )
                 found += 1
         n += 1
     return root
@@ -75,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-defect", type=int, default=200)
     p.add_argument("--size", type=int, default=256)
     a = p.parse_args(argv)
-    write_synthetic_tree(a.out, train=a.train, test_good=a.test_good, test_defect=a.test_defect, width=a.size, height=a.size)
+    write_synthetic_tree(
+        a.out, train=a.train, test_good=a.test_good, test_defect=a.test_defect, width=a.size, height=a.size
+    )
     print(f"wrote {a.out}")
     return 0
 

@@ -12,8 +12,14 @@ from tests.support.helpers import REPO, cli_env
 
 def test_soak_smoke_reports_frames_verdicts_rss_and_fds_without_growth(tmp_path):
     out = tmp_path / "soak.json"
-    proc = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--smoke", "--json", str(out)],
-                          capture_output=True, text=True, timeout=300, env=cli_env(), cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "soak.py"), "--smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert json.loads(proc.stdout) == report

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.types import Camera
 from inspectd.daemon.cameras import CAMERA_TYPES, build_camera
 from inspectd.daemon.cameras.folder import FolderCamera, FolderCameraConfig
 from inspectd.daemon.cameras.opencv import OpenCVCamera, OpenCVCameraConfig, mask_secrets
 from inspectd.daemon.cameras.synthetic import DEFECT_KINDS, SurfaceGenerator, SyntheticCamera, SyntheticCameraConfig
 from inspectd.daemon.cameras.video import VideoCamera, VideoCameraConfig
-from inspectd.core.types import Camera
-from inspectd.core.errors import CameraError, EndOfStream
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -147,9 +147,7 @@ def test_synthetic_texture_survives_resizing_to_half():
     assert detail.std() > 10, "the weave blurs away at half size"
 
 
-@pytest.mark.parametrize(
-    ("color", "shape"), [("gray", (96, 160)), ("bgr", (96, 160, 3))], ids=["gray", "bgr"]
-)
+@pytest.mark.parametrize(("color", "shape"), [("gray", (96, 160)), ("bgr", (96, 160, 3))], ids=["gray", "bgr"])
 def test_synthetic_gray_and_bgr_shapes(color, shape):
     gen = SurfaceGenerator(SyntheticCameraConfig(color=color, width=160, height=96, defect_rate=1.0))
     cap = gen.render(3)
@@ -277,8 +275,10 @@ def test_folder_returns_an_error_capture_for_an_undecodable_file_and_continues(t
 
 def test_folder_scales_16_bit_drops_alpha_and_converts_color(tmp_path):
     write_png(tmp_path / "a16.png", np.full((10, 12), 0xABCD, np.uint16))
-    write_png(tmp_path / "b_alpha.png", np.dstack([gray(10, (10, 12)), gray(20, (10, 12)), gray(30, (10, 12)),
-                                                   gray(255, (10, 12))]))
+    write_png(
+        tmp_path / "b_alpha.png",
+        np.dstack([gray(10, (10, 12)), gray(20, (10, 12)), gray(30, (10, 12)), gray(255, (10, 12))]),
+    )
     write_png(tmp_path / "c.bmp", gray(77, (10, 12)))
     cv2.imwrite(str(tmp_path / "d.tif"), np.full((10, 12, 3), 0x1234, np.uint16))
     cam = FolderCamera(FolderCameraConfig(path=tmp_path))

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from inspectd.daemon.config import Config, check_runtime, load_config, parse_config
 from inspectd.core.errors import ConfigError
+from inspectd.daemon.config import Config, check_runtime, load_config, parse_config
 from tests.support.helpers import REPO, make_blur_model, run_cli, write_config
 
 

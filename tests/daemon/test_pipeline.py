@@ -6,11 +6,11 @@ import time
 
 import pytest
 
+from inspectd.core.types import Code, Verdict
 from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.dispatch import Dispatcher
-from inspectd.inspection.inspector import Inspector
 from inspectd.daemon.pipeline import Pipeline, State
-from inspectd.core.types import Code, Verdict
+from inspectd.inspection.inspector import Inspector
 from tests.support.helpers import CollectSink, ScriptedCamera, SlowInspector, make_blur_model
 
 

@@ -10,13 +10,13 @@ import numba
 import numpy as np
 import pytest
 
+from inspectd.core.errors import ConfigError
+from inspectd.core.types import Code
 from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.config import parse_config
 from inspectd.daemon.dispatch import Dispatcher
-from inspectd.inspection.inspector import Inspector
 from inspectd.daemon.pipeline import Pipeline, thread_budget
-from inspectd.core.types import Code
-from inspectd.core.errors import ConfigError
+from inspectd.inspection.inspector import Inspector
 from tests.support.helpers import CollectSink, ScriptedCamera, draw_item, make_blur_model
 
 

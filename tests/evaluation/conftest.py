@@ -47,10 +47,36 @@ def tiny_train_argv(data: Path, out: Path, *extra: str, tile: int = 32, overlap:
     """`inspectd train` arguments for a seconds-long tiled model on a tiny tree (checkpoints beside `out`); `extra`
     adds or overrides options (argparse keeps the last value)."""
     return [
-        "train", "--data", str(data), "--out", str(out), "--input-size", str(tile), "--mode", "tile",
-        "--tile-overlap", str(overlap), "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
-        "--depth", "2", "--iterations", "10", "--batch-size", "4", "--threads", "1", "--log-every", "0",
-        "--checkpoint-dir", str(Path(out).parent / f"{Path(out).name}-ckpt"), *extra,
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--input-size",
+        str(tile),
+        "--mode",
+        "tile",
+        "--tile-overlap",
+        str(overlap),
+        "--base-width",
+        "8",
+        "--max-width",
+        "16",
+        "--latent-channels",
+        "8",
+        "--depth",
+        "2",
+        "--iterations",
+        "10",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--log-every",
+        "0",
+        "--checkpoint-dir",
+        str(Path(out).parent / f"{Path(out).name}-ckpt"),
+        *extra,
     ]
 
 
@@ -66,5 +92,8 @@ def separable_model(separable_tree, tmp_path_factory) -> Path:
     from inspectd.training.cli import main
 
     out = tmp_path_factory.mktemp("separable_model") / "model"
-    assert main(tiny_train_argv(separable_tree, out, "--iterations", "30", "--batch-size", "8", "--smooth-sigma", "1")) == 0
+    assert (
+        main(tiny_train_argv(separable_tree, out, "--iterations", "30", "--batch-size", "8", "--smooth-sigma", "1"))
+        == 0
+    )
     return out

@@ -24,9 +24,28 @@ def members(separable_tree, separable_model, tmp_path_factory) -> tuple[Path, Pa
     from inspectd.training.cli import main
 
     out = tmp_path_factory.mktemp("members") / "coarse"
-    argv = tiny_train_argv(separable_tree, out, "--iterations", "30", "--batch-size", "8", "--smooth-sigma", "1",
-                           "--scale", "0.5", "--input-size", "16", "--tile-overlap", "4",
-                           "--hard-defects", str(separable_tree), "--hard-fraction", "0.34", "--hard-prob", "0.3")
+    argv = tiny_train_argv(
+        separable_tree,
+        out,
+        "--iterations",
+        "30",
+        "--batch-size",
+        "8",
+        "--smooth-sigma",
+        "1",
+        "--scale",
+        "0.5",
+        "--input-size",
+        "16",
+        "--tile-overlap",
+        "4",
+        "--hard-defects",
+        str(separable_tree),
+        "--hard-fraction",
+        "0.34",
+        "--hard-prob",
+        "0.3",
+    )
     assert main(argv) == 0
     return separable_model, out
 
@@ -34,17 +53,28 @@ def members(separable_tree, separable_model, tmp_path_factory) -> tuple[Path, Pa
 @pytest.fixture(scope="module")
 def ensemble(members, separable_tree, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ensemble") / "pair"
-    res = run_cli("ensemble", "--member", str(members[0]), "--member", str(members[1]), "--data", str(separable_tree),
-                  "--out", str(out), timeout=300)
+    res = run_cli(
+        "ensemble",
+        "--member",
+        str(members[0]),
+        "--member",
+        str(members[1]),
+        "--data",
+        str(separable_tree),
+        "--out",
+        str(out),
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "2 models" in res.stdout and "combined pixel" in res.stdout
     return out
 
 
-def test_the_ensemble_directory_holds_both_models_each_scaled_by_its_good_images_scores(ensemble, members,
-                                                                                       separable_tree):
-    from inspectd.evaluation.thresholds import open_inspector
+def test_the_ensemble_directory_holds_both_models_each_scaled_by_its_good_images_scores(
+    ensemble, members, separable_tree
+):
     from inspectd.core.manifest import load_manifest
+    from inspectd.evaluation.thresholds import open_inspector
     from inspectd.training.data import read_image
     from inspectd.training.ensemble import common_held_out
 
@@ -71,19 +101,32 @@ def test_normalize_threshold_divides_each_map_by_that_models_own_pixel_threshold
     from inspectd.core.manifest import load_manifest
 
     out = tmp_path / "by-threshold"
-    res = run_cli("ensemble", "--member", str(members[0]), "--member", str(members[1]), "--data", str(separable_tree),
-                  "--out", str(out), "--normalize", "threshold", timeout=300)
+    res = run_cli(
+        "ensemble",
+        "--member",
+        str(members[0]),
+        "--member",
+        str(members[1]),
+        "--data",
+        str(separable_tree),
+        "--out",
+        str(out),
+        "--normalize",
+        "threshold",
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = load_manifest(out)
     assert m.ensemble.divide_by == load_manifest(members[0]).thresholds.pixel
     assert m.ensemble.members[0].divide_by == load_manifest(members[1]).thresholds.pixel
 
 
-def test_calibration_uses_only_good_images_no_member_trained_on_and_passes_all_of_them(ensemble, members,
-                                                                                     separable_tree):
-    from inspectd.evaluation.thresholds import open_inspector
+def test_calibration_uses_only_good_images_no_member_trained_on_and_passes_all_of_them(
+    ensemble, members, separable_tree
+):
     from inspectd.core.manifest import load_manifest
     from inspectd.core.types import Code
+    from inspectd.evaluation.thresholds import open_inspector
     from inspectd.training.data import image_files, read_image
     from inspectd.training.ensemble import common_held_out
 
@@ -113,8 +156,9 @@ def test_ensemble_warns_when_its_members_held_out_fewer_than_half_as_many_good_i
     assert few_common_warning(10, [20, 24]) is None and few_common_warning(9, [20, 24]) is not None
 
 
-def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained_on(ensemble, members,
-                                                                                 separable_tree, tmp_path):
+def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained_on(
+    ensemble, members, separable_tree, tmp_path
+):
     from inspectd.core.manifest import load_manifest
 
     out = tmp_path / "eval.json"
@@ -130,8 +174,9 @@ def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained
     # each model's own image score on the same images: the member's own score over its divisor
     ens_stdout = res.stdout
     alone = tmp_path / "alone.json"
-    res = run_cli("evaluate", "--model", str(members[0]), "--data", str(separable_tree), "--json", str(alone),
-                  timeout=300)
+    res = run_cli(
+        "evaluate", "--model", str(members[0]), "--data", str(separable_tree), "--json", str(alone), timeout=300
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     by_file = {i["file"]: i["score"] for i in json.loads(alone.read_text())["images"]}
     divisor = load_manifest(ensemble).ensemble.divide_by
@@ -139,15 +184,24 @@ def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained
         assert len(i["model_scores"]) == 2 and max(i["model_scores"]) == pytest.approx(i["score"], rel=1e-5)
         assert i["model_scores"][0] * divisor == pytest.approx(by_file[i["file"]], rel=1e-4)
     assert len(r["model_image_auroc"]) == 2 and "models alone (image AUROC, same images)" in ens_stdout
-    res = run_cli("evaluate", "--model", str(ensemble), "--data", str(separable_tree), "--json", str(out),
-                  "--score", "uniform-ssim", timeout=300)
+    res = run_cli(
+        "evaluate",
+        "--model",
+        str(ensemble),
+        "--data",
+        str(separable_tree),
+        "--json",
+        str(out),
+        "--score",
+        "uniform-ssim",
+        timeout=300,
+    )
     assert res.returncode == 2 and "is an ensemble" in res.stderr and "each member" in res.stderr
 
 
-def test_the_combined_map_is_the_max_of_the_members_own_maps_over_their_divisors(ensemble, members,
-                                                                                   separable_tree):
-    from inspectd.evaluation.thresholds import open_inspector
+def test_the_combined_map_is_the_max_of_the_members_own_maps_over_their_divisors(ensemble, members, separable_tree):
     from inspectd.core.manifest import load_manifest
+    from inspectd.evaluation.thresholds import open_inspector
     from inspectd.training.data import read_image
 
     img = read_image(next((separable_tree / "test" / "spot").iterdir()), "gray")
@@ -179,13 +233,33 @@ def test_bad_ensembles_are_refused_with_exit_2_and_the_reason(members, separable
     raw = json.loads((bare / "manifest.json").read_text())
     del raw["training"]["held_out_count"]
     (bare / "manifest.json").write_text(json.dumps(raw))
-    res = run_cli("ensemble", "--member", str(a), "--member", str(bare), "--data", str(separable_tree),
-                  "--out", str(tmp_path / "o"), timeout=300)
+    res = run_cli(
+        "ensemble",
+        "--member",
+        str(a),
+        "--member",
+        str(bare),
+        "--data",
+        str(separable_tree),
+        "--out",
+        str(tmp_path / "o"),
+        timeout=300,
+    )
     assert res.returncode == 2 and "does not say which images it held out" in res.stderr, res.stderr[-1500:]
 
 
 def test_fine_tuning_an_ensemble_is_refused_with_what_to_do_instead(ensemble, separable_tree, tmp_path):
-    res = run_cli("train", "--init", str(ensemble), "--data", str(separable_tree), "--out", str(tmp_path / "ft"),
-                  "--iterations", "2", timeout=300)
+    res = run_cli(
+        "train",
+        "--init",
+        str(ensemble),
+        "--data",
+        str(separable_tree),
+        "--out",
+        str(tmp_path / "ft"),
+        "--iterations",
+        "2",
+        timeout=300,
+    )
     assert res.returncode == 2 and "is an ensemble of 2 models" in res.stderr, res.stderr[-1500:]
     assert not (tmp_path / "ft").exists()

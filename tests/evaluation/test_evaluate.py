@@ -7,10 +7,11 @@ import json
 import re
 import subprocess
 import sys
+
 import pytest
 
-from tests.evaluation.conftest import tiny_train_argv, write_tree
 from tests.conftest import REPO
+from tests.evaluation.conftest import tiny_train_argv, write_tree
 
 
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -23,8 +24,17 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def evaluated(separable_model, separable_tree, tmp_path_factory):
     out = tmp_path_factory.mktemp("evaluated")
     proc = run_cli(
-        "evaluate", "--model", str(separable_model), "--data", str(separable_tree), "--json", str(out / "eval.json"),
-        "--report", str(out / "report"), "--score", "all",
+        "evaluate",
+        "--model",
+        str(separable_model),
+        "--data",
+        str(separable_tree),
+        "--json",
+        str(out / "eval.json"),
+        "--report",
+        str(out / "report"),
+        "--score",
+        "all",
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads((out / "eval.json").read_text()), out / "report", proc.stdout
@@ -87,7 +97,9 @@ def test_the_report_shows_every_image_most_anomalous_first_and_its_pictures_exis
 
 def test_without_ground_truth_masks_pixel_auroc_is_null(separable_model, tmp_path):
     data = write_tree(tmp_path / "nomask", n_train=0, n_good=3, n_defect=3, masks=False)
-    proc = run_cli("evaluate", "--model", str(separable_model), "--data", str(data), "--json", str(tmp_path / "r.json"), "--quiet")
+    proc = run_cli(
+        "evaluate", "--model", str(separable_model), "--data", str(data), "--json", str(tmp_path / "r.json"), "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["pixel_auroc"] is None and result["image_auroc"] == 1.0
@@ -95,7 +107,9 @@ def test_without_ground_truth_masks_pixel_auroc_is_null(separable_model, tmp_pat
 
 
 def test_a_folder_without_the_mvtec_test_layout_exits_2_with_a_message(separable_model, tmp_path):
-    proc = run_cli("evaluate", "--model", str(separable_model), "--data", str(tmp_path), "--json", str(tmp_path / "r.json"))
+    proc = run_cli(
+        "evaluate", "--model", str(separable_model), "--data", str(tmp_path), "--json", str(tmp_path / "r.json")
+    )
     assert proc.returncode == 2 and "test/" in proc.stderr and not (tmp_path / "r.json").exists()
 
 
@@ -111,8 +125,8 @@ def test_evaluate_never_imports_torch(separable_model, separable_tree, tmp_path)
 
 
 def test_good_only_calibration_gives_a_threshold_that_passes_its_good_images(separable_model, separable_tree):
-    from inspectd.evaluation.thresholds import evaluate, open_inspector
     from inspectd.core.manifest import load_manifest
+    from inspectd.evaluation.thresholds import evaluate, open_inspector
     from inspectd.training.data import load_folder
     from inspectd.training.workflow import _split
 
@@ -135,8 +149,9 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
     from inspectd.training.data import hard_defect_files
 
     model = tmp_path / "model"
-    argv = tiny_train_argv(separable_tree, model, "--hard-defects", str(separable_tree), "--hard-fraction", "0.5",
-                           "--hard-prob", "0.3")
+    argv = tiny_train_argv(
+        separable_tree, model, "--hard-defects", str(separable_tree), "--hard-fraction", "0.5", "--hard-prob", "0.3"
+    )
     assert train_main(argv) == 0
     hard = json.loads((model / "manifest.json").read_text())["training"]["hard_defects"]
     chosen = {s for _, _, s in hard_defect_files(separable_tree, 0.5)}
@@ -154,9 +169,32 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
     assert "left out: 3 images" in proc.stdout
 
     child = tmp_path / "child"  # a fine-tune of that model without hard defects still leaves the parent's out
-    assert train_main(["train", "--init", str(model), "--data", str(separable_tree), "--out", str(child),
-                       "--iterations", "5", "--batch-size", "4", "--threads", "1", "--log-every", "0",
-                       "--checkpoint-dir", str(tmp_path / "ckpt2"), "--loss-threshold", "0"]) == 0
+    assert (
+        train_main(
+            [
+                "train",
+                "--init",
+                str(model),
+                "--data",
+                str(separable_tree),
+                "--out",
+                str(child),
+                "--iterations",
+                "5",
+                "--batch-size",
+                "4",
+                "--threads",
+                "1",
+                "--log-every",
+                "0",
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt2"),
+                "--loss-threshold",
+                "0",
+            ]
+        )
+        == 0
+    )
     inherited = json.loads((child / "manifest.json").read_text())["training"]["hard_defects"]["inherited_files"]
     assert {f["image"] for f in inherited} == chosen
     proc = run_cli("evaluate", "--model", str(child), "--data", str(copy), "--json", str(tmp_path / "c.json"))
@@ -180,5 +218,5 @@ def test_a_model_with_scaled_tiles_is_trained_exported_and_evaluated_in_camera_p
     regions = [r for rec in result["images"] for r in rec["regions"]]
     assert regions  # the defective images are found somewhere ...
     for r in regions:  # ... in the 48 x 48 camera frame, not the 24 x 24 resized one
-        assert 0 <= r["x"] and 0 <= r["y"] and r["x"] + r["w"] <= 48 and r["y"] + r["h"] <= 48
+        assert r["x"] >= 0 and r["y"] >= 0 and r["x"] + r["w"] <= 48 and r["y"] + r["h"] <= 48
     assert max(r["x"] + r["w"] for r in regions) > 24 or max(r["y"] + r["h"] for r in regions) > 24

@@ -9,10 +9,10 @@ import shutil
 import cv2
 import numpy as np
 
+from inspectd.core.manifest import PreprocessSpec, TensorSpec
 from inspectd.evaluation.scoring import L2Difference, native_score, variant_inspector, variant_thresholds
 from inspectd.evaluation.thresholds import open_inspector
 from inspectd.inspection.decide import smooth_map
-from inspectd.core.manifest import PreprocessSpec, TensorSpec
 from inspectd.inspection.preprocess import Preprocessor, normalize_exposure
 from tests.evaluation.conftest import flat, with_spot
 
@@ -49,7 +49,9 @@ def test_exposure_normalisation_makes_frames_that_differ_by_a_gain_look_alike():
     np.testing.assert_array_equal(normalize_exposure(dark, PreprocessSpec(color="gray")), dark)
     pre = Preprocessor(spec, TensorSpec(name="x", shape=(None, 1, 32, 32)))
     prepared = pre.prepare(bright)
-    np.testing.assert_allclose(prepared.reference[0], cv2.resize(nb, (32, 32), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(
+        prepared.reference[0], cv2.resize(nb, (32, 32), interpolation=cv2.INTER_AREA) / 255.0, atol=1e-6
+    )
 
 
 def test_training_frames_are_normalised_by_the_daemons_own_function():
@@ -58,7 +60,9 @@ def test_training_frames_are_normalised_by_the_daemons_own_function():
     frame = np.clip(np.random.default_rng(3).normal(60, 10, (48, 48)), 0, 255).astype(np.uint8)
     geom = InputGeometry(height=32, width=32, normalize="median", normalize_to=120)
     ds = TrainingSet([frame], geom)
-    np.testing.assert_array_equal(ds.frames[0], normalize_exposure(frame, PreprocessSpec(color="gray", normalize="median", normalize_to=120)))
+    np.testing.assert_array_equal(
+        ds.frames[0], normalize_exposure(frame, PreprocessSpec(color="gray", normalize="median", normalize_to=120))
+    )
 
 
 def test_variants_share_the_inspectors_path_and_swap_only_the_difference_kernel(separable_model):

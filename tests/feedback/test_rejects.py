@@ -9,15 +9,21 @@ import time
 
 import cv2
 
+from inspectd.core.types import Code
 from inspectd.feedback import rejects as R
 from inspectd.feedback.rejects import RejectsConfig, RejectStore, plc_seq
-from inspectd.core.types import Code
 from tests.support.collector import SHA, reject
 
 
 def _store(tmp_path, **cfg) -> RejectStore:
-    return RejectStore(RejectsConfig(dir=tmp_path / "rejects", **cfg), line="line 7/a", camera="synthetic",
-                       model_sha256=SHA, model_name="m", pixel_threshold=0.3)
+    return RejectStore(
+        RejectsConfig(dir=tmp_path / "rejects", **cfg),
+        line="line 7/a",
+        camera="synthetic",
+        model_sha256=SHA,
+        model_name="m",
+        pixel_threshold=0.3,
+    )
 
 
 def test_a_reject_is_kept_as_image_overlay_and_metadata_and_other_verdicts_are_not(tmp_path):

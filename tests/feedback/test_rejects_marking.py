@@ -7,9 +7,9 @@ import socket
 
 import pytest
 
-from inspectd.feedback.control import ControlError, request
 from inspectd.daemon.controls import DaemonControls
 from inspectd.feedback.channel import Feedback
+from inspectd.feedback.control import ControlError, request
 from inspectd.feedback.marking import Marker, MarkError
 from inspectd.feedback.protocol import encode_record, parse_record
 from inspectd.feedback.rejects import RejectsConfig, RejectStore
@@ -19,8 +19,14 @@ from tests.support.collector import SHA, reject, wait_until
 
 @pytest.fixture
 def parts(tmp_path):
-    store = RejectStore(RejectsConfig(dir=tmp_path / "rejects", queue_size=64), line="line-7", camera="synthetic",
-                        model_sha256=SHA, model_name="m", pixel_threshold=0.3)
+    store = RejectStore(
+        RejectsConfig(dir=tmp_path / "rejects", queue_size=64),
+        line="line-7",
+        camera="synthetic",
+        model_sha256=SHA,
+        model_name="m",
+        pixel_threshold=0.3,
+    )
     spool = Spool(tmp_path / "spool")
     for seq in (1, 2, 3, 65537):
         store.emit(reject(seq, item_id=seq % 1000))

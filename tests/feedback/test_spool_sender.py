@@ -10,13 +10,20 @@ import zmq
 from inspectd.feedback.protocol import ACK_TAG, RECORD_TAG
 from inspectd.feedback.sender import FeedbackConfig, Sender
 from inspectd.feedback.spool import Spool
-from tests.support.collector import free_port, meta_lines, record, wait_until
 from tests.collector.test_collector import Running
+from tests.support.collector import free_port, meta_lines, record, wait_until
 
 
 def _cfg(endpoint: str, tmp_path, **kw) -> FeedbackConfig:
-    base = {"collector": endpoint, "spool_dir": tmp_path / "spool", "ack_timeout_s": 0.5, "backoff_initial_s": 0.1,
-            "backoff_max_s": 0.4, "flush_timeout_s": 1.0, "log_interval_s": 0.2}
+    base = {
+        "collector": endpoint,
+        "spool_dir": tmp_path / "spool",
+        "ack_timeout_s": 0.5,
+        "backoff_initial_s": 0.1,
+        "backoff_max_s": 0.4,
+        "flush_timeout_s": 1.0,
+        "log_interval_s": 0.2,
+    }
     base.update(kw)
     return FeedbackConfig(**base)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inspectd.inspection.decide import Decider, reduce_map
 from inspectd.core.types import Code, Region
+from inspectd.inspection.decide import Decider, reduce_map
 
 
 def blank(h=60, w=80, value=0.05) -> np.ndarray:

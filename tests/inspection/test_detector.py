@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
+from inspectd.core.errors import ModelError
+from inspectd.core.types import Code
 from inspectd.inspection.detector import Detector
 from inspectd.inspection.inspector import Inspector
-from inspectd.core.types import Code
-from inspectd.core.errors import ModelError
 from tests.support.helpers import draw_item, make_blur_model
 
 
@@ -135,7 +135,9 @@ def test_tile_mode_finds_a_defect_in_a_line_scan_frame(tmp_path):
     assert 690 <= r.x <= 708 and r.y <= 28
 
 
-@pytest.mark.parametrize("hw, box", [((32, 32), (10, 20, 8, 18)), ((64, 64), (30, 42, 20, 32)), ((96, 130), (30, 42, 20, 32))])
+@pytest.mark.parametrize(
+    "hw, box", [((32, 32), (10, 20, 8, 18)), ((64, 64), (30, 42, 20, 32)), ((96, 130), (30, 42, 20, 32))]
+)
 def test_a_scaled_tile_model_maps_scores_and_regions_back_to_camera_pixels(tmp_path, hw, box):
     """preprocess.scale 0.5: a 32 x 32 frame becomes one padded 32 x 32 tile; the map and the region still come
     back at the camera frame's size and place (the one-tile shortcut must not hand back the padded half-size map)."""

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.core.manifest import Manifest, load_manifest
 from inspectd.core.errors import ModelError
+from inspectd.core.manifest import Manifest, load_manifest
 from tests.support.helpers import daemon_config, make_blur_model, make_ensemble_dir, parse_json_lines, run_cli
 
 
@@ -22,8 +22,9 @@ def pair(tmp_path_factory):
     """A native-resolution 64 px tile model and a half-scale 32 px tile model (different graphs, different maps)."""
     root = tmp_path_factory.mktemp("pair")
     fine = make_blur_model(root / "fine", size=(64, 64), mode="tile", tile_overlap=16, pixel_threshold=0.3)
-    coarse = make_blur_model(root / "coarse", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5,
-                             pixel_threshold=0.2)
+    coarse = make_blur_model(
+        root / "coarse", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5, pixel_threshold=0.2
+    )
     return fine, coarse
 
 
@@ -59,8 +60,8 @@ def test_the_ensemble_map_combines_each_models_own_map_divided_by_its_divisor(tm
 
 
 def test_a_defect_only_the_member_sees_is_rejected_by_the_ensemble(tmp_path, pair):
-    from inspectd.inspection.inspector import Inspector
     from inspectd.core.types import Code
+    from inspectd.inspection.inspector import Inspector
 
     fine, coarse = pair
     # the primary's map is divided by 100: on its own scale it can never reach the combined threshold of 1

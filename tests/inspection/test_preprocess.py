@@ -176,7 +176,8 @@ def test_to_unit_rejects_output_with_the_wrong_layout():
 
 
 @pytest.mark.parametrize(
-    ("length", "tile", "overlap"), [(4096, 256, 32), (2448, 256, 32), (300, 64, 0), (64, 64, 8), (65, 64, 8), (10, 64, 8)]
+    ("length", "tile", "overlap"),
+    [(4096, 256, 32), (2448, 256, 32), (300, 64, 0), (64, 64, 8), (65, 64, 8), (10, 64, 8)],
 )
 def test_axis_starts_cover_the_axis_and_the_last_tile_is_flush(length, tile, overlap):
     starts = axis_starts(max(length, tile), tile, overlap)
@@ -314,8 +315,9 @@ def test_scaled_tiles_cut_the_resized_frame_and_stitch_back_to_camera_pixels(h, 
     assert prep.layout.frame_hw == small.shape and prep.layout.native_hw == (h, w)
     assert prep.layout.n_tiles == make(hw=(32, 32), mode="tile", tile_overlap=8).layout_for(small.shape).n_tiles
     y, x = prep.layout.origins[-1]
-    padded = cv2.copyMakeBorder(small, 0, max(0, 32 - small.shape[0]), 0, max(0, 32 - small.shape[1]),
-                                cv2.BORDER_REFLECT_101)
+    padded = cv2.copyMakeBorder(
+        small, 0, max(0, 32 - small.shape[0]), 0, max(0, 32 - small.shape[1]), cv2.BORDER_REFLECT_101
+    )
     np.testing.assert_array_equal(prep.reference[-1], padded[y : y + 32, x : x + 32] / np.float32(255))
     out = pre.stitch(prep.reference, prep.layout)
     assert out.shape == (h, w) and out.dtype == np.float32  # scores in camera pixels, whatever the scale

@@ -9,12 +9,11 @@ import sys
 from pathlib import Path
 
 import cv2
+import numba
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.metrics import structural_similarity
-
-import numba
 
 from inspectd.inspection.ssim import SsimKernel, _tile_width, set_num_threads, warmup
 
@@ -152,7 +151,9 @@ def test_data_range_other_than_one_matches_skimage():
     assert max_err(got, skimage_map(a, b, "gaussian", 11, data_range=255.0)) < TOL
 
 
-@pytest.mark.parametrize(("window", "size", "sigma"), [("gaussian", 11, 1.5), ("gaussian", 29, 4.0), ("uniform", 3, 1.5)])
+@pytest.mark.parametrize(
+    ("window", "size", "sigma"), [("gaussian", 11, 1.5), ("gaussian", 29, 4.0), ("uniform", 3, 1.5)]
+)
 def test_wide_images_across_several_column_tiles_match_skimage(window, size, sigma):
     # widths at and around multiples of the kernel's column tile: interior tiles, edge tiles, a 1-column last tile
     t = _tile_width(size)
@@ -392,7 +393,7 @@ def test_real_tiles_against_a_blurred_copy_match_skimage(magnetic_tile, window, 
         d = k.difference(a, b)
         err = max_err(np.float32(1) - d, skimage_map(a, b, window, size, sigma))
         assert err < TOL, f"{path.name}: max abs error {err:.2e}"
-        assert 0 <= d.min() and d.max() <= 2
+        assert d.min() >= 0 and d.max() <= 2
         assert d.mean() > 0  # blurring changes the texture
 
 

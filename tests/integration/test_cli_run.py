@@ -160,7 +160,7 @@ def test_sd_notify_ready_watchdog_status_and_stopping_reach_the_notify_socket(tm
         while time.monotonic() < deadline:
             try:
                 messages.append(sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
             text = "\n".join(messages)
             if "READY=1" in text and text.count("WATCHDOG=1") >= 3 and "STATUS=" in text:
@@ -170,7 +170,7 @@ def test_sd_notify_ready_watchdog_status_and_stopping_reach_the_notify_socket(tm
         while time.monotonic() < end and "STOPPING=1" not in "\n".join(messages):
             try:
                 messages.append(sock.recv(4096).decode())
-            except socket.timeout:
+            except TimeoutError:
                 pass
         assert proc.wait(30) == 0
     finally:
@@ -219,8 +219,9 @@ def test_a_model_with_scaled_tiles_runs_in_the_daemon_and_reports_regions_in_cam
     import cv2
     import numpy as np
 
-    model = make_blur_model(tmp_path / "m", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5,
-                            pixel_threshold=0.35, min_region_area=4)
+    model = make_blur_model(
+        tmp_path / "m", size=(32, 32), mode="tile", tile_overlap=8, scale=0.5, pixel_threshold=0.35, min_region_area=4
+    )
     folder = tmp_path / "frames"
     folder.mkdir()
     for i in range(6):

@@ -200,8 +200,12 @@ def test_a_thousand_records_go_end_to_end(tmp_path, blur_model):
     lines = meta_lines(out)
     assert len(lines) == 1000 and sorted(m["id"] for m in lines) == sorted(ids)
     assert len(list((out / "train" / "good").glob("*.png"))) == 1000
-    report = {"records": 1000, "marking_s": round(t_marked, 2), "end_to_end_s": round(t_all, 2),
-              "records_per_s": round(1000 / t_all, 1)}
+    report = {
+        "records": 1000,
+        "marking_s": round(t_marked, 2),
+        "end_to_end_s": round(t_all, 2),
+        "records_per_s": round(1000 / t_all, 1),
+    }
     print(json.dumps(report))
     (Path(os.environ.get("INSPECTD_BENCH_OUT", tmp_path)) / "feedback_1000.json").write_text(json.dumps(report))
 
@@ -268,6 +272,13 @@ def test_every_kind_of_malformed_message_is_refused_while_good_ones_keep_flowing
 
 def test_the_collector_systemd_unit_passes_systemd_analyze_verify(tmp_path):
     unit = verify_systemd_unit(tmp_path, "inspectd-collect.service")
-    for needed in ("Type=notify", "StateDirectory=inspectd-collect", "collect --bind", "--out /var/lib/inspectd-collect",
-                   "Restart=on-failure", "ProtectSystem=strict", "NoNewPrivileges=yes"):
+    for needed in (
+        "Type=notify",
+        "StateDirectory=inspectd-collect",
+        "collect --bind",
+        "--out /var/lib/inspectd-collect",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+    ):
         assert needed in unit

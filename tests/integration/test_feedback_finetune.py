@@ -16,16 +16,38 @@ from inspectd.feedback.protocol import RecordMeta
 from inspectd.training.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table
 from tests.support.helpers import make_blur_model, run_cli
 
-TINY = ["--input-size", "32", "--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2",
-        "--batch-size", "8", "--threads", "1", "--log-every", "20"]
+TINY = [
+    "--input-size",
+    "32",
+    "--base-width",
+    "8",
+    "--max-width",
+    "16",
+    "--latent-channels",
+    "8",
+    "--depth",
+    "2",
+    "--batch-size",
+    "8",
+    "--threads",
+    "1",
+    "--log-every",
+    "20",
+]
 
 
 def _stripes(n: int, period: float, angle: float, seed: int, size: int = 48) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)
     u = x * np.cos(angle) + y * np.sin(angle)
-    return [np.clip(128 + 60 * np.sin(u * 2 * np.pi / period + rng.uniform(0, 2 * np.pi))
-                    + rng.normal(0, 2, (size, size)), 0, 255).astype(np.uint8) for _ in range(n)]
+    return [
+        np.clip(
+            128 + 60 * np.sin(u * 2 * np.pi / period + rng.uniform(0, 2 * np.pi)) + rng.normal(0, 2, (size, size)),
+            0,
+            255,
+        ).astype(np.uint8)
+        for _ in range(n)
+    ]
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -56,11 +78,19 @@ def test_training_stops_when_the_loss_reaches_the_threshold_or_else_at_the_itera
 
     cfg = ModelConfig(height=32, width=32, channels=1, base_width=8, max_width=16, latent_channels=8, depth=2)
     data = TrainingSet(_stripes(8, 8, 0.5, 0, size=32), InputGeometry(height=32, width=32))
-    easy = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=200, batch_size=4, threads=1, log_every=0,
-                                                         stop_loss=10.0, stop_window=5), log=None)
+    easy = train(
+        ConvAutoencoder(cfg),
+        data,
+        TrainConfig(iterations=200, batch_size=4, threads=1, log_every=0, stop_loss=10.0, stop_window=5),
+        log=None,
+    )
     assert easy.stopped_by == "loss" and easy.iterations == 5
-    hard = train(ConvAutoencoder(cfg), data, TrainConfig(iterations=12, batch_size=4, threads=1, log_every=0,
-                                                         stop_loss=0.0, stop_window=5), log=None)
+    hard = train(
+        ConvAutoencoder(cfg),
+        data,
+        TrainConfig(iterations=12, batch_size=4, threads=1, log_every=0, stop_loss=0.0, stop_window=5),
+        log=None,
+    )
     assert hard.stopped_by == "iterations" and hard.iterations == 12
 
 
@@ -74,23 +104,66 @@ def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_
         (base / "train" / "good").mkdir(parents=True, exist_ok=True)
         (base / "train" / "good" / f"{i:03d}.png").write_bytes(_png(img))
     parent = tmp_path / "parent"
-    res = run_cli("train", "--data", str(base), "--out", str(parent), "--iterations", "40",
-                  "--checkpoint-dir", str(tmp_path / "ck1"), *TINY, timeout=300)
+    res = run_cli(
+        "train",
+        "--data",
+        str(base),
+        "--out",
+        str(parent),
+        "--iterations",
+        "40",
+        "--checkpoint-dir",
+        str(tmp_path / "ck1"),
+        *TINY,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     parent_sha = load_manifest(parent).onnx.sha256
 
     # a new batch of material the model has never seen: rejected, found good by operators, collected
     rejects = _stripes(30, 4.5, 2.0, 2)
     collected = tmp_path / "collected"
-    Dataset(collected).store([
-        (RecordMeta(id=f"line-7-{i}", mark="good", line="line-7", camera="synthetic", model_sha256=parent_sha,
-                    seq=i + 1, plc_seq=i + 1, item_id=i, score=1.0, time="2026-01-01T00:00:00Z",
-                    marked_at="2026-01-01T00:01:00Z", marked_by="plc", width=48, height=48, channels=1), _png(img))
-        for i, img in enumerate(rejects)
-    ])
+    Dataset(collected).store(
+        [
+            (
+                RecordMeta(
+                    id=f"line-7-{i}",
+                    mark="good",
+                    line="line-7",
+                    camera="synthetic",
+                    model_sha256=parent_sha,
+                    seq=i + 1,
+                    plc_seq=i + 1,
+                    item_id=i,
+                    score=1.0,
+                    time="2026-01-01T00:00:00Z",
+                    marked_at="2026-01-01T00:01:00Z",
+                    marked_by="plc",
+                    width=48,
+                    height=48,
+                    channels=1,
+                ),
+                _png(img),
+            )
+            for i, img in enumerate(rejects)
+        ]
+    )
     child = tmp_path / "child"
-    res = run_cli("train", "--init", str(parent), "--data", str(collected), "--out", str(child),
-                  "--iterations", "120", "--checkpoint-dir", str(tmp_path / "ck2"), *TINY[10:], timeout=300)
+    res = run_cli(
+        "train",
+        "--init",
+        str(parent),
+        "--data",
+        str(collected),
+        "--out",
+        str(child),
+        "--iterations",
+        "120",
+        "--checkpoint-dir",
+        str(tmp_path / "ck2"),
+        *TINY[10:],
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
 
     before, after = open_inspector(parent), open_inspector(child)
@@ -99,8 +172,10 @@ def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_
     s_after = np.mean([after.inspect(img).decision.score for img in rejects])
     f_before = np.mean([before.inspect(img).decision.score for img in fresh])
     f_after = np.mean([after.inspect(img).decision.score for img in fresh])
-    print(f"mean score of the collected false rejects {s_before:.3f} -> {s_after:.3f}, of fresh ones {f_before:.3f} -> "
-          f"{f_after:.3f}")
+    print(
+        f"mean score of the collected false rejects {s_before:.3f} -> {s_after:.3f}, of fresh ones {f_before:.3f} -> "
+        f"{f_after:.3f}"
+    )
     assert s_after < 0.9 * s_before, (s_before, s_after)
     assert f_after < 0.9 * f_before, (f_before, f_after)
 
@@ -120,6 +195,16 @@ def test_init_refuses_a_model_it_cannot_continue(tmp_path):
     (tmp_path / "d").mkdir()
     for i, img in enumerate(_stripes(4, 8, 0.5, 0)):
         (tmp_path / "d" / f"{i}.png").write_bytes(_png(img))
-    res = run_cli("train", "--init", str(blur), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"),
-                  "--iterations", "2", timeout=120)
+    res = run_cli(
+        "train",
+        "--init",
+        str(blur),
+        "--data",
+        str(tmp_path / "d"),
+        "--out",
+        str(tmp_path / "o"),
+        "--iterations",
+        "2",
+        timeout=120,
+    )
     assert res.returncode == 2 and "--init" in res.stderr and "training.model" in res.stderr

@@ -48,11 +48,18 @@ def mvtec_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def checkers_dir(mvtec_dir, tmp_path_factory) -> Path:
     pytest.importorskip("torch", reason="training checkers needs the train extra")
+    from inspectd.labelling.checker import CheckerConfig
     from inspectd.labelling.dataset import scan
     from inspectd.labelling.training import TrainSettings, train_checkers
-    from inspectd.labelling.checker import CheckerConfig
 
     out = tmp_path_factory.mktemp("checkers")
-    train_checkers(scan(mvtec_dir), out, folds=2, config=CheckerConfig(32, 32, base_width=4),
-                   settings=TrainSettings(iterations=8, batch_size=8, threads=1), data_root=str(mvtec_dir), log=None)
+    train_checkers(
+        scan(mvtec_dir),
+        out,
+        folds=2,
+        config=CheckerConfig(32, 32, base_width=4),
+        settings=TrainSettings(iterations=8, batch_size=8, threads=1),
+        data_root=str(mvtec_dir),
+        log=None,
+    )
     return out

@@ -67,6 +67,7 @@ def test_max_pooled_image_head_scores_a_defect_the_same_in_a_crop_and_in_a_large
             net(crop)
             net(whole)
         pooled[pool] = feats
+
     def change(a, b):
         return float((a - b).norm() / a.norm())
 
@@ -77,8 +78,8 @@ def test_max_pooled_image_head_scores_a_defect_the_same_in_a_crop_and_in_a_large
 
 
 def test_checker_folds_are_disjoint_and_cover_the_data(checkers_dir, mvtec_dir):
-    from inspectd.labelling.dataset import scan
     from inspectd.core.manifest import load_manifest
+    from inspectd.labelling.dataset import scan
 
     members = [set(load_manifest(checkers_dir / f"checker_{k}").training["checker"]["members"]) for k in range(2)]
     assert members[0] and members[1] and not members[0] & members[1]
@@ -103,8 +104,22 @@ def test_each_image_is_checked_only_by_checkers_that_did_not_train_on_it(checker
 def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_path):
     out, report = tmp_path / "check.json", tmp_path / "report"
     # IoU threshold 1.0 flags every defective label a tiny checker does not reproduce exactly: a full report
-    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
-                   "--report", str(report), "--iou-threshold", "1.0", "--accepted", str(tmp_path / "accepted"))
+    proc = run_cli(
+        "label",
+        "check",
+        "--data",
+        str(mvtec_dir),
+        "--checkers",
+        str(checkers_dir),
+        "--json",
+        str(out),
+        "--report",
+        str(report),
+        "--iou-threshold",
+        "1.0",
+        "--accepted",
+        str(tmp_path / "accepted"),
+    )
     assert proc.returncode in (0, 3), proc.stderr
     doc = json.loads(out.read_text())
     assert doc["checked"] == 20 and doc["flagged"] and proc.returncode == 3
@@ -122,9 +137,24 @@ def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_p
 def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits(checkers_dir, mvtec_dir, tmp_path):
     out = tmp_path / "contrast.json"
     # rim_min 100 cannot be met by any label (rim / core is ~1 or less): every defective label is flagged too_large
-    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
-                   "--region", "contrast", "--rim-min", "100", "--low-threshold", "0",
-                   "--report", str(tmp_path / "report"))
+    proc = run_cli(
+        "label",
+        "check",
+        "--data",
+        str(mvtec_dir),
+        "--checkers",
+        str(checkers_dir),
+        "--json",
+        str(out),
+        "--region",
+        "contrast",
+        "--rim-min",
+        "100",
+        "--low-threshold",
+        "0",
+        "--report",
+        str(tmp_path / "report"),
+    )
     assert proc.returncode == 3, proc.stderr
     doc = json.loads(out.read_text())
     assert doc["rules"]["region"] == "contrast" and doc["rules"]["rim_min"] == 100
@@ -135,8 +165,20 @@ def test_label_check_cli_region_contrast_reports_the_ratios_and_takes_its_limits
     for f in spots:
         assert f["reason"] == "region_mismatch" and "too_large" in f["contrast_problems"]
         assert set(f["contrast"]) == {"inside", "core", "rim", "band"}
-    bad = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(out),
-                  "--region", "contrast", "--band-max", "-1")
+    bad = run_cli(
+        "label",
+        "check",
+        "--data",
+        str(mvtec_dir),
+        "--checkers",
+        str(checkers_dir),
+        "--json",
+        str(out),
+        "--region",
+        "contrast",
+        "--band-max",
+        "-1",
+    )
     assert bad.returncode == 2 and "band_max must be >= 0" in bad.stderr
 
 
@@ -159,13 +201,18 @@ def test_training_folds_in_parallel_processes_gives_the_same_checkers_as_one_aft
     """jobs=2 spawns one process per fold; each fold's checker depends only on its data and the seed."""
     import onnxruntime as ort
 
-    from inspectd.labelling.dataset import scan
-    from inspectd.labelling.training import TrainSettings, train_checkers
     from inspectd.core.manifest import load_manifest
     from inspectd.labelling.checker import CheckerConfig
+    from inspectd.labelling.dataset import scan
+    from inspectd.labelling.training import TrainSettings, train_checkers
 
-    kw = dict(folds=2, config=CheckerConfig(32, 32, base_width=4), data_root=str(mvtec_dir), log=None,
-              settings=TrainSettings(iterations=8, batch_size=8, threads=1))
+    kw = dict(
+        folds=2,
+        config=CheckerConfig(32, 32, base_width=4),
+        data_root=str(mvtec_dir),
+        log=None,
+        settings=TrainSettings(iterations=8, batch_size=8, threads=1),
+    )
     serial = train_checkers(scan(mvtec_dir), tmp_path / "serial", jobs=1, **kw)
     parallel = train_checkers(scan(mvtec_dir), tmp_path / "parallel", jobs=2, **kw)
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
@@ -198,13 +245,29 @@ def _with_train_good(mvtec_dir, tmp_path, n=6):
 
 
 def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec_dir, tmp_path):
-    from inspectd.labelling.dataset import train_good
     from inspectd.core.manifest import load_manifest
+    from inspectd.labelling.dataset import train_good
 
     root = _with_train_good(mvtec_dir, tmp_path)
     assert [p.name for p in train_good(root)] == [f"{k:03d}.png" for k in range(6)] and train_good(mvtec_dir) == []
-    common = ["label", "train-checker", "--data", str(root), "--folds", "2", "--size", "32", "--base-width", "4",
-              "--iterations", "4", "--batch-size", "8", "--threads", "1"]
+    common = [
+        "label",
+        "train-checker",
+        "--data",
+        str(root),
+        "--folds",
+        "2",
+        "--size",
+        "32",
+        "--base-width",
+        "4",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    ]
     proc = run_cli(*common, "--out", str(tmp_path / "with"), "--good-share", "0.5")
     assert proc.returncode == 0, proc.stderr
     for k in range(2):
@@ -218,23 +281,48 @@ def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec
     assert bad.returncode == 2 and "good_share must lie in [0, 1)" in bad.stderr
 
 
-
 def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_every_fold(
     checkers_dir, mvtec_dir, tmp_path
 ):
     """The loop's retraining: `--exclude CHECK_JSON` trains no checker on the labels a check flagged; those images
     are then checked by all checkers (none trained on them), the others by the checker of the other fold."""
+    from inspectd.core.manifest import load_manifest
     from inspectd.labelling.check import load_checkers, run_check
     from inspectd.labelling.dataset import scan
-    from inspectd.core.manifest import load_manifest
 
     first = tmp_path / "first.json"
-    proc = run_cli("label", "check", "--data", str(mvtec_dir), "--checkers", str(checkers_dir), "--json", str(first),
-                   "--iou-threshold", "1.0")
+    proc = run_cli(
+        "label",
+        "check",
+        "--data",
+        str(mvtec_dir),
+        "--checkers",
+        str(checkers_dir),
+        "--json",
+        str(first),
+        "--iou-threshold",
+        "1.0",
+    )
     flagged = [f["image"] for f in json.loads(first.read_text())["flagged"]]
     assert proc.returncode == 3 and 0 < len(flagged) < 18, proc.stderr
-    common = ["label", "train-checker", "--data", str(mvtec_dir), "--folds", "2", "--size", "32", "--base-width",
-              "4", "--iterations", "4", "--batch-size", "8", "--threads", "1"]
+    common = [
+        "label",
+        "train-checker",
+        "--data",
+        str(mvtec_dir),
+        "--folds",
+        "2",
+        "--size",
+        "32",
+        "--base-width",
+        "4",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    ]
     proc = run_cli(*common, "--out", str(tmp_path / "ck"), "--exclude", str(first))
     assert proc.returncode == 0, proc.stderr
     assert f"{len(flagged)} flagged image(s) left out of training" in proc.stdout
@@ -256,8 +344,24 @@ def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_ev
 def test_train_checker_crop_option_trains_on_whole_inputs_with_0_and_refuses_a_tiny_crop(mvtec_dir, tmp_path):
     from inspectd.core.manifest import load_manifest
 
-    common = ["label", "train-checker", "--data", str(mvtec_dir), "--folds", "2", "--size", "32", "--base-width",
-              "4", "--iterations", "3", "--batch-size", "8", "--threads", "1"]
+    common = [
+        "label",
+        "train-checker",
+        "--data",
+        str(mvtec_dir),
+        "--folds",
+        "2",
+        "--size",
+        "32",
+        "--base-width",
+        "4",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    ]
     proc = run_cli(*common, "--out", str(tmp_path / "whole"), "--crop", "0")
     assert proc.returncode == 0, proc.stderr
     assert load_manifest(tmp_path / "whole" / "checker_0").training["settings"]["crop"] is None
@@ -296,11 +400,30 @@ def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
     import signal
     import time
 
-    args = ["label", "train-checker", "--data", str(mvtec_dir), "--out", str(tmp_path / "ck"), "--folds", "2",
-            "--jobs", "2", "--size", "32", "--base-width", "4", "--iterations", "10000000", "--minutes", "10"]
+    args = [
+        "label",
+        "train-checker",
+        "--data",
+        str(mvtec_dir),
+        "--out",
+        str(tmp_path / "ck"),
+        "--folds",
+        "2",
+        "--jobs",
+        "2",
+        "--size",
+        "32",
+        "--base-width",
+        "4",
+        "--iterations",
+        "10000000",
+        "--minutes",
+        "10",
+    ]
     with (tmp_path / "log.txt").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "inspectd", *args], stdout=log, stderr=subprocess.STDOUT,
-                                env=cli_env(), cwd=REPO)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inspectd", *args], stdout=log, stderr=subprocess.STDOUT, env=cli_env(), cwd=REPO
+        )
     workers: list[int] = []
     try:
         deadline = time.monotonic() + 90
@@ -320,7 +443,6 @@ def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
         for w in workers:
             if _running(w):
                 os.kill(w, signal.SIGKILL)
-
 
 
 def test_refinement_changes_only_the_threshold_free_rules_not_the_calibrated_predicted_region():

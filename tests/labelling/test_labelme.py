@@ -8,7 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.labelling.labelme import from_labelme, mask_to_polygons, polygons_to_mask, read_labelme_mask, to_labelme, write_labelme
+from inspectd.labelling.labelme import (
+    from_labelme,
+    mask_to_polygons,
+    polygons_to_mask,
+    read_labelme_mask,
+    to_labelme,
+    write_labelme,
+)
 
 
 def shapes_mask() -> np.ndarray:
@@ -44,7 +51,8 @@ def test_polygons_to_mask_to_polygons_within_a_pixel():
 
 def test_reads_labelme_rectangles_and_circles():
     doc = {
-        "imageHeight": 30, "imageWidth": 30,
+        "imageHeight": 30,
+        "imageWidth": 30,
         "shapes": [
             {"label": "defect", "points": [[2, 2], [6, 5]], "shape_type": "rectangle"},
             {"label": "defect", "points": [[20, 20], [24, 20]], "shape_type": "circle"},

@@ -29,8 +29,18 @@ def test_prelabel_writes_masks_labelme_json_and_overlays_then_import_reads_them_
     assert (out / "overlays" / "bad.png").is_file()
 
     mvtec = tmp_path / "mvtec"
-    proc = run_cli("label", "import", "--labels", str(out / "labelme"), "--images", str(images), "--out", str(mvtec),
-                   "--class", "spot")
+    proc = run_cli(
+        "label",
+        "import",
+        "--labels",
+        str(out / "labelme"),
+        "--images",
+        str(images),
+        "--out",
+        str(mvtec),
+        "--class",
+        "spot",
+    )
     assert proc.returncode == 0, proc.stderr
     np.testing.assert_array_equal(cv2.imread(str(mvtec / "ground_truth" / "spot" / "bad_mask.png"), 0), bad)
     assert (mvtec / "test" / "spot" / "bad.png").is_symlink() and (mvtec / "test" / "good" / "ok.png").exists()

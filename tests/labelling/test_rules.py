@@ -6,7 +6,20 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.labelling.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, RuleConfig, combine, contrast_stats, ensemble_rule, guided_filter, iou, judge, refine_map, single_rule
+from inspectd.labelling.rules import (
+    MISSED_LABEL,
+    REGION_MISMATCH,
+    WRONG_LABEL,
+    RuleConfig,
+    combine,
+    contrast_stats,
+    ensemble_rule,
+    guided_filter,
+    iou,
+    judge,
+    refine_map,
+    single_rule,
+)
 from tests.labelling.conftest import blurred_disc_map
 
 

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from inspectd.core.types import Code
 from inspectd.daemon.pipeline import State
 from inspectd.plc import PlcConfig, build_plc_sink
 from inspectd.plc.book import FLAG_READY, FLAG_REJECT, FLAG_TOGGLE
-from inspectd.core.types import Code
 from tests.support.plc import FakeControls, StandInPlc, code_for, free_port, verdict, wait_until
 
 WRITE, READ = 100, 150  # where the stand-in PLC keeps inspectd's status block and its own request registers

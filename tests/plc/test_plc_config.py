@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from inspectd.core.errors import ConfigError
 from inspectd.daemon.config import load_config, parse_config
 from inspectd.plc import PlcConfig
-from inspectd.core.errors import ConfigError
 from tests.support.helpers import REPO
 
 CAMERA = "camera:\n  type: synthetic\n"

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from inspectd.plc import PlcConfig, build_plc_sink
 from inspectd.core.types import Code
+from inspectd.plc import PlcConfig, build_plc_sink
 from tests.support.plc import free_port, plc_client, verdict, wait_until
 
 

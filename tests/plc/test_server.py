@@ -8,9 +8,9 @@ import time
 
 import pytest
 
+from inspectd.core.types import Code
 from inspectd.daemon.pipeline import State
 from inspectd.plc import PlcConfig, PlcError, build_plc_sink
-from inspectd.core.types import Code
 from tests.support.plc import FakeControls, code_for, free_port, plc_client, verdict, wait_until
 
 

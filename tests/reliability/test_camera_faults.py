@@ -43,7 +43,10 @@ def _reconnect(indent: str = "          ") -> str:
 def test_folder_missing_then_filled_then_emptied_then_refilled(tmp_path, blur_model):
     folder = tmp_path / "images"
     port = free_port()
-    cam = f"          type: folder\n          path: {folder}\n          loop: true\n          rate_hz: 25\n" + _reconnect()
+    cam = (
+        f"          type: folder\n          path: {folder}\n          loop: true\n          rate_hz: 25\n"
+        + _reconnect()
+    )
     d = run_daemon(config(tmp_path, blur_model, cam, extra=plc_section(port)))
     c = plc_client(port)
     try:
@@ -130,8 +133,10 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
         w.write(np.full((96, 96, 3), 120 + i % 8, np.uint8))
     w.release()
     http_port, port = free_port(), free_port()
-    cam = (f"          type: opencv\n          source: http://127.0.0.1:{http_port}/cam.avi\n          trigger: plc\n"
-           f"          timeout_s: 1.0\n" + _reconnect())
+    cam = (
+        f"          type: opencv\n          source: http://127.0.0.1:{http_port}/cam.avi\n          trigger: plc\n"
+        f"          timeout_s: 1.0\n" + _reconnect()
+    )
     d = run_daemon(config(tmp_path, blur_model, cam, extra=plc_section(port)))
     c = plc_client(port)
     items: list[int] = []

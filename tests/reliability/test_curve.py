@@ -39,33 +39,59 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
     assert run_cli("keygen", "--out", str(keys), "--name", "line-1", timeout=60).returncode == 2, "never overwritten"
     allowed.mkdir()
     (allowed / "line-1.key").write_bytes((keys / "line-1.key").read_bytes())
-    res = run_cli("collect", "--bind", "tcp://127.0.0.1:1", "--out", str(tmp_path / "x"), "--curve-secret-key",
-                  str(keys / "collector.key"), "--curve-allowed-clients", str(allowed), timeout=60)
+    res = run_cli(
+        "collect",
+        "--bind",
+        "tcp://127.0.0.1:1",
+        "--out",
+        str(tmp_path / "x"),
+        "--curve-secret-key",
+        str(keys / "collector.key"),
+        "--curve-allowed-clients",
+        str(allowed),
+        timeout=60,
+    )
     assert res.returncode == 2 and "no secret key" in res.stderr, "a public key file is not a secret key"
 
     port = free_port()
     out = tmp_path / "out"
-    c = collector(f"tcp://127.0.0.1:{port}", out, "--curve-secret-key", str(keys / "collector.key_secret"),
-                  "--curve-allowed-clients", str(allowed))
+    c = collector(
+        f"tcp://127.0.0.1:{port}",
+        out,
+        "--curve-secret-key",
+        str(keys / "collector.key_secret"),
+        "--curve-allowed-clients",
+        str(allowed),
+    )
     server_public, _ = zmq.auth.load_certificate(keys / "collector.key")
     ctx = zmq.Context()
     try:
         plain = _dealer(ctx, f"tcp://127.0.0.1:{port}", None)
         plain.send_multipart(encode_record(*record("plain-1")))  # queued; the CURVE handshake never completes
         assert plain.poll(1500) == 0, "a plain client gets no answer"
-        intruder = _dealer(ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "intruder.key_secret")))
+        intruder = _dealer(
+            ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "intruder.key_secret"))
+        )
         intruder.send_multipart(encode_record(*record("intruder-1")))
         assert intruder.poll(1500) == 0, "a client whose key is not allowed gets no answer"
-        line = _dealer(ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "line-1.key_secret")))
+        line = _dealer(
+            ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "line-1.key_secret"))
+        )
         line.send_multipart(encode_record(*record("line-1-direct")))
         assert line.poll(5000) and line.recv_multipart()[1] == b"line-1-direct"
         for s in (plain, intruder, line):
             s.close()
         # the daemon with feedback.curve: its marks arrive
         cfg = daemon_config(tmp_path, blur_model, port)
-        cfg.write_text(cfg.read_text().replace("  log_interval_s: 1\n", (
-            "  log_interval_s: 1\n  curve:\n"
-            f"    server_public_key: {keys / 'collector.key'}\n    client_secret_key: {keys / 'line-1.key_secret'}\n")))
+        cfg.write_text(
+            cfg.read_text().replace(
+                "  log_interval_s: 1\n",
+                (
+                    "  log_interval_s: 1\n  curve:\n"
+                    f"    server_public_key: {keys / 'collector.key'}\n    client_secret_key: {keys / 'line-1.key_secret'}\n"
+                ),
+            )
+        )
         d = Daemon(cfg)
         try:
             d.frames(10)

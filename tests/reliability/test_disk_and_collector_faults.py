@@ -28,7 +28,9 @@ def small_disk(tmp_path):
     """A 384 KiB tmpfs at tmp_path/rejects: a disk that really fills (ENOSPC). Needs mount rights (root)."""
     where = tmp_path / "rejects"
     where.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(where)], capture_output=True, timeout=10)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(where)], capture_output=True, timeout=10
+    )
     if res.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip()[:200]}); needs root")
     try:
@@ -47,8 +49,11 @@ def test_a_full_reject_store_disk_never_stops_inspection_and_loses_no_marked_rec
     filler.write_bytes(os.urandom(160 * 1024))  # someone else's file on the same disk
     out = tmp_path / "out"
     c = collector(f"tcp://127.0.0.1:{port}", out)
-    d = Daemon(daemon_config(tmp_path, blur_model, port, extra=plc_section(modbus).replace("        ", "", 1)
-                             .replace("\n        ", "\n")))
+    d = Daemon(
+        daemon_config(
+            tmp_path, blur_model, port, extra=plc_section(modbus).replace("        ", "", 1).replace("\n        ", "\n")
+        )
+    )
     plc = plc_client(modbus)
     try:
         for _ in range(6):  # 120 frames, nearly all rejects: the disk fills after a few

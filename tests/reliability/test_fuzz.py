@@ -21,13 +21,17 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from inspectd.daemon.config import Config, parse_config
 from inspectd.core.errors import ConfigError
+from inspectd.daemon.config import Config, parse_config
 from tests.support.helpers import REPO, draw_item
 
-FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 
 # --- config -------------------------------------------------------------------------------------------------
 
@@ -43,12 +47,28 @@ def _paths(node, prefix=()):
             yield from _paths(v, prefix + (k,))
 
 
-KEY_PATHS = sorted(set(_paths(BASE)) | {("pipeline", "threads", "numba"), ("plc", "server", "allow_writes_from"),
-                                         ("plc", "client", "host"), ("camera", "reconnect", "max_s")})
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True, allow_infinity=True),
-                    st.text(max_size=40), st.sampled_from(["", "0.0.0.0", "tcp://x:1", "-1", "1e309", "~", "gray"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                                               max_size=4), max_leaves=8)
+KEY_PATHS = sorted(
+    set(_paths(BASE))
+    | {
+        ("pipeline", "threads", "numba"),
+        ("plc", "server", "allow_writes_from"),
+        ("plc", "client", "host"),
+        ("camera", "reconnect", "max_s"),
+    }
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=40),
+    st.sampled_from(["", "0.0.0.0", "tcp://x:1", "-1", "1e309", "~", "gray"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
 
 
 def _parse(text: str) -> None:
@@ -80,24 +100,57 @@ def test_fuzz_config_values_give_a_config_error_or_a_valid_config(path, value, d
 
 
 @FUZZ
-@given(st.text(max_size=300) | st.sampled_from([
-    "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nmodel: {providers: *c}\n",
-    "camera: {type: synthetic}\ncamera: {type: folder}\n", "- 1\n- 2\n", "camera: !!python/object:os.system x\n",
-    "\t\tcamera:\n", "camera:\n  type: [synthetic]\n", "{" * 200, "camera: {type: synthetic, rate_hz: .nan}\n"]))
+@given(
+    st.text(max_size=300)
+    | st.sampled_from(
+        [
+            "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nmodel: {providers: *c}\n",
+            "camera: {type: synthetic}\ncamera: {type: folder}\n",
+            "- 1\n- 2\n",
+            "camera: !!python/object:os.system x\n",
+            "\t\tcamera:\n",
+            "camera:\n  type: [synthetic]\n",
+            "{" * 200,
+            "camera: {type: synthetic, rate_hz: .nan}\n",
+        ]
+    )
+)
 def test_fuzz_config_text_gives_a_config_error_or_a_valid_config(text):
     _parse(text)
 
 
 # --- command line ---------------------------------------------------------------------------------------------
 
-tokens = st.one_of(st.sampled_from(["--config", "--max-frames", "--good", "--bad", "--bind", "--out", "-h", "--json",
-                                    "--max-image-mb", "-1", "0", "nan", "x", "", "--", "--curve-secret-key"]),
-                   st.text(max_size=12))
+tokens = st.one_of(
+    st.sampled_from(
+        [
+            "--config",
+            "--max-frames",
+            "--good",
+            "--bad",
+            "--bind",
+            "--out",
+            "-h",
+            "--json",
+            "--max-image-mb",
+            "-1",
+            "0",
+            "nan",
+            "x",
+            "",
+            "--",
+            "--curve-secret-key",
+        ]
+    ),
+    st.text(max_size=12),
+)
 
 
 @FUZZ
-@given(cmd=st.sampled_from(["run", "check-config", "mark", "reload", "collect", "train", "nonsense", "--version"]),
-       args=st.lists(tokens, max_size=5))
+@given(
+    cmd=st.sampled_from(["run", "check-config", "mark", "reload", "collect", "train", "nonsense", "--version"]),
+    args=st.lists(tokens, max_size=5),
+)
 def test_fuzz_cli_arguments_exit_0_or_2_with_a_message_never_a_traceback(cmd, args):
     from inspectd.cli import build_parser
 
@@ -112,8 +165,11 @@ def test_fuzz_cli_arguments_exit_0_or_2_with_a_message_never_a_traceback(cmd, ar
 
 
 @FUZZ
-@given(cmd=st.sampled_from(["check-config", "mark", "reload"]), config=st.text(min_size=1, max_size=40),
-       seq=st.text(min_size=1, max_size=10).filter(lambda s: not s.startswith("-")))
+@given(
+    cmd=st.sampled_from(["check-config", "mark", "reload"]),
+    config=st.text(min_size=1, max_size=40),
+    seq=st.text(min_size=1, max_size=10).filter(lambda s: not s.startswith("-")),
+)
 def test_fuzz_cli_handlers_with_bad_configs_return_2_with_a_message(tmp_path, cmd, config, seq):
     from inspectd.cli import main
 
@@ -135,8 +191,9 @@ def collector_server(tmp_path_factory):
     from inspectd.collector.server import Collector
 
     ctx = zmq.Context()
-    c = Collector("tcp://127.0.0.1:*", Dataset(tmp_path_factory.mktemp("collected")), max_image_bytes=256 * 1024,
-                  context=ctx)
+    c = Collector(
+        "tcp://127.0.0.1:*", Dataset(tmp_path_factory.mktemp("collected")), max_image_bytes=256 * 1024, context=ctx
+    )
     stop = threading.Event()
     t = threading.Thread(target=c.serve, args=(stop,), daemon=True)
     t.start()
@@ -159,10 +216,15 @@ def _meta_like():
 
 
 frames = st.lists(
-    st.one_of(st.binary(max_size=200), st.just(b"inspectd.false_reject.v1"),
-              _meta_like().map(lambda d: json.dumps(d).encode()),
-              st.binary(max_size=64).map(lambda b: b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + b)),
-    min_size=1, max_size=5)
+    st.one_of(
+        st.binary(max_size=200),
+        st.just(b"inspectd.false_reject.v1"),
+        _meta_like().map(lambda d: json.dumps(d).encode()),
+        st.binary(max_size=64).map(lambda b: b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR" + b),
+    ),
+    min_size=1,
+    max_size=5,
+)
 
 
 @FUZZ
@@ -208,8 +270,12 @@ def _mbap(tid: int, unit: int, pdu: bytes, length: int | None = None) -> bytes:
 modbus_bytes = st.one_of(
     st.binary(max_size=700),
     st.builds(_mbap, st.integers(0, 65535), st.integers(0, 255), st.binary(max_size=260)),
-    st.builds(lambda fc, body, ln: _mbap(1, 1, bytes([fc]) + body, ln), st.integers(0, 255), st.binary(max_size=20),
-              st.integers(0, 65535)),
+    st.builds(
+        lambda fc, body, ln: _mbap(1, 1, bytes([fc]) + body, ln),
+        st.integers(0, 255),
+        st.binary(max_size=20),
+        st.integers(0, 65535),
+    ),
 )
 
 
@@ -237,8 +303,8 @@ def test_fuzz_modbus_frames_never_stop_the_server_and_a_normal_read_still_answer
 
 @pytest.fixture(scope="module")
 def control_server(tmp_path_factory):
-    from inspectd.feedback.control import ControlServer
     from inspectd.feedback.channel import Feedback
+    from inspectd.feedback.control import ControlServer
 
     fb = Feedback()
     server = ControlServer(tmp_path_factory.mktemp("ctl") / "c.sock", fb.handle)
@@ -248,9 +314,14 @@ def control_server(tmp_path_factory):
 
 
 @FUZZ
-@given(line=st.one_of(st.binary(max_size=300),
-                      st.dictionaries(st.sampled_from(["op", "seq", "mark", "reject_id"]), values, max_size=4)
-                      .map(lambda d: json.dumps(d).encode())))
+@given(
+    line=st.one_of(
+        st.binary(max_size=300),
+        st.dictionaries(st.sampled_from(["op", "seq", "mark", "reject_id"]), values, max_size=4).map(
+            lambda d: json.dumps(d).encode()
+        ),
+    )
+)
 def test_fuzz_control_socket_requests_get_a_json_answer(control_server, line):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
@@ -265,8 +336,11 @@ def test_fuzz_control_socket_requests_get_a_json_answer(control_server, line):
 # --- image files ------------------------------------------------------------------------------------------------
 
 _GOOD = draw_item((48, 40), defect=True)
-SEEDS = [cv2.imencode(ext, img)[1].tobytes() for ext in (".png", ".jpg", ".bmp", ".tiff")
-         for img in (_GOOD, cv2.cvtColor(_GOOD, cv2.COLOR_GRAY2BGR))]
+SEEDS = [
+    cv2.imencode(ext, img)[1].tobytes()
+    for ext in (".png", ".jpg", ".bmp", ".tiff")
+    for img in (_GOOD, cv2.cvtColor(_GOOD, cv2.COLOR_GRAY2BGR))
+]
 
 
 def _mutate(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
@@ -277,9 +351,15 @@ def _mutate(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
     return bytes(b)
 
 
-images = st.one_of(st.binary(max_size=2000),
-                   st.builds(_mutate, st.sampled_from(SEEDS), st.integers(0, 400),
-                             st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8)))
+images = st.one_of(
+    st.binary(max_size=2000),
+    st.builds(
+        _mutate,
+        st.sampled_from(SEEDS),
+        st.integers(0, 400),
+        st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=8),
+    ),
+)
 
 
 @pytest.fixture(scope="module")
@@ -287,14 +367,16 @@ def gray_inspector(tmp_path_factory):
     from inspectd.inspection.inspector import Inspector
     from tests.support.helpers import make_blur_model
 
-    return Inspector.from_model_dir(make_blur_model(tmp_path_factory.mktemp("m"), size=(32, 32)),
-                                    providers=("CPUExecutionProvider",))
+    return Inspector.from_model_dir(
+        make_blur_model(tmp_path_factory.mktemp("m"), size=(32, 32)), providers=("CPUExecutionProvider",)
+    )
 
 
 @FUZZ
 @given(data=images, ext=st.sampled_from([".png", ".jpg", ".bmp", ".tif"]))
 def test_fuzz_image_files_in_a_folder_camera_give_an_error_capture_or_an_image_that_inspects(
-        tmp_path, gray_inspector, data, ext):
+    tmp_path, gray_inspector, data, ext
+):
     from inspectd.daemon.cameras.folder import FolderCamera, FolderCameraConfig
 
     folder = tmp_path / "imgs"

@@ -19,8 +19,10 @@ from tests.support.reliability import config
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {"gray": make_blur_model(root / "gray", size=(64, 64), pixel_threshold=0.35),
-            "bgr": make_blur_model(root / "bgr", size=(64, 64), color="bgr", pixel_threshold=0.35)}
+    return {
+        "gray": make_blur_model(root / "gray", size=(64, 64), pixel_threshold=0.35),
+        "bgr": make_blur_model(root / "bgr", size=(64, 64), color="bgr", pixel_threshold=0.35),
+    }
 
 
 def _png(img: np.ndarray) -> bytes:
@@ -48,7 +50,7 @@ def _files(folder: Path) -> dict[str, str]:
         "e_random.png": (rng.integers(0, 256, 4000, dtype=np.uint8).tobytes(), "error"),
         "f_text.jpg": (b"this is not an image\n" * 20, "error"),
         "g_png_header_only.png": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "error"),
-        "h_16bit.png": (_png((good.astype(np.uint16) * 257)), "ok"),
+        "h_16bit.png": (_png(good.astype(np.uint16) * 257), "ok"),
         "i_rgba.png": (_png(np.dstack([good, good, good, np.full_like(good, 255)])), "ok"),
         "j_1x1.png": (_png(np.full((1, 1), 128, np.uint8)), "ok"),
         "k_wide.png": (_png(np.full((2, 3000), 128, np.uint8)), "ok"),

@@ -52,8 +52,11 @@ def test_writes_from_peers_outside_the_allow_list_get_exception_01_and_change_no
     sink.start()
     try:
         stranger, plc = _from("127.0.0.1", port), _from("127.0.0.2", port)
-        for fc, pdu in ((6, struct.pack(">BHH", 6, 20, 777)), (5, struct.pack(">BHH", 5, 8, 0xFF00)),
-                        (16, struct.pack(">BHHBHH", 16, 20, 2, 4, 1, 2))):
+        for fc, pdu in (
+            (6, struct.pack(">BHH", 6, 20, 777)),
+            (5, struct.pack(">BHH", 5, 8, 0xFF00)),
+            (16, struct.pack(">BHHBHH", 16, 20, 2, 4, 1, 2)),
+        ):
             stranger.sendall(_mbap(1, 1, pdu))
             answer = _answer(stranger)
             assert answer[7] == 0x80 | fc and answer[8] == 1, (fc, answer)  # exception 01
@@ -86,7 +89,9 @@ def _flood(port: int, n: int, seed: int, errors: list) -> None:
                 if kind == 0:
                     s.sendall(rng.randbytes(rng.randint(1, 600)))  # garbage
                 elif kind == 1:
-                    s.sendall(_mbap(i, rng.randint(0, 255), bytes([rng.randint(0, 255)]) + rng.randbytes(rng.randint(0, 250))))
+                    s.sendall(
+                        _mbap(i, rng.randint(0, 255), bytes([rng.randint(0, 255)]) + rng.randbytes(rng.randint(0, 250)))
+                    )
                 elif kind == 2:
                     s.sendall(struct.pack(">HHHB", i, 0, 0xFFFF, 1) + b"\x03")  # a length that never comes
                 if rng.random() < 0.5:
@@ -129,4 +134,6 @@ def test_a_flood_of_connections_and_garbage_frames_does_not_stop_inspection_or_t
     assert s["frames"] >= 10, s
     errors = [v for v in d.events("verdict") if v["code"] == "error"]
     assert all("queue overrun" in v["error"] for v in errors), "only a loaded machine's overruns may be errors"
-    print({"flood_connections": 600, "flood_s": round(flood_s, 2), "refused_or_reset": len(errors), "frames": s["frames"]})
+    print(
+        {"flood_connections": 600, "flood_s": round(flood_s, 2), "refused_or_reset": len(errors), "frames": s["frames"]}
+    )

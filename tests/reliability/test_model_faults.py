@@ -46,7 +46,9 @@ def test_a_model_whose_onnx_is_garbage_but_whose_hash_matches_is_refused_at_star
     m = json.loads((broken / "manifest.json").read_text())
     m["onnx"]["sha256"] = m["thresholds"]["model_sha256"] = sha
     Manifest.model_validate(m).write(broken)
-    cfg = config(tmp_path, broken, "          type: synthetic\n          width: 64\n          height: 64\n          rate_hz: 0")
+    cfg = config(
+        tmp_path, broken, "          type: synthetic\n          width: 64\n          height: 64\n          rate_hz: 0"
+    )
     res = run_cli("run", "--config", str(cfg), "--max-frames", "3", timeout=120)
     assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
     assert "cannot load" in res.stderr and "model.path" in res.stderr

@@ -25,8 +25,9 @@ def test_unit_exposure_score_stays_low(tmp_path, unit):
     exe = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "inspectd"
     local = tmp_path / unit
     local.write_text((REPO / "systemd" / unit).read_text().replace("/opt/inspectd/venv/bin/inspectd", str(exe)))
-    res = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(local)], capture_output=True,
-                         text=True, timeout=60)
+    res = subprocess.run(
+        [analyze, "security", "--offline=true", "--no-pager", str(local)], capture_output=True, text=True, timeout=60
+    )
     if res.returncode != 0 and "offline" in res.stderr:
         pytest.skip(f"this systemd-analyze has no --offline: {res.stderr.strip()[:200]}")
     m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)

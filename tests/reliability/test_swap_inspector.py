@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import time
 
+from inspectd.core.types import Code
 from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.dispatch import Dispatcher
-from inspectd.inspection.inspector import Inspector
 from inspectd.daemon.pipeline import Pipeline
-from inspectd.core.types import Code
+from inspectd.inspection.inspector import Inspector
 from tests.support.helpers import CollectSink, ScriptedCamera, make_blur_model
 
 
@@ -57,16 +57,23 @@ class _SwapAt:
 
 
 def test_a_swap_mid_stream_keeps_every_frame_whole_on_one_inspector(tmp_path):
-    a = Inspector.from_model_dir(make_blur_model(tmp_path / "a", size=(96, 96), pixel_threshold=0.3),
-                                 providers=("CPUExecutionProvider",))
-    b = Inspector.from_model_dir(make_blur_model(tmp_path / "b", size=(48, 48), pixel_threshold=0.3),
-                                 providers=("CPUExecutionProvider",))
+    a = Inspector.from_model_dir(
+        make_blur_model(tmp_path / "a", size=(96, 96), pixel_threshold=0.3), providers=("CPUExecutionProvider",)
+    )
+    b = Inspector.from_model_dir(
+        make_blur_model(tmp_path / "b", size=(48, 48), pixel_threshold=0.3), providers=("CPUExecutionProvider",)
+    )
     b.warmup()
     seen: dict = {}
     sink = CollectSink()
     disp = Dispatcher([sink, _SwapAt(40, lambda: pipe.swap_inspector(_Tagged(b, "b", seen)))])
-    pipe = Pipeline(ScriptedCamera(live=False, total=120, defect_every=5), _Cfg(rate_hz=0), _Tagged(a, "a", seen),
-                    disp, queue_size=4)
+    pipe = Pipeline(
+        ScriptedCamera(live=False, total=120, defect_every=5),
+        _Cfg(rate_hz=0),
+        _Tagged(a, "a", seen),
+        disp,
+        queue_size=4,
+    )
     pipe.start()
     assert pipe.wait(60)
     assert disp.flush() == 0

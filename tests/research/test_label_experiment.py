@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from research.label_experiment import grow, rejudge, score, shrink
 from inspectd.labelling.rules import MISSED_LABEL, REGION_MISMATCH, WRONG_LABEL, RuleConfig, iou
+from research.label_experiment import grow, rejudge, score, shrink
 
 
 def _disc(r: int, n: int = 101) -> np.ndarray:
@@ -21,8 +21,15 @@ def test_ring_and_eroded_corruptions_leave_the_label_at_iou_0_4_with_the_truth()
 
 
 def _row(image, label_area, iou_global, iou_local, probability=0.9, predicted_area=100, k=1):
-    return {"image": image, "label_area": label_area, "iou": iou_global, "iou_local": iou_local,
-            "probability": probability, "predicted_area": predicted_area, "k": k}
+    return {
+        "image": image,
+        "label_area": label_area,
+        "iou": iou_global,
+        "iou_local": iou_local,
+        "probability": probability,
+        "predicted_area": predicted_area,
+        "k": k,
+    }
 
 
 def test_rejudge_uses_the_iou_of_the_configured_region_and_score_counts_per_kind():
@@ -35,22 +42,34 @@ def test_rejudge_uses_the_iou_of_the_configured_region_and_score_counts_per_kind
     kinds = {"crack/b": "ring", "good/c": "deleted", "crack/d": "false_region"}
     glob = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig())}
     loc = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="local"))}
-    assert glob == {"crack/a": REGION_MISMATCH, "crack/b": REGION_MISMATCH, "good/c": MISSED_LABEL,
-                    "crack/d": WRONG_LABEL}
+    assert glob == {
+        "crack/a": REGION_MISMATCH,
+        "crack/b": REGION_MISMATCH,
+        "good/c": MISSED_LABEL,
+        "crack/d": WRONG_LABEL,
+    }
     assert loc["crack/a"] is None and loc["crack/b"] == REGION_MISMATCH
-    s_glob, s_loc = score(rejudge(rows, RuleConfig()), kinds, []), score(rejudge(rows, RuleConfig(region="local")), kinds, [])
+    s_glob, s_loc = (
+        score(rejudge(rows, RuleConfig()), kinds, []),
+        score(rejudge(rows, RuleConfig(region="local")), kinds, []),
+    )
     assert (s_glob["recall"], s_glob["precision"]) == (1.0, 0.75)
     assert (s_loc["recall"], s_loc["precision"]) == (1.0, 1.0)
-    assert s_loc["per_kind"]["ring"] == {"corrupted": 1, "flagged": 1, "right_reason": 1,
-                                         "reasons": {REGION_MISMATCH: 1}}
+    assert s_loc["per_kind"]["ring"] == {
+        "corrupted": 1,
+        "flagged": 1,
+        "right_reason": 1,
+        "reasons": {REGION_MISMATCH: 1},
+    }
 
 
 def test_rejudge_applies_the_contrast_rule_to_stored_contrast_numbers():
     right = {"inside": 0.8, "core": 0.9, "rim": 0.7, "band": 0.1}
     ring = {"inside": 0.4, "core": 0.8, "rim": 0.2, "band": 0.02}
     eroded = {"inside": 0.9, "core": 0.9, "rim": 0.9, "band": 0.7}
-    rows = [dict(_row(i, 50, 0.1, 0.1), contrast=c) for i, c in (("crack/a", right), ("crack/b", ring),
-                                                                    ("crack/c", eroded))]
+    rows = [
+        dict(_row(i, 50, 0.1, 0.1), contrast=c) for i, c in (("crack/a", right), ("crack/b", ring), ("crack/c", eroded))
+    ]
     got = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="contrast"))}
     assert got == {"crack/a": None, "crack/b": REGION_MISMATCH, "crack/c": REGION_MISMATCH}
     looser = {r["image"]: r["reason"] for r in rejudge(rows, RuleConfig(region="contrast", band_max=0.9))}
@@ -68,8 +87,27 @@ def test_experiment_second_round_trains_without_what_the_first_round_flagged(mvt
     from research.label_experiment import main
 
     work = tmp_path / "work"
-    assert main(["--data", str(mvtec_dir), "--work", str(work), "--fraction", "0.2", "--size", "32",
-                 "--iterations", "6", "--minutes", "1", "--rounds", "2"]) == 0
+    assert (
+        main(
+            [
+                "--data",
+                str(mvtec_dir),
+                "--work",
+                str(work),
+                "--fraction",
+                "0.2",
+                "--size",
+                "32",
+                "--iterations",
+                "6",
+                "--minutes",
+                "1",
+                "--rounds",
+                "2",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((work / "result.json").read_text())
     first, second = doc["rounds"]
     assert (first["round"], second["round"]) == (1, 2) and first["excluded_from_training"] == []

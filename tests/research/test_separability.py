@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 
 from research.separability import Gaussian, TextureProbe, measure, texture_features
-from tests.evaluation.conftest import SIZE, flat
 from tests.conftest import REPO
-
+from tests.evaluation.conftest import SIZE, flat
 
 BIG = 128  # frames large against the probe's widest scale (sigma 16), so most good pixels lie far from a spot
 
@@ -91,9 +90,25 @@ def test_cli_writes_json_with_the_encoder_cues(separable_tree, separable_model, 
     assert ckpt.is_file()
     out = tmp_path / "sep.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "research.separability", "--data", str(separable_tree), "--model",
-         str(separable_model), "--checkpoint", str(ckpt), "--json", str(out), "--train-every", "2"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "research.separability",
+            "--data",
+            str(separable_tree),
+            "--model",
+            str(separable_model),
+            "--checkpoint",
+            str(ckpt),
+            "--json",
+            str(out),
+            "--train-every",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cues = json.loads(out.read_text())["cues"]
@@ -109,7 +124,10 @@ def test_cli_writes_json_with_the_encoder_cues(separable_tree, separable_model, 
 def test_cli_refuses_a_model_without_its_checkpoint(separable_tree):
     proc = subprocess.run(
         [sys.executable, "-m", "research.separability", "--data", str(separable_tree), "--model", "somewhere"],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2
     assert "--model and --checkpoint go together" in proc.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import textwrap
 import threading
@@ -15,13 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from tests.support.net import free_port, wait_until
 from inspectd.core.types import Code, Region, Verdict
 from tests.support.helpers import parse_json_lines, popen_cli, write_config
+from tests.support.net import wait_until
 
 SHA = "ab" * 32
-
-
 
 
 def png(h: int = 24, w: int = 32, seed: int = 0, channels: int = 1) -> bytes:
@@ -35,25 +32,52 @@ def png(h: int = 24, w: int = 32, seed: int = 0, channels: int = 1) -> bytes:
 def record(rid: str, mark: str = "good", *, h: int = 24, w: int = 32, seed: int = 0, **meta) -> tuple[dict, bytes]:
     """A valid record (meta dict, PNG bytes) as a line PC sends it."""
     base = {
-        "id": rid, "mark": mark, "line": "line-7", "camera": "synthetic", "model_sha256": SHA, "model_name": "m",
-        "seq": 5, "plc_seq": 5, "item_id": 42, "score": 0.9, "time": "2026-01-01T00:00:00.000Z",
-        "marked_at": "2026-01-01T00:01:00.000Z", "marked_by": "cli", "width": w, "height": h, "channels": 1,
+        "id": rid,
+        "mark": mark,
+        "line": "line-7",
+        "camera": "synthetic",
+        "model_sha256": SHA,
+        "model_name": "m",
+        "seq": 5,
+        "plc_seq": 5,
+        "item_id": 42,
+        "score": 0.9,
+        "time": "2026-01-01T00:00:00.000Z",
+        "marked_at": "2026-01-01T00:01:00.000Z",
+        "marked_by": "cli",
+        "width": w,
+        "height": h,
+        "channels": 1,
         "defect_area": 12,
     }
     base.update(meta)
     return base, png(h, w, seed)
 
 
-def reject(seq: int, *, size: tuple[int, int] = (48, 64), code: Code = Code.REJECT, score: float = 0.8,
-           item_id: int = 0, wall_time: float | None = None) -> Verdict:
+def reject(
+    seq: int,
+    *,
+    size: tuple[int, int] = (48, 64),
+    code: Code = Code.REJECT,
+    score: float = 0.8,
+    item_id: int = 0,
+    wall_time: float | None = None,
+) -> Verdict:
     rng = np.random.default_rng(seq)
     image = rng.integers(0, 255, size=size, dtype=np.uint8)
     score_map = rng.random(size, dtype=np.float32)
-    return Verdict(seq=seq, item_id=item_id, wall_time=time.time() if wall_time is None else wall_time, code=code,
-                   score=score, regions=(Region(2, 3, 10, 8, 60, 0.9),), defect_area=60, source=f"test#{seq}",
-                   image=image, score_map=score_map)
-
-
+    return Verdict(
+        seq=seq,
+        item_id=item_id,
+        wall_time=time.time() if wall_time is None else wall_time,
+        code=code,
+        score=score,
+        regions=(Region(2, 3, 10, 8, 60, 0.9),),
+        defect_area=60,
+        source=f"test#{seq}",
+        image=image,
+        score_map=score_map,
+    )
 
 
 def meta_lines(out: Path) -> list[dict]:
@@ -82,8 +106,10 @@ class Proc:
         return ev if name is None else [e for e in ev if e.get("event") == name]
 
     def wait_event(self, name: str, timeout: float = 60, count: int = 1) -> bool:
-        return wait_until(lambda: len(self.events(name)) >= count or self.proc.poll() is not None, timeout) and \
-            len(self.events(name)) >= count
+        return (
+            wait_until(lambda: len(self.events(name)) >= count or self.proc.poll() is not None, timeout)
+            and len(self.events(name)) >= count
+        )
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -112,8 +138,16 @@ def collector(bind: str, out: Path, *extra: str) -> Proc:
     return p
 
 
-def daemon_config(tmp: Path, model: Path, port: int, *, max_count: int = 2000, trigger: str = "software",
-                  ack_timeout_s: float = 1.0, extra: str = "") -> Path:
+def daemon_config(
+    tmp: Path,
+    model: Path,
+    port: int,
+    *,
+    max_count: int = 2000,
+    trigger: str = "software",
+    ack_timeout_s: float = 1.0,
+    extra: str = "",
+) -> Path:
     """A daemon config with the whole false-reject channel; software trigger so the test decides the frames."""
     return write_config(
         tmp / "daemon.yaml",
@@ -146,7 +180,8 @@ def daemon_config(tmp: Path, model: Path, port: int, *, max_count: int = 2000, t
           log_interval_s: 1
         control:
           socket: ctl.sock
-""" + textwrap.indent(extra, " " * 8),
+"""
+        + textwrap.indent(extra, " " * 8),
     )
 
 

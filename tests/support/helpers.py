@@ -74,7 +74,12 @@ def make_blur_model(
         output={"name": output_name, "shape": [fixed_batch, c, h, w]},
         preprocess={"color": color, "mode": mode, "tile_overlap": tile_overlap, "scale": scale},
         ssim={"window": window, "size": 7 if window == "uniform" else 11, "sigma": 1.5},
-        thresholds={"pixel": pixel_threshold, "min_region_area": min_region_area, "model_sha256": sha, "method": "test"},
+        thresholds={
+            "pixel": pixel_threshold,
+            "min_region_area": min_region_area,
+            "model_sha256": sha,
+            "method": "test",
+        },
         training={"data": "none: a fixed 5x5 box blur built by tests/helpers.py"},
     ).write(out_dir)
     return out_dir
@@ -184,7 +189,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict | None = None, cwd: Path | None = None, input: str | None = None):
+def run_cli(
+    *args: str, timeout: float = 120, env: dict | None = None, cwd: Path | None = None, input: str | None = None
+):
     """Run the real `inspectd` CLI in a subprocess (the same entry point as the console script)."""
     return subprocess.run(
         [sys.executable, "-m", "inspectd", *args],

@@ -4,7 +4,6 @@ the PLC (client mode), verdict builders. Every wait is bounded in count and time
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -13,10 +12,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from tests.support.net import free_port, wait_until
 from inspectd.core.types import Code, Verdict
-
-
 
 
 def verdict(seq: int, code: Code = Code.PASS, *, item_id: int = 0, score: float = 0.0, area: int = 0) -> Verdict:
@@ -32,8 +28,6 @@ def plc_client(port: int, timeout: float = 2.0) -> ModbusTcpClient:
     client = ModbusTcpClient("127.0.0.1", port=port, timeout=timeout, retries=0)
     assert client.connect(), f"cannot connect to 127.0.0.1:{port}"
     return client
-
-
 
 
 class FakeControls:
@@ -90,7 +84,7 @@ class StandInPlc:
             self.fc16_writes += 1
         return pdu
 
-    def start(self) -> "StandInPlc":
+    def start(self) -> StandInPlc:
         ready = threading.Event()
         failure: list[BaseException] = []
 

@@ -18,8 +18,14 @@ def config(tmp: Path, model: Path, camera: str, *, extra: str = "", name: str = 
 
 
 def plc_section(port: int, **server) -> str:
-    lines = ["        plc:", "          heartbeat_interval_s: 0.1", "          server:",
-             "            host: 127.0.0.1", f"            port: {port}", "            linger_s: 0.3"]
+    lines = [
+        "        plc:",
+        "          heartbeat_interval_s: 0.1",
+        "          server:",
+        "            host: 127.0.0.1",
+        f"            port: {port}",
+        "            linger_s: 0.3",
+    ]
     lines += [f"            {k}: {json.dumps(v)}" for k, v in server.items()]
     return "\n".join(lines)
 
@@ -57,5 +63,12 @@ def plc_view(client) -> dict:
     """What a PLC polling holding 0..47 and the coils sees."""
     regs = client.read_holding_registers(0, count=48, device_id=1).registers
     coils = client.read_coils(0, count=4, device_id=1).bits
-    return {"ready": bool(coils[0]), "heartbeat": regs[0], "state": regs[1], "last_seq": regs[2], "last_code": regs[3],
-            "frames": regs[8] << 16 | regs[9], "errors": regs[12] << 16 | regs[13]}
+    return {
+        "ready": bool(coils[0]),
+        "heartbeat": regs[0],
+        "state": regs[1],
+        "last_seq": regs[2],
+        "last_code": regs[3],
+        "frames": regs[8] << 16 | regs[9],
+        "errors": regs[12] << 16 | regs[13],
+    }

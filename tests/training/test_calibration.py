@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from inspectd.evaluation.thresholds import Confusion, calibrate, calibrate_good_only, calibrate_with_defects, evaluate, largest_region, open_inspector, write_thresholds
-from inspectd.inspection.decide import Decider
 from inspectd.core.manifest import load_manifest
 from inspectd.core.types import Code
+from inspectd.evaluation.thresholds import (
+    Confusion,
+    calibrate,
+    calibrate_good_only,
+    calibrate_with_defects,
+    evaluate,
+    largest_region,
+    open_inspector,
+    write_thresholds,
+)
+from inspectd.inspection.decide import Decider
 from tests.training.conftest import stripes
 
 

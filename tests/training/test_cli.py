@@ -11,10 +11,42 @@ from inspectd.training.cli import main
 def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_path, capsys):
     out = tmp_path / "model"
     argv = [
-        "train", "--synthetic", "--synthetic-frames", "12", "--synthetic-width", "64", "--synthetic-height", "64",
-        "--out", str(out), "--input-size", "32", "--base-width", "8", "--max-width", "16", "--latent-channels", "8",
-        "--depth", "2", "--iterations", "6", "--batch-size", "4", "--threads", "1", "--log-every", "3",
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--evaluate", "8", "--texture-defects", "0.5", "--band-defects", "0.5",
+        "train",
+        "--synthetic",
+        "--synthetic-frames",
+        "12",
+        "--synthetic-width",
+        "64",
+        "--synthetic-height",
+        "64",
+        "--out",
+        str(out),
+        "--input-size",
+        "32",
+        "--base-width",
+        "8",
+        "--max-width",
+        "16",
+        "--latent-channels",
+        "8",
+        "--depth",
+        "2",
+        "--iterations",
+        "6",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--log-every",
+        "3",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--evaluate",
+        "8",
+        "--texture-defects",
+        "0.5",
+        "--band-defects",
+        "0.5",
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -27,8 +59,13 @@ def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_p
     t = m.training
     assert t["iterations"] == 6 and t["seed"] == 0 and t["sample_count"] + t["held_out_count"] == 12
     assert t["torch"].startswith("2.13") and t["final_loss"] > 0 and t["time"]
-    assert t["evaluation"]["good_pass"] + t["evaluation"]["good_reject"] + t["evaluation"]["defect_reject"] \
-        + t["evaluation"]["defect_pass"] == 8
+    assert (
+        t["evaluation"]["good_pass"]
+        + t["evaluation"]["good_reject"]
+        + t["evaluation"]["defect_reject"]
+        + t["evaluation"]["defect_pass"]
+        == 8
+    )
     cmd = shlex.split(t["command"])
     assert cmd[:2] == ["inspectd", "train"] and "--synthetic" in cmd and cmd[cmd.index("--iterations") + 1] == "6"
     assert cmd[cmd.index("--input-size") + 1] == "32x32"
@@ -40,7 +77,9 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--input-size", "34", "--iterations", "1"]) == 2
     assert "multiple of" in capsys.readouterr().err
-    assert main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--band-defects", "1.5", "--iterations", "1"]) == 2
+    assert (
+        main(["train", "--synthetic", "--out", str(tmp_path / "m"), "--band-defects", "1.5", "--iterations", "1"]) == 2
+    )
     assert "band_prob" in capsys.readouterr().err
 
 
@@ -66,9 +105,32 @@ def test_train_on_an_mvtec_folder_calibrates_with_its_test_defects_when_asked(tm
         cv2.imwrite(str(root / "ground_truth" / "spot" / f"{i}_mask.png"), mask)
     out = tmp_path / "model"
     argv = [
-        "train", "--data", str(root), "--out", str(out), "--input-size", "32", "--base-width", "8",
-        "--max-width", "16", "--latent-channels", "8", "--depth", "2", "--iterations", "4", "--batch-size", "4",
-        "--threads", "1", "--log-every", "0", "--checkpoint-dir", str(tmp_path / "ckpt"), "--calibrate-with-test",
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--input-size",
+        "32",
+        "--base-width",
+        "8",
+        "--max-width",
+        "16",
+        "--latent-channels",
+        "8",
+        "--depth",
+        "2",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--log-every",
+        "0",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--calibrate-with-test",
     ]
     assert main(argv) == 0
     m = load_manifest(out)

@@ -14,7 +14,7 @@ def test_batches_hold_corrupted_inputs_clean_targets_and_raised_weights_inside_d
     ds = TrainingSet(stripes(8, size=48), InputGeometry(height=32, width=32), defect_prob=1.0, defect_weight=5.0)
     b = ds.sample(np.random.default_rng(0), 6)
     assert b.inputs.shape == b.targets.shape == (6, 1, 32, 32)
-    assert b.inputs.dtype == np.float32 and 0.0 <= b.inputs.min() and b.inputs.max() <= 1.0
+    assert b.inputs.dtype == np.float32 and b.inputs.min() >= 0.0 and b.inputs.max() <= 1.0
     inside = b.masks[:, None].astype(bool)
     assert inside.any(axis=(1, 2, 3)).all()  # defect_prob 1: every sample has a defect
     np.testing.assert_array_equal(b.weights[inside], 5.0)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import shlex
 
-from inspectd.evaluation.thresholds import evaluate, open_inspector
 from inspectd.core.manifest import load_manifest
+from inspectd.evaluation.thresholds import evaluate, open_inspector
 from tests.conftest import REPO
 
 DEMO = REPO / "models" / "demo"

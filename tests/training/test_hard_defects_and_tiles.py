@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 
-from inspectd.training.data import AugmentConfig, HardDefect, InputGeometry, TrainingSet, load_hard_defects, to_model_input
+from inspectd.training.data import (
+    AugmentConfig,
+    HardDefect,
+    InputGeometry,
+    TrainingSet,
+    load_hard_defects,
+    to_model_input,
+)
 from tests.training.conftest import stripes
 
 TILE = InputGeometry(height=32, width=32, mode="tile")
@@ -48,7 +55,8 @@ def test_without_augmentation_the_hard_sample_is_a_crop_of_the_image_and_mask_at
         (y, x)
         for y in range(0, 80 - 32 + 1)
         for x in range(0, 120 - 32 + 1)
-        if np.array_equal(hard.image[y : y + 32, x : x + 32], inp) and np.array_equal(hard.mask[y : y + 32, x : x + 32], mask)
+        if np.array_equal(hard.image[y : y + 32, x : x + 32], inp)
+        and np.array_equal(hard.mask[y : y + 32, x : x + 32], mask)
     ]
     assert hits, "the sample is not a crop of the hard-defect image with its mask"
 
@@ -82,7 +90,12 @@ def test_tiled_models_train_on_random_native_resolution_crops_of_the_frame():
     for _ in range(40):
         crop = to_model_input(frame, TILE, rng)
         assert crop.shape == (32, 32)
-        where = [(y, x) for y in range(70 - 31) for x in range(90 - 31) if np.array_equal(frame[y : y + 32, x : x + 32], crop)]
+        where = [
+            (y, x)
+            for y in range(70 - 31)
+            for x in range(90 - 31)
+            if np.array_equal(frame[y : y + 32, x : x + 32], crop)
+        ]
         assert len(where) == 1  # an unscaled window of the frame
         origins.add(where[0])
     assert len(origins) > 30  # random positions, not a fixed grid
@@ -96,11 +109,20 @@ def test_frames_smaller_than_a_tile_are_padded_at_their_far_end_as_the_daemon_pa
     frame = np.random.default_rng(3).integers(0, 256, (20, 50), dtype=np.uint8)
     crop = to_model_input(frame, TILE, np.random.default_rng(0))
     np.testing.assert_array_equal(crop[:20], frame[:, crop_x(frame, crop) : crop_x(frame, crop) + 32])
-    pre = Preprocessor(PreprocessSpec(color="gray", mode="tile", tile_overlap=8), TensorSpec(name="x", shape=(None, 1, 32, 32)))
+    pre = Preprocessor(
+        PreprocessSpec(color="gray", mode="tile", tile_overlap=8), TensorSpec(name="x", shape=(None, 1, 32, 32))
+    )
     tiles = pre.prepare(frame).batch[:, 0]
     padded_rows = (tiles[0] * 255).round().astype(np.uint8)[20:, :]
-    np.testing.assert_array_equal(padded_rows, cv2.copyMakeBorder(frame[:, :32], 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[20:])
-    np.testing.assert_array_equal(crop[20:], cv2.copyMakeBorder(frame, 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[20:, crop_x(frame, crop) : crop_x(frame, crop) + 32])
+    np.testing.assert_array_equal(
+        padded_rows, cv2.copyMakeBorder(frame[:, :32], 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[20:]
+    )
+    np.testing.assert_array_equal(
+        crop[20:],
+        cv2.copyMakeBorder(frame, 0, 12, 0, 0, cv2.BORDER_REFLECT_101)[
+            20:, crop_x(frame, crop) : crop_x(frame, crop) + 32
+        ],
+    )
 
 
 def crop_x(frame: np.ndarray, crop: np.ndarray) -> int:
@@ -126,13 +148,39 @@ def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
     cv2.imwrite(str(root / "ground_truth" / "crack" / "c_mask.png"), hard_mask)
     out = tmp_path / "model"
     argv = [
-        "train", "--data", str(root), "--out", str(out), "--input-size", "32", "--base-width", "8", "--max-width", "16",
-        "--latent-channels", "8", "--iterations", "4", "--batch-size", "4", "--threads", "1", "--log-every", "0",
-        "--checkpoint-dir", str(tmp_path / "ckpt"), "--hard-defects", str(root), "--hard-prob", "0.5",
+        "train",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--input-size",
+        "32",
+        "--base-width",
+        "8",
+        "--max-width",
+        "16",
+        "--latent-channels",
+        "8",
+        "--iterations",
+        "4",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+        "--log-every",
+        "0",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--hard-defects",
+        str(root),
+        "--hard-prob",
+        "0.5",
     ]
     assert main(argv) == 0
     t = load_manifest(out).training
-    assert t["hard_defects"]["images"] == 1 and t["hard_defects"]["prob"] == 0.5 and t["hard_defects"]["target_value"] == 0
+    assert (
+        t["hard_defects"]["images"] == 1 and t["hard_defects"]["prob"] == 0.5 and t["hard_defects"]["target_value"] == 0
+    )
     assert "--hard-defects" in t["command"] and "--hard-prob 0.5" in t["command"]
     m = load_manifest(out)
     assert m.preprocess.mode == "tile" and m.preprocess.normalize == "median" and m.score.smooth_sigma == 4.0
@@ -168,7 +216,9 @@ def test_training_draws_a_progress_bar_on_a_terminal():
     cfg = ModelConfig(height=32, width=32, base_width=8, max_width=16, latent_channels=8, depth=2)
     train(ConvAutoencoder(cfg), data, TrainConfig(iterations=6, batch_size=2, log_every=3, threads=1), log=log)
     text = log.getvalue()
-    assert "\rtrain [" in text and "it 3/6" in text and text.rstrip().endswith("final loss " + text.rstrip().split()[-1])
+    assert (
+        "\rtrain [" in text and "it 3/6" in text and text.rstrip().endswith("final loss " + text.rstrip().split()[-1])
+    )
 
 
 def test_a_hard_defect_fraction_takes_that_share_of_each_class_by_name_and_grows_as_a_superset(tmp_path):

@@ -32,7 +32,7 @@ def test_the_exported_graph_has_a_dynamic_batch_dimension(tiny_model_dir):
     for n in (1, 4, 7):
         x = np.random.default_rng(n).random((n, 1, 32, 32), dtype=np.float32)
         out = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        assert out.shape == (n, 1, 32, 32) and 0.0 <= out.min() and out.max() <= 1.0
+        assert out.shape == (n, 1, 32, 32) and out.min() >= 0.0 and out.max() <= 1.0
 
 
 def test_the_manifest_loads_and_its_model_runs_through_the_daemon_inspector(tiny_model_dir):
@@ -49,7 +49,7 @@ def test_the_manifest_loads_and_its_model_runs_through_the_daemon_inspector(tiny
     frame = stripes(1, size=64)[0]
     score = inspector.score_map(frame)
     assert score.shape == frame.shape and score.dtype == np.float32
-    assert 0.0 <= score.min() and score.max() <= 2.0
+    assert score.min() >= 0.0 and score.max() <= 2.0
 
 
 def test_a_model_that_differs_from_the_onnx_file_fails_the_parity_check(tiny_model_dir):

@@ -66,8 +66,12 @@ def test_band_defects_run_from_one_edge_across_the_whole_image_and_leave_the_opp
         assert d.shape == "band" and d.texture in BAND_TEXTURES
         edges.add(d.params["edge"])
         kinds.add(d.texture)
-        first, opposite = {"top": (mask[0], mask[-1]), "bottom": (mask[-1], mask[0]),
-                           "left": (mask[:, 0], mask[:, -1]), "right": (mask[:, -1], mask[:, 0])}[d.params["edge"]]
+        first, opposite = {
+            "top": (mask[0], mask[-1]),
+            "bottom": (mask[-1], mask[0]),
+            "left": (mask[:, 0], mask[:, -1]),
+            "right": (mask[:, -1], mask[:, 0]),
+        }[d.params["edge"]]
         assert first.all(), "a band covers its whole edge"
         assert not opposite.any(), "and stops at a line before the opposite edge"
         assert 0.1 < mask.mean() < 0.7  # 15-60 % deep, give or take the tilt and the wave
@@ -92,7 +96,9 @@ def test_coarse_texture_keeps_the_local_brightness_but_widens_the_grain():
 
 def test_with_bands_off_texture_defects_draw_the_same_shapes_as_before():
     a = add_defect(np.zeros((64, 64), np.uint8), np.random.default_rng(3), TEXTURE_ONLY)[2]
-    b = add_defect(np.zeros((64, 64), np.uint8), np.random.default_rng(3), DefectConfig(texture_prob=1.0, band_prob=0.0))[2]
+    b = add_defect(
+        np.zeros((64, 64), np.uint8), np.random.default_rng(3), DefectConfig(texture_prob=1.0, band_prob=0.0)
+    )[2]
     np.testing.assert_array_equal(a.polygon, b.polygon)
 
 

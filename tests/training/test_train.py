@@ -7,7 +7,14 @@ import torch
 
 from inspectd.training.data import InputGeometry, TrainingSet
 from inspectd.training.model import ConvAutoencoder, ModelConfig
-from inspectd.training.train import ReconstructionLoss, TrainConfig, load_checkpoint, model_from_checkpoint, ssim_map, train
+from inspectd.training.train import (
+    ReconstructionLoss,
+    TrainConfig,
+    load_checkpoint,
+    model_from_checkpoint,
+    ssim_map,
+    train,
+)
 from tests.training.conftest import stripes
 
 TINY = ModelConfig(height=32, width=32, channels=1, base_width=8, max_width=16, latent_channels=8, depth=2)
@@ -64,8 +71,14 @@ def test_checkpoints_hold_model_optimizer_and_iteration_and_training_resumes_fro
     assert ckpt["iteration"] == 6 and "state" in ckpt["optimizer"] and ckpt["model_config"]["depth"] == 2
     restored = model_from_checkpoint(result.checkpoint)
     assert all(torch.equal(v, restored.state_dict()[k]) for k, v in model.state_dict().items())
-    more = train(ConvAutoencoder(TINY), _data(), TrainConfig(iterations=9, batch_size=4, seed=0, log_every=0, threads=1),
-                 checkpoint_dir=tmp_path / "b", resume=result.checkpoint, log=None)
+    more = train(
+        ConvAutoencoder(TINY),
+        _data(),
+        TrainConfig(iterations=9, batch_size=4, seed=0, log_every=0, threads=1),
+        checkpoint_dir=tmp_path / "b",
+        resume=result.checkpoint,
+        log=None,
+    )
     assert more.iterations == 9
 
 
@@ -81,7 +94,9 @@ def test_resuming_a_finished_run_reports_the_checkpoints_loss_not_nan(tmp_path):
 def test_progress_lines_go_to_the_log_stream(capsys):
     import sys
 
-    train(ConvAutoencoder(TINY), _data(), TrainConfig(iterations=4, batch_size=2, log_every=2, threads=1), log=sys.stderr)
+    train(
+        ConvAutoencoder(TINY), _data(), TrainConfig(iterations=4, batch_size=2, log_every=2, threads=1), log=sys.stderr
+    )
     err = capsys.readouterr().err
     assert "it 2/4" in err and "it 4/4" in err and "final loss" in err
 

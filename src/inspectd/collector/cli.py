@@ -22,15 +22,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "de-duplicated by id, malformed messages are refused and logged. Output: DIR/train/good/ (false "
         "rejects), DIR/test/confirmed_defect/ (confirmed defects), DIR/meta.jsonl.",
     )
-    p.add_argument("--bind", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5561 or tcp://127.0.0.1:5561")
+    p.add_argument(
+        "--bind", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5561 or tcp://127.0.0.1:5561"
+    )
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--max-image-mb", type=float, default=64.0, help="largest accepted PNG in MiB (default 64)")
-    p.add_argument("--max-megapixels", type=float, default=100.0, help="largest accepted image in megapixels (default 100)")
-    p.add_argument("--curve-secret-key", metavar="FILE",
-                   help="require ZeroMQ CURVE: this collector's secret key file (zmq.auth format, e.g. from "
-                   "`inspectd keygen`); needs --curve-allowed-clients")
-    p.add_argument("--curve-allowed-clients", metavar="DIR",
-                   help="directory of the line PCs' public key files (*.key); only those clients are served")
+    p.add_argument(
+        "--max-megapixels", type=float, default=100.0, help="largest accepted image in megapixels (default 100)"
+    )
+    p.add_argument(
+        "--curve-secret-key",
+        metavar="FILE",
+        help="require ZeroMQ CURVE: this collector's secret key file (zmq.auth format, e.g. from "
+        "`inspectd keygen`); needs --curve-allowed-clients",
+    )
+    p.add_argument(
+        "--curve-allowed-clients",
+        metavar="DIR",
+        help="directory of the line PCs' public key files (*.key); only those clients are served",
+    )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
     p.set_defaults(func=cmd_collect)
@@ -71,11 +81,18 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"inspectd collect: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        collector = Collector(args.bind, dataset, max_image_bytes=int(args.max_image_mb * 1024 * 1024),
-                              max_pixels=int(args.max_megapixels * 1e6), curve_keypair=curve)
+        collector = Collector(
+            args.bind,
+            dataset,
+            max_image_bytes=int(args.max_image_mb * 1024 * 1024),
+            max_pixels=int(args.max_megapixels * 1e6),
+            curve_keypair=curve,
+        )
     except zmq.ZMQError as exc:
-        print(f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://0.0.0.0:5561)",
-              file=sys.stderr)
+        print(
+            f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://0.0.0.0:5561)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     stop = threading.Event()
     install_signal_handlers(lambda name: stop.set())
@@ -120,8 +137,9 @@ def _curve(args: argparse.Namespace):
     auth = ThreadAuthenticator(zmq.Context.instance(), log=_QuietLog())
     auth.start()
     auth.configure_curve(domain="*", location=str(clients))
-    structlog.get_logger("inspectd.collect").info("curve_enabled", allowed_clients=len(list(clients.glob("*.key"))),
-                                                  public_key=public.decode())
+    structlog.get_logger("inspectd.collect").info(
+        "curve_enabled", allowed_clients=len(list(clients.glob("*.key"))), public_key=public.decode()
+    )
     return (public, secret), auth
 
 
@@ -137,6 +155,7 @@ class _QuietLog:
             text = msg % args if args else str(msg)
             if name in ("warning", "error") or "DENIED" in text.upper():
                 log.warning("curve_client_refused", detail=text[:200])
+
         return emit
 
 

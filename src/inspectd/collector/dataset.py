@@ -87,8 +87,23 @@ class Dataset:
         lines = []
         for meta, _ in records:
             row = meta.model_dump(mode="json")
-            head = {k: row.pop(k) for k in ("id", "mark", "line", "camera", "model_sha256", "seq", "plc_seq",
-                                            "item_id", "score", "time", "marked_at", "marked_by")}
+            head = {
+                k: row.pop(k)
+                for k in (
+                    "id",
+                    "mark",
+                    "line",
+                    "camera",
+                    "model_sha256",
+                    "seq",
+                    "plc_seq",
+                    "item_id",
+                    "score",
+                    "time",
+                    "marked_at",
+                    "marked_by",
+                )
+            }
             lines.append(json.dumps({**head, **row, "file": str(self.relpath(meta)), "received_at": now}))
         new_file = not self.meta_path.exists()
         data = ("\n".join(lines) + "\n").encode()

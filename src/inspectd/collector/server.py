@@ -100,8 +100,12 @@ class Collector:
             self.dataset.store(list(new.values()))
         except OSError as exc:
             self.store_failures += 1
-            log.error("store_failed", error=str(exc), records=len(new),
-                      detail="no acks sent; the line PCs keep the records and resend them")
+            log.error(
+                "store_failed",
+                error=str(exc),
+                records=len(new),
+                detail="no acks sent; the line PCs keep the records and resend them",
+            )
             acks = []
             time.sleep(min(0.2 * self.store_failures, 2.0))  # do not spin on a full disk
         else:
@@ -109,8 +113,16 @@ class Collector:
                 self.store_failures = 0
             for meta, _ in new.values():
                 self.stored += 1
-                log.info("stored", id=meta.id, mark=meta.mark, line=meta.line, seq=meta.seq, item_id=meta.item_id,
-                         score=meta.score, file=str(self.dataset.relpath(meta)))
+                log.info(
+                    "stored",
+                    id=meta.id,
+                    mark=meta.mark,
+                    line=meta.line,
+                    seq=meta.seq,
+                    item_id=meta.item_id,
+                    score=meta.score,
+                    file=str(self.dataset.relpath(meta)),
+                )
         replies += [[peer, ACK_TAG, rid.encode()] for peer, rid in acks]
         for reply in replies:
             try:
@@ -128,8 +140,9 @@ class Collector:
             raise Refused("image does not decode as a PNG (corrupt data)", meta.id)
         channels = 1 if decoded.ndim == 2 else decoded.shape[2]
         if decoded.shape[:2] != (meta.height, meta.width) or channels != meta.channels:
-            raise Refused(f"decoded image is {decoded.shape} but meta says {meta.height}x{meta.width}x{meta.channels}",
-                          meta.id)
+            raise Refused(
+                f"decoded image is {decoded.shape} but meta says {meta.height}x{meta.width}x{meta.channels}", meta.id
+            )
         return meta, image
 
     def _refuse(self, peer: bytes, exc: Refused, replies: list) -> None:
@@ -139,5 +152,10 @@ class Collector:
         replies.append([peer, NACK_TAG, exc.record_id.encode(), exc.reason.encode()[:1000]])
 
     def stats(self) -> dict:
-        return {"records": len(self.dataset), "stored": self.stored, "duplicates": self.duplicates,
-                "refused": self.refused, "store_failures": self.store_failures}
+        return {
+            "records": len(self.dataset),
+            "stored": self.stored,
+            "duplicates": self.duplicates,
+            "refused": self.refused,
+            "store_failures": self.store_failures,
+        }

@@ -34,7 +34,7 @@ class TensorSpec(_Strict):
     dtype: Literal["float32"] = "float32"
 
     @model_validator(mode="after")
-    def _positive(self) -> "TensorSpec":
+    def _positive(self) -> TensorSpec:
         if any(d is not None and d <= 0 for d in self.shape):
             msg = f"shape {list(self.shape)} must have positive dimensions (batch may be null = dynamic)"
             raise ValueError(msg)
@@ -69,9 +69,11 @@ class PreprocessSpec(_Strict):
     normalize_to: float = Field(100.0, gt=0, le=255)
 
     @model_validator(mode="after")
-    def _scale_needs_tiles(self) -> "PreprocessSpec":
+    def _scale_needs_tiles(self) -> PreprocessSpec:
         if self.scale != 1.0 and self.mode != "tile":
-            msg = f"preprocess.scale {self.scale} needs mode 'tile' (resize mode already brings frames to the input size)"
+            msg = (
+                f"preprocess.scale {self.scale} needs mode 'tile' (resize mode already brings frames to the input size)"
+            )
             raise ValueError(msg)
         return self
 
@@ -84,7 +86,7 @@ class SsimSpec(_Strict):
     k2: float = Field(0.03, gt=0, lt=1)
 
     @model_validator(mode="after")
-    def _odd(self) -> "SsimSpec":
+    def _odd(self) -> SsimSpec:
         if self.size % 2 != 1:
             msg = f"window size must be odd, got {self.size}"
             raise ValueError(msg)
@@ -158,8 +160,13 @@ class Manifest(_Strict):
         if self.ensemble is None:
             return self.onnx.sha256
         e = self.ensemble
-        parts = [self.onnx.sha256, e.combine, repr(e.divide_by), repr(self.thresholds.pixel),
-                 str(self.thresholds.min_region_area)]
+        parts = [
+            self.onnx.sha256,
+            e.combine,
+            repr(e.divide_by),
+            repr(self.thresholds.pixel),
+            str(self.thresholds.min_region_area),
+        ]
         parts += [f"{m.sha256}/{m.divide_by!r}" for m in e.members]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
@@ -169,7 +176,7 @@ class Manifest(_Strict):
         return 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Manifest":
+    def _consistent(self) -> Manifest:
         if self.thresholds.model_sha256 != self.onnx.sha256:
             msg = (
                 f"thresholds.model_sha256 ({self.thresholds.model_sha256[:12]}…) is not onnx.sha256 "
@@ -229,7 +236,9 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> Manifes
         raise ModelError(msg)
     mpath = model_dir / MANIFEST_NAME
     if not mpath.is_file():
-        msg = f"{mpath} is missing: a model directory needs model.onnx and {MANIFEST_NAME} (written by `inspectd train`)"
+        msg = (
+            f"{mpath} is missing: a model directory needs model.onnx and {MANIFEST_NAME} (written by `inspectd train`)"
+        )
         raise ModelError(msg)
     try:
         raw = json.loads(mpath.read_text())
@@ -239,9 +248,7 @@ def load_manifest(model_dir: str | Path, *, verify_hash: bool = True) -> Manifes
     try:
         manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(top level)'}: {e['msg']}" for e in exc.errors())
         msg = f"{mpath} is not a valid inspectd manifest: {problems}"
         raise ModelError(msg) from exc
     onnx_path = model_dir / manifest.onnx.file

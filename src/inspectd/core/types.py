@@ -7,8 +7,9 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -158,7 +159,7 @@ class Sink(Protocol):
 class Controls(Protocol):
     """What a sink (the PLC link) may ask of the daemon. Both calls return at once and never raise."""
 
-    def trigger(self, item_id: int, on_taken: "Callable[[], None] | None" = None) -> None:
+    def trigger(self, item_id: int, on_taken: Callable[[], None] | None = None) -> None:
         """Acquire exactly one frame for this item; on_taken() is called when the frame has been taken."""
 
     def false_reject(self, seq: int, *, source: str) -> None:

@@ -32,8 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from inspectd.daemon.config import check_runtime, load_config
     from inspectd.core.errors import ConfigError
+    from inspectd.daemon.config import check_runtime, load_config
 
     try:
         cfg = load_config(args.config)
@@ -64,8 +64,8 @@ def _stdin_triggers(pipeline) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from inspectd.daemon.config import load_config
     from inspectd.core.errors import ConfigError
+    from inspectd.daemon.config import load_config
 
     try:
         cfg = load_config(args.config)
@@ -86,17 +86,17 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     import structlog
 
     from inspectd import __version__
-    from inspectd.inspection import ssim
-    from inspectd.inspection._numba_env import ensure_numba_cache_dir
+    from inspectd.core.errors import ModelError
+    from inspectd.core.systemd import Notifier, install_signal_handlers
     from inspectd.daemon.cameras import build_camera
     from inspectd.daemon.controls import DaemonControls
-    from inspectd.inspection.detector import Detector
     from inspectd.daemon.dispatch import Dispatcher
-    from inspectd.inspection.inspector import Inspector
-    from inspectd.daemon.pipeline import Pipeline, thread_budget
-    from inspectd.core.systemd import Notifier, install_signal_handlers
     from inspectd.daemon.logsink import LogSink
-    from inspectd.core.errors import ModelError
+    from inspectd.daemon.pipeline import Pipeline, thread_budget
+    from inspectd.inspection import ssim
+    from inspectd.inspection._numba_env import ensure_numba_cache_dir
+    from inspectd.inspection.detector import Detector
+    from inspectd.inspection.inspector import Inspector
 
     log = structlog.get_logger("inspectd")
     log.info("starting", version=__version__, config=str(config_path.resolve()), line=cfg.line)
@@ -139,17 +139,25 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
             available=list(info.available),
         )
     try:  # an ensemble opens its other models here, with the same providers
-        inspector = Inspector(detector, pixel_threshold=cfg.model.pixel_threshold,
-                              min_region_area=cfg.model.min_region_area)
+        inspector = Inspector(
+            detector, pixel_threshold=cfg.model.pixel_threshold, min_region_area=cfg.model.min_region_area
+        )
     except ModelError as exc:
         log.error("model_refused", path=str(cfg.model.path), error=str(exc))
         print(f"inspectd: model.path: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     for member, divide_by in inspector.members:
-        log.info("ensemble_member", path=str(member.detector.model_dir), name=member.manifest.name,
-                 sha256=member.manifest.onnx.sha256, preprocess=member.manifest.preprocess.mode,
-                 scale=member.manifest.preprocess.scale, divide_by=divide_by,
-                 providers_obtained=list(member.detector.info.obtained), on_gpu=member.detector.info.on_gpu)
+        log.info(
+            "ensemble_member",
+            path=str(member.detector.model_dir),
+            name=member.manifest.name,
+            sha256=member.manifest.onnx.sha256,
+            preprocess=member.manifest.preprocess.mode,
+            scale=member.manifest.preprocess.scale,
+            divide_by=divide_by,
+            providers_obtained=list(member.detector.info.obtained),
+            on_gpu=member.detector.info.on_gpu,
+        )
     t_jit = ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
     t_warm = inspector.warmup()
     log.info(
@@ -178,12 +186,17 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         atexit.register(plc.close)  # every exit path; the normal one closes it in dispatcher.close() (idempotent)
     import atexit
 
-    from inspectd.feedback.channel import Feedback, camera_name
     from inspectd.core.errors import ConfigError
+    from inspectd.feedback.channel import Feedback, camera_name
 
     try:  # the false-reject channel: reject store, spool + sender, control socket (each where configured)
-        feedback = Feedback.open(cfg, camera=camera_name(camera.describe()), model_sha256=m.identity,
-                                 model_name=m.name, pixel_threshold=inspector.pixel_threshold)
+        feedback = Feedback.open(
+            cfg,
+            camera=camera_name(camera.describe()),
+            model_sha256=m.identity,
+            model_name=m.name,
+            pixel_threshold=inspector.pixel_threshold,
+        )
     except ConfigError as exc:
         log.error("feedback_refused", error=str(exc))
         print(f"inspectd: {exc}", file=sys.stderr)
@@ -206,8 +219,14 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     feedback.start()
     from inspectd.daemon.reload import ModelReloader
 
-    reloader = ModelReloader(cfg, pipeline, intra_op_threads=budget.onnxruntime, on_swapped=lambda new: feedback.set_model(
-        model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold))
+    reloader = ModelReloader(
+        cfg,
+        pipeline,
+        intra_op_threads=budget.onnxruntime,
+        on_swapped=lambda new: feedback.set_model(
+            model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold
+        ),
+    )
     feedback.ops["reload"] = reloader.handle
     install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"), on_reload=reloader.request)
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
@@ -228,7 +247,14 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
             status = f"{fps:.1f} fps, {frames} frames, state {pipeline.state.name.lower()}"
             notifier.status(status)
             link = {"plc_link": plc.link_state} if plc is not None else {}
-            log.info("status", fps=round(fps, 2), frames=frames, queue=pipeline.queue_depth(), state=pipeline.state.name.lower(), **link)
+            log.info(
+                "status",
+                fps=round(fps, 2),
+                frames=frames,
+                queue=pipeline.queue_depth(),
+                state=pipeline.state.name.lower(),
+                **link,
+            )
 
     notifier.stopping()
     log.info("stopping", reason=pipeline.stop_reason)

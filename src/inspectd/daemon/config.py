@@ -18,14 +18,14 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from inspectd.daemon.cameras import CAMERA_TYPES
-from inspectd.inspection.detector import DEFAULT_PROVIDERS
-from inspectd.feedback.control import ControlConfig
-from inspectd.plc.config import PlcConfig
-from inspectd.core.schema import ConfigPath, StrictModel
-from inspectd.feedback.sender import FeedbackConfig
-from inspectd.feedback.rejects import RejectsConfig
 from inspectd.core.errors import ConfigError
+from inspectd.core.schema import ConfigPath, StrictModel
+from inspectd.daemon.cameras import CAMERA_TYPES
+from inspectd.feedback.control import ControlConfig
+from inspectd.feedback.rejects import RejectsConfig
+from inspectd.feedback.sender import FeedbackConfig
+from inspectd.inspection.detector import DEFAULT_PROVIDERS
+from inspectd.plc.config import PlcConfig
 
 CameraConfig = Annotated[
     Union[tuple(cfg for cfg, _ in CAMERA_TYPES.values())],  # noqa: UP007 - built from the registry
@@ -141,7 +141,7 @@ class Config(StrictModel):
     control: ControlConfig | None = Field(None, description="the control socket of `inspectd mark`; absent = none")
 
     @model_validator(mode="after")
-    def _plc_trigger_needs_plc(self) -> "Config":
+    def _plc_trigger_needs_plc(self) -> Config:
         if self.camera.trigger == "plc" and self.plc is None:
             msg = "camera.trigger is plc, but there is no `plc:` section (the Modbus link that carries the triggers)"
             raise ValueError(msg)
@@ -151,7 +151,7 @@ class Config(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _feedback_needs_rejects(self) -> "Config":
+    def _feedback_needs_rejects(self) -> Config:
         if self.feedback is not None and self.rejects is None:
             msg = "there is a `feedback:` section but no `rejects:` section (marks are made on stored rejects)"
             raise ValueError(msg)
@@ -272,14 +272,18 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         msg = f"{source}: not valid YAML: {exc}"
         raise ConfigError(msg) from exc
     if not isinstance(data, dict):
-        msg = f"{source}: the config must be a YAML mapping with at least a `camera:` section, got {type(data).__name__}"
+        msg = (
+            f"{source}: the config must be a YAML mapping with at least a `camera:` section, got {type(data).__name__}"
+        )
         raise ConfigError(msg)
     try:
         return Config.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         problems = sorted(
             (_format_error(e, data, lines, source) for e in exc.errors()),
-            key=lambda text: int(text[len(source) + 1 :].split(":", 1)[0]) if text[len(source) :].startswith(":") else 0,
+            key=lambda text: (
+                int(text[len(source) + 1 :].split(":", 1)[0]) if text[len(source) :].startswith(":") else 0
+            ),
         )
         msg = "invalid configuration:\n  " + "\n  ".join(problems)
         raise ConfigError(msg) from exc
@@ -300,8 +304,8 @@ def load_config(path: str | Path) -> Config:
 
 def check_runtime(cfg: Config) -> None:
     """Checks that need the filesystem: the model directory and its manifest (hash included)."""
-    from inspectd.core.manifest import load_manifest
     from inspectd.core.errors import ModelError
+    from inspectd.core.manifest import load_manifest
 
     try:
         load_manifest(cfg.model.path)

@@ -114,7 +114,7 @@ def render() -> str:
             out += [doc[0], ""]
         out += [head, *_rows(cfg_cls, "camera.", skip=("type", *common))]
     out += ["", "### PLC link (`plc:`)", ""]
-    out += ["Absent (the default): no PLC link. Register map and handshake: see \"The PLC (Modbus TCP)\" below.", ""]
+    out += ['Absent (the default): no PLC link. Register map and handshake: see "The PLC (Modbus TCP)" below.', ""]
     out += [head, *_rows(PlcConfig, "plc.")]
     out += _feedback_sections(head)
     out += ["", END]

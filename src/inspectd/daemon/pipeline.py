@@ -41,11 +41,11 @@ from dataclasses import dataclass
 
 import structlog
 
-from inspectd.daemon.dispatch import Dispatcher
-from inspectd.inspection.inspector import Inspector
+from inspectd.core.errors import CameraError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
-from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.daemon.dispatch import Dispatcher
+from inspectd.inspection.inspector import Inspector
 
 log = structlog.get_logger("inspectd.pipeline")
 
@@ -97,7 +97,7 @@ class _Work:
     pending: object = None  # the stage result handed to the next stage
     error: Exception | None = None
     failed_in: str = ""
-    stages: "_Stages | None" = None  # the inspector this frame was prepared with (model hot reload)
+    stages: _Stages | None = None  # the inspector this frame was prepared with (model hot reload)
 
 
 class _Stages:

@@ -63,18 +63,33 @@ class ModelReloader:
         log.info("model_reload_started", reason=reason, path=str(path), sha256=old)
         t0 = time.monotonic()
         try:
-            detector = Detector(path, providers=self.cfg.model.providers, require_gpu=self.cfg.model.require_gpu,
-                                intra_op_threads=self.intra_op_threads)
-            new = Inspector(detector, pixel_threshold=self.cfg.model.pixel_threshold,
-                            min_region_area=self.cfg.model.min_region_area)
+            detector = Detector(
+                path,
+                providers=self.cfg.model.providers,
+                require_gpu=self.cfg.model.require_gpu,
+                intra_op_threads=self.intra_op_threads,
+            )
+            new = Inspector(
+                detector, pixel_threshold=self.cfg.model.pixel_threshold, min_region_area=self.cfg.model.min_region_area
+            )
             ssim.warmup([new.ssim], channels=new.preprocessor.channels)
             new.warmup()  # raises ModelError on a wrong output shape or non-finite output
         except Exception as exc:  # ModelError, onnxruntime, numba, a half-copied directory: keep the running model
             self.failures += 1
-            log.error("model_reload_failed", reason=reason, path=str(path), error=str(exc) or repr(exc),
-                      kept_sha256=old, detail="the running model stays in use")
-            return {"ok": False, "error": f"model not reloaded, the running model ({old[:12]}) stays: {exc}",
-                    "kind": "refused", "sha256": old}
+            log.error(
+                "model_reload_failed",
+                reason=reason,
+                path=str(path),
+                error=str(exc) or repr(exc),
+                kept_sha256=old,
+                detail="the running model stays in use",
+            )
+            return {
+                "ok": False,
+                "error": f"model not reloaded, the running model ({old[:12]}) stays: {exc}",
+                "kind": "refused",
+                "sha256": old,
+            }
         m = new.manifest
         if m.identity == old:
             log.info("model_reload_unchanged", path=str(path), sha256=old)
@@ -86,7 +101,16 @@ class ModelReloader:
                 self.on_swapped(new)
             except Exception as exc:  # bookkeeping only: the swap has happened
                 log.error("model_reload_bookkeeping_failed", error=repr(exc))
-        log.info("model_reloaded", reason=reason, path=str(path), name=m.name, sha256=m.identity,
-                 previous_sha256=old, input=list(m.input.shape), pixel_threshold=new.pixel_threshold,
-                 min_region_area=new.min_region_area, seconds=round(time.monotonic() - t0, 3))
+        log.info(
+            "model_reloaded",
+            reason=reason,
+            path=str(path),
+            name=m.name,
+            sha256=m.identity,
+            previous_sha256=old,
+            input=list(m.input.shape),
+            pixel_threshold=new.pixel_threshold,
+            min_region_area=new.min_region_area,
+            seconds=round(time.monotonic() - t0, 3),
+        )
         return {"ok": True, "changed": True, "sha256": m.identity, "previous_sha256": old, "name": m.name}

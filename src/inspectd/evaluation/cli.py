@@ -32,15 +32,31 @@ def register_evaluate(sub: argparse._SubParsersAction) -> None:
         "and throughput as JSON.",
     )
     p.add_argument("--model", type=Path, required=True, help="model directory (model.onnx + manifest.json)")
-    p.add_argument("--data", type=Path, required=True,
-                   help="MVTec-layout directory: DIR/test/<class>/*, DIR/ground_truth/<class>/<stem>_mask.png")
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="MVTec-layout directory: DIR/test/<class>/*, DIR/ground_truth/<class>/<stem>_mask.png",
+    )
     p.add_argument("--json", type=Path, required=True, dest="json_out", help="where to write the results")
-    p.add_argument("--report", type=Path, default=None, metavar="DIR",
-                   help="also write DIR/index.html: per image input, reconstruction, heat map, regions, ground truth")
-    p.add_argument("--report-max", type=int, default=None, metavar="N", help="keep only the N most anomalous images in the report")
-    p.add_argument("--score", action="append", choices=SCORE_CHOICES, default=None,
-                   help="difference map: the manifest's own (default), gaussian-ssim, uniform-ssim, l2, or all "
-                   "three side by side (one inference feeds them); repeatable, the first is the headline")
+    p.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/index.html: per image input, reconstruction, heat map, regions, ground truth",
+    )
+    p.add_argument(
+        "--report-max", type=int, default=None, metavar="N", help="keep only the N most anomalous images in the report"
+    )
+    p.add_argument(
+        "--score",
+        action="append",
+        choices=SCORE_CHOICES,
+        default=None,
+        help="difference map: the manifest's own (default), gaussian-ssim, uniform-ssim, l2, or all "
+        "three side by side (one inference feeds them); repeatable, the first is the headline",
+    )
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = its default)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_evaluate)
@@ -54,13 +70,18 @@ def _scores(chosen: list[str] | None) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from inspectd.evaluation.evaluate import evaluate
     from inspectd.core.errors import ModelError
+    from inspectd.evaluation.evaluate import evaluate
 
     try:
         result = evaluate(
-            args.model, args.data, scores=_scores(args.score), threads=args.threads, report=args.report,
-            report_max=args.report_max, log=None if args.quiet else sys.stderr,
+            args.model,
+            args.data,
+            scores=_scores(args.score),
+            threads=args.threads,
+            report=args.report,
+            report_max=args.report_max,
+            log=None if args.quiet else sys.stderr,
         )
     except (FileNotFoundError, ValueError, ModelError) as exc:
         print(f"inspectd evaluate: {exc}", file=sys.stderr)
@@ -78,8 +99,11 @@ def _f(v) -> str:
 def summary_text(r: dict) -> str:
     lines = [
         f"model {r['model_name']} on {r['data']}: {r['n_images']} images ({r['n_good']} good, {r['n_defective']} defective)",
-        *([f"left out: {r['left_out_trained_on']['count']} images the model was trained on (hard-defect set)"]
-          if r.get("left_out_trained_on", {}).get("count") else []),
+        *(
+            [f"left out: {r['left_out_trained_on']['count']} images the model was trained on (hard-defect set)"]
+            if r.get("left_out_trained_on", {}).get("count")
+            else []
+        ),
     ]
     variants = r.get("by_score") or {r["score"]: r}
     lines.append("score           image AUROC  pixel AUROC  F1     precision  recall")
@@ -90,8 +114,10 @@ def summary_text(r: dict) -> str:
         )
     if r.get("model_image_auroc"):  # an ensemble: each model alone on the same images
         names = [m.get("name", "?") for m in r.get("ensemble", {}).get("models", [])]
-        lines.append("models alone (image AUROC, same images): " + ", ".join(
-            f"{n} {_f(a)}" for n, a in zip(names, r["model_image_auroc"])))
+        lines.append(
+            "models alone (image AUROC, same images): "
+            + ", ".join(f"{n} {_f(a)}" for n, a in zip(names, r["model_image_auroc"]))
+        )
     lines.append("class      n    image AUROC  pixel AUROC  rejected")
     for cls, c in r["per_class"].items():
         lines.append(

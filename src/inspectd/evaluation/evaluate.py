@@ -32,9 +32,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO
 
 import cv2
 import numpy as np
@@ -149,7 +150,7 @@ class PixelHistogram:
         self.pos += np.bincount(bins[truth], minlength=HIST_BINS)
         self.neg += np.bincount(bins[~truth], minlength=HIST_BINS)
 
-    def merged(self, other: "PixelHistogram") -> "PixelHistogram":
+    def merged(self, other: PixelHistogram) -> PixelHistogram:
         out = PixelHistogram()
         out.pos = self.pos + other.pos
         out.neg = self.neg + other.neg
@@ -177,7 +178,12 @@ class PixelHistogram:
         i = int(np.argmax(f1))
         b = HIST_BINS - 1 - i
         threshold = (b * HIST_TOP / HIST_BINS) ** 2
-        return {"f1": float(f1[i]), "precision": float(precision[i]), "recall": float(recall[i]), "threshold": threshold}
+        return {
+            "f1": float(f1[i]),
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "threshold": threshold,
+        }
 
 
 def kept_region_mask(score_map: np.ndarray, pixel: float, min_area: int) -> np.ndarray:
@@ -226,7 +232,9 @@ class _ScoreResults:
         hist = self.hist_good if not item.defective else self.hist_class.setdefault(item.cls, PixelHistogram())
         hist.add(bins, truth)
         if self.thresholds is not None:
-            pred = kept_region_mask(inspection.score_map, self.inspector.pixel_threshold, self.inspector.min_region_area)
+            pred = kept_region_mask(
+                inspection.score_map, self.inspector.pixel_threshold, self.inspector.min_region_area
+            )
             self.pixel_counts["tp"] += int(np.count_nonzero(pred & truth))
             self.pixel_counts["fp"] += int(np.count_nonzero(pred & ~truth))
             self.pixel_counts["fn"] += int(np.count_nonzero(~pred & truth))
@@ -244,7 +252,9 @@ class _ScoreResults:
             total = total.merged(h)
         out["pixel_auroc"], out["pixel_auroc_tie_bound"] = total.auroc()
         image_prf = metrics.prf(
-            int(np.count_nonzero(rejected & y)), int(np.count_nonzero(rejected & ~y)), int(np.count_nonzero(~rejected & y))
+            int(np.count_nonzero(rejected & y)),
+            int(np.count_nonzero(rejected & ~y)),
+            int(np.count_nonzero(~rejected & y)),
         )
         for k in ("f1", "precision", "recall"):
             out[k] = image_prf[k] if known else None
@@ -279,8 +289,10 @@ class _ScoreResults:
         out["per_class"] = per_class
         out["images_without_ground_truth"] = self.no_truth
         if recs and "model_scores" in recs[0]:  # an ensemble: how each model alone ranks the same images
-            out["model_image_auroc"] = [metrics.auroc(np.array([r["model_scores"][i] for r in recs]), y)
-                                        for i in range(len(recs[0]["model_scores"]))]
+            out["model_image_auroc"] = [
+                metrics.auroc(np.array([r["model_scores"][i] for r in recs]), y)
+                for i in range(len(recs[0]["model_scores"]))
+            ]
         return out
 
 
@@ -307,8 +319,9 @@ def evaluate(
     manifest = base.manifest
     items, left_out = leave_out_trained(items, manifest)
     if left_out and log is not None:
-        print(f"evaluate: {len(left_out)} test images left out: the model was trained on them (hard-defect set)",
-              file=log)
+        print(
+            f"evaluate: {len(left_out)} test images left out: the model was trained on them (hard-defect set)", file=log
+        )
     if not items:
         msg = f"every test image under {data} is in the model's training set (manifest training.hard_defects)"
         raise ValueError(msg)
@@ -346,8 +359,7 @@ def evaluate(
         first = None
         for i, r in enumerate(runs):
             t1 = time.perf_counter()
-            result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None),
-                                        model_scores=True)
+            result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None), model_scores=True)
             ms = (t_shared + time.perf_counter() - t1) * 1e3
             rec = r.add(item, result, truth, ms)
             if i == 0:
@@ -368,14 +380,20 @@ def evaluate(
         "model": str(model_dir),
         "model_name": manifest.name,
         "model_sha256": manifest.identity,  # onnx.sha256, or an ensemble's identity
-        **({"ensemble": manifest.training.get("ensemble", {}) | {"combine": manifest.ensemble.combine}}
-           if manifest.ensemble is not None else {}),
+        **(
+            {"ensemble": manifest.training.get("ensemble", {}) | {"combine": manifest.ensemble.combine}}
+            if manifest.ensemble is not None
+            else {}
+        ),
         "data": str(data),
         "n_images": len(items),
         "n_good": sum(1 for t in items if not t.defective),
         "n_defective": sum(1 for t in items if t.defective),
-        "left_out_trained_on": {"count": len(left_out), "images": left_out,
-                                "why": "the model was trained on them (manifest training.hard_defects)"},
+        "left_out_trained_on": {
+            "count": len(left_out),
+            "images": left_out,
+            "why": "the model was trained on them (manifest training.hard_defects)",
+        },
         "score": head["score"],
         "score_spec": {
             "ssim": manifest.ssim.model_dump(mode="json"),
@@ -397,8 +415,10 @@ def evaluate(
         "wall_s": round(time.monotonic() - t_start, 1),
     }
     if len(runs) > 1:
-        out["by_score"] = {k: {kk: vv for kk, vv in v.items() if kk != "per_class"} | {"per_class": v["per_class"]}
-                           for k, v in by_score.items()}
+        out["by_score"] = {
+            k: {kk: vv for kk, vv in v.items() if kk != "per_class"} | {"per_class": v["per_class"]}
+            for k, v in by_score.items()
+        }
     out = json_safe(out)
     if writer is not None:
         out["report"] = str(writer.finish(out, report_max))
@@ -433,7 +453,9 @@ class _Progress:
         if self.tty:
             filled = int(30 * n / self.total)
             eta = elapsed / n * (self.total - n)
-            self.log.write(f"\revaluate [{'#' * filled}{'.' * (30 - filled)}] {n}/{self.total}  {elapsed:.0f} s, eta {eta:.0f} s")
+            self.log.write(
+                f"\revaluate [{'#' * filled}{'.' * (30 - filled)}] {n}/{self.total}  {elapsed:.0f} s, eta {eta:.0f} s"
+            )
             self.log.flush()
         elif n * 10 // self.total > self.last_decile or n == self.total:
             self.last_decile = n * 10 // self.total

@@ -57,7 +57,12 @@ def f1_max(scores: np.ndarray, labels: np.ndarray) -> dict | None:
     recall = tp / n_pos
     f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
     i = int(np.argmax(f1))
-    return {"f1": float(f1[i]), "precision": float(precision[i]), "recall": float(recall[i]), "threshold": float(thr[i])}
+    return {
+        "f1": float(f1[i]),
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "threshold": float(thr[i]),
+    }
 
 
 def prf(tp: int, fp: int, fn: int) -> dict:

@@ -77,8 +77,20 @@ class ReportWriter:
             for r in rows[limit:]:
                 (self.dir / r["img"]).unlink(missing_ok=True)
             rows = [r for r in rows if r["img"] in keep]
-        head = {k: summary.get(k) for k in ("model_name", "model_sha256", "score", "image_auroc", "pixel_auroc", "f1",
-                                             "precision", "recall", "thresholds")}
+        head = {
+            k: summary.get(k)
+            for k in (
+                "model_name",
+                "model_sha256",
+                "score",
+                "image_auroc",
+                "pixel_auroc",
+                "f1",
+                "precision",
+                "recall",
+                "thresholds",
+            )
+        }
         per_class = summary.get("per_class", {})
         e = html.escape
         lines = [

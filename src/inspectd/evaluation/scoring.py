@@ -16,8 +16,8 @@ training facts (`training.score_variants`), which the daemon ignores and `inspec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -82,8 +82,10 @@ def variant_inspector(inspector, score: str):
     if score == native_score(m):
         return inspector, t
     if m.ensemble is not None:
-        msg = (f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
-               f"score {score!r} can be asked of each member model directory on its own")
+        msg = (
+            f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
+            f"score {score!r} can be asked of each member model directory on its own"
+        )
         raise ValueError(msg)
     out = Inspector(
         inspector.detector,

@@ -15,12 +15,12 @@ from collections.abc import Callable
 
 import structlog
 
+from inspectd.core.errors import ConfigError
 from inspectd.feedback.control import ControlServer
 from inspectd.feedback.marking import Marker, MarkError
-from inspectd.feedback.sender import Sender
 from inspectd.feedback.rejects import MIB, RejectStore
+from inspectd.feedback.sender import Sender
 from inspectd.feedback.spool import Spool
-from inspectd.core.errors import ConfigError
 
 log = structlog.get_logger("inspectd.feedback")
 
@@ -28,19 +28,30 @@ log = structlog.get_logger("inspectd.feedback")
 def camera_name(description: dict) -> str:
     """A short camera name for records: its type and, where it has one, its device/source/path."""
     where = description.get("source") or description.get("path")
-    name = f"{description.get('type', 'camera')}:{where}" if where not in (None, "") else str(description.get("type", "camera"))
+    name = (
+        f"{description.get('type', 'camera')}:{where}"
+        if where not in (None, "")
+        else str(description.get("type", "camera"))
+    )
     return name[:200]  # a GStreamer pipeline can be long; the record schema allows 256
 
 
 class Feedback:
-    def __init__(self, store: RejectStore | None = None, spool: Spool | None = None, sender: Sender | None = None,
-                 control_path=None) -> None:
+    def __init__(
+        self,
+        store: RejectStore | None = None,
+        spool: Spool | None = None,
+        sender: Sender | None = None,
+        control_path=None,
+    ) -> None:
         self.store = store
         self.spool = spool
         self.sender = sender
         self.marker = Marker(store, spool) if store is not None and spool is not None else None
         self.control = ControlServer(control_path, self.handle) if control_path is not None else None
-        self.ops: dict[str, Callable[[dict], dict]] = {}  # more control-socket ops, e.g. "reload" (inspectd/daemon/reload.py)
+        self.ops: dict[
+            str, Callable[[dict], dict]
+        ] = {}  # more control-socket ops, e.g. "reload" (inspectd/daemon/reload.py)
 
     @classmethod
     def open(cls, cfg, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float) -> Feedback:
@@ -52,11 +63,20 @@ class Feedback:
         store = spool = None
         try:
             if rejects is not None:
-                store = RejectStore(rejects, line=cfg.line, camera=camera, model_sha256=model_sha256,
-                                    model_name=model_name, pixel_threshold=pixel_threshold)
+                store = RejectStore(
+                    rejects,
+                    line=cfg.line,
+                    camera=camera,
+                    model_sha256=model_sha256,
+                    model_name=model_name,
+                    pixel_threshold=pixel_threshold,
+                )
             if feedback is not None:
-                spool = Spool(feedback.spool_dir, max_records=feedback.spool_max_records,
-                              max_bytes=int(feedback.spool_max_mb * MIB))
+                spool = Spool(
+                    feedback.spool_dir,
+                    max_records=feedback.spool_max_records,
+                    max_bytes=int(feedback.spool_max_mb * MIB),
+                )
             sender = Sender(spool, feedback) if spool is not None else None
             return cls(store, spool, sender, control.socket if control is not None else None)
         except OSError as exc:
@@ -106,8 +126,11 @@ class Feedback:
             return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}
         if self.marker is None:
             missing = "rejects: and feedback: sections" if self.store is None else "feedback: section"
-            return {"ok": False, "error": f"marking is not configured: the daemon's config has no {missing}",
-                    "kind": "unavailable"}
+            return {
+                "ok": False,
+                "error": f"marking is not configured: the daemon's config has no {missing}",
+                "kind": "unavailable",
+            }
         seq, rid, mark = request.get("seq"), request.get("reject_id"), request.get("mark")
         if (seq is None) == (rid is None) or not isinstance(seq if rid is None else rid, int if rid is None else str):
             return {"ok": False, "error": "give an integer seq or a string reject_id", "kind": "invalid"}
@@ -129,6 +152,11 @@ class Feedback:
             out["spool"] = {"depth": self.spool.depth, "bytes": self.spool.nbytes, "evicted": self.spool.evicted}
         if self.sender is not None:
             s = self.sender.stats
-            out["sender"] = {"in_flight": self.sender.in_flight, "sent": s.sent, "resent": s.resent,
-                             "acked": s.acked, "refused": s.refused}
+            out["sender"] = {
+                "in_flight": self.sender.in_flight,
+                "sent": s.sent,
+                "resent": s.resent,
+                "acked": s.acked,
+                "refused": s.refused,
+            }
         return out

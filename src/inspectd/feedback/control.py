@@ -220,8 +220,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _ask_daemon(args: argparse.Namespace, command: str, payload: dict, no_control: str, timeout: float) -> dict | None:
     """Load the config, send one request to the daemon's control socket; the answer, or None after printing why."""
-    from inspectd.daemon.config import load_config
     from inspectd.core.errors import ConfigError
+    from inspectd.daemon.config import load_config
 
     try:
         cfg = load_config(args.config)
@@ -254,19 +254,25 @@ def cmd_mark(args: argparse.Namespace) -> int:
     if answer is None:
         return EXIT_USAGE
     state = "was already marked" if answer.get("already") else "marked"
-    print(f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
-          f"record {answer['record_id']}; {answer['spool_depth']} record(s) waiting for the collector")
+    print(
+        f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
+        f"record {answer['record_id']}; {answer['spool_depth']} record(s) waiting for the collector"
+    )
     return EXIT_OK
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    no_control = ("; send SIGHUP instead (`systemctl reload inspectd`) and read the `model_reloaded` / "
-                  "`model_reload_failed` log event")
+    no_control = (
+        "; send SIGHUP instead (`systemctl reload inspectd`) and read the `model_reloaded` / "
+        "`model_reload_failed` log event"
+    )
     answer = _ask_daemon(args, "reload", {"op": "reload"}, no_control, timeout=300.0)
     if answer is None:
         return EXIT_USAGE
     if answer.get("changed"):
-        print(f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})")
+        print(
+            f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})"
+        )
     else:
         print(f"model unchanged: sha256 {answer.get('sha256')}")
     return EXIT_OK

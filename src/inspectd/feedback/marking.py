@@ -87,8 +87,9 @@ class Marker:
 
     # --- the one way a mark is made -----------------------------------------------------------------------
 
-    def mark(self, *, mark: str, source: str, seq: int | None = None, plc: int | None = None,
-             reject_id: str | None = None) -> dict:
+    def mark(
+        self, *, mark: str, source: str, seq: int | None = None, plc: int | None = None, reject_id: str | None = None
+    ) -> dict:
         """Mark one stored reject good or bad; returns what was done. Raises MarkError."""
         if mark not in ("good", "bad"):
             raise MarkError(f"mark must be 'good' or 'bad', got {mark!r}", "invalid")
@@ -132,12 +133,25 @@ class Marker:
             try:
                 self.store.record_mark(entry, {"mark": mark, "at": iso_utc(now), "by": source, "record_id": entry.id})
             except OSError as exc:  # the store's disk is full: the spool record (the durable copy) is made anyway
-                entry.meta = dict(entry.meta, mark={"mark": mark, "at": iso_utc(now), "by": source,
-                                                    "record_id": entry.id})  # this run still knows it is marked
-                log.warning("mark_not_saved_in_store", id=entry.id, error=str(exc),
-                            detail="the record is spooled; the mark is lost from the store's JSON at a restart")
-            log.info("marked", mark=mark, seq=entry.seq, plc_seq=entry.plc_seq, item_id=entry.meta.get("item_id"),
-                     id=entry.id, by=source, spool_depth=self.spool.depth)
+                entry.meta = dict(
+                    entry.meta, mark={"mark": mark, "at": iso_utc(now), "by": source, "record_id": entry.id}
+                )  # this run still knows it is marked
+                log.warning(
+                    "mark_not_saved_in_store",
+                    id=entry.id,
+                    error=str(exc),
+                    detail="the record is spooled; the mark is lost from the store's JSON at a restart",
+                )
+            log.info(
+                "marked",
+                mark=mark,
+                seq=entry.seq,
+                plc_seq=entry.plc_seq,
+                item_id=entry.meta.get("item_id"),
+                id=entry.id,
+                by=source,
+                spool_depth=self.spool.depth,
+            )
             return self._answer(entry, mark, already=False)
 
     def _find(self, seq: int | None, plc: int | None, reject_id: str | None) -> StoredReject | None:

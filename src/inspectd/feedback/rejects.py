@@ -49,12 +49,19 @@ _STOP = object()
 class RejectsConfig(StrictModel):
     """The on-disk store of recent rejects that operators mark good or bad."""
 
-    dir: ConfigPath = Field(description="directory of the reject store (created if missing); one PNG, overlay PNG and JSON per reject")
+    dir: ConfigPath = Field(
+        description="directory of the reject store (created if missing); one PNG, overlay PNG and JSON per reject"
+    )
     max_count: int = Field(1000, ge=1, le=1_000_000, description="most rejects kept; the oldest are deleted first")
-    max_mb: float = Field(1024.0, gt=0, le=10_000_000, description="most MiB kept (all files); the oldest are deleted first")
+    max_mb: float = Field(
+        1024.0, gt=0, le=10_000_000, description="most MiB kept (all files); the oldest are deleted first"
+    )
     overlay: bool = Field(True, description="also write a heat-map overlay PNG of the score map for operators")
     queue_size: int = Field(
-        8, ge=1, le=256, description="rejects waiting for the writer thread; beyond it a reject is not stored (logged, counted)"
+        8,
+        ge=1,
+        le=256,
+        description="rejects waiting for the writer thread; beyond it a reject is not stored (logged, counted)",
     )
 
 
@@ -124,8 +131,12 @@ class RejectStore:
         self.cfg = cfg
         self.dir = Path(cfg.dir)
         self.max_bytes = int(cfg.max_mb * MIB)
-        self._context = {"line": line, "camera": camera[:256], "model_sha256": model_sha256,
-                         "model_name": model_name[:128]}
+        self._context = {
+            "line": line,
+            "camera": camera[:256],
+            "model_sha256": model_sha256,
+            "model_name": model_name[:128],
+        }
         self._line_tag = safe_name(line)
         self.pixel_threshold = float(pixel_threshold)
         self._lock = threading.Lock()
@@ -155,8 +166,12 @@ class RejectStore:
             self._done()
             self.dropped += 1
             if self.dropped <= 3 or self.dropped % 100 == 0:
-                log.warning("reject_not_stored", seq=verdict.seq, reason="writer queue full (disk slower than rejects)",
-                            dropped=self.dropped)
+                log.warning(
+                    "reject_not_stored",
+                    seq=verdict.seq,
+                    reason="writer queue full (disk slower than rejects)",
+                    dropped=self.dropped,
+                )
 
     def close(self, timeout: float = 10.0) -> None:
         if not self._thread.is_alive():
@@ -170,7 +185,9 @@ class RejectStore:
 
     # --- lookups for marking ------------------------------------------------------------------------------
 
-    def find(self, *, seq: int | None = None, plc: int | None = None, reject_id: str | None = None) -> StoredReject | None:
+    def find(
+        self, *, seq: int | None = None, plc: int | None = None, reject_id: str | None = None
+    ) -> StoredReject | None:
         """The newest stored reject with this daemon seq, PLC (16-bit) seq or id; None when there is none."""
         with self._lock:
             if reject_id is not None:
@@ -211,8 +228,14 @@ class RejectStore:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"count": len(self._index), "bytes": self._bytes, "queued": self._pending, "dropped": self.dropped,
-                    "write_failures": self.write_failures, "evicted": self.evicted}
+            return {
+                "count": len(self._index),
+                "bytes": self._bytes,
+                "queued": self._pending,
+                "dropped": self.dropped,
+                "write_failures": self.write_failures,
+                "evicted": self.evicted,
+            }
 
     def __len__(self) -> int:
         return len(self._index)
@@ -310,8 +333,9 @@ class RejectStore:
                         nbytes += (self.dir / meta["overlay"]).stat().st_size
                     except OSError:
                         meta["overlay"] = None
-                entry = StoredReject(meta["id"], int(meta["seq"]), int(meta["plc_seq"]), float(meta["wall_time"]),
-                                     nbytes, meta)
+                entry = StoredReject(
+                    meta["id"], int(meta["seq"]), int(meta["plc_seq"]), float(meta["wall_time"]), nbytes, meta
+                )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("reject_store_entry_dropped", file=path.name, error=str(exc))
                 _unlink(path)
@@ -328,8 +352,14 @@ class RejectStore:
             self._index[e.id] = e
             self._bytes += e.nbytes
         self._evict()  # the bounds may have been lowered since
-        log.info("reject_store_opened", dir=str(self.dir), count=len(self._index), bytes=self._bytes,
-                 marked=sum(1 for e in entries if e.mark), removed_leftovers=removed)
+        log.info(
+            "reject_store_opened",
+            dir=str(self.dir),
+            count=len(self._index),
+            bytes=self._bytes,
+            marked=sum(1 for e in entries if e.mark),
+            removed_leftovers=removed,
+        )
 
 
 def _json(meta: dict) -> bytes:

@@ -114,8 +114,14 @@ class Spool:
             old, old_size = self._index.popitem(last=False)
             self._bytes -= old_size
             self.evicted += 1
-            log.error("spool_evicted", id=old, reason="spool full (collector unreachable for long?)",
-                      max_records=self.max_records, max_bytes=self.max_bytes, evicted=self.evicted)
+            log.error(
+                "spool_evicted",
+                id=old,
+                reason="spool full (collector unreachable for long?)",
+                max_records=self.max_records,
+                max_bytes=self.max_bytes,
+                evicted=self.evicted,
+            )
             _unlink(self._path(old))
 
     # --- reading and removing (the sender) ----------------------------------------------------------------

@@ -19,8 +19,8 @@ import structlog
 
 ort.set_default_logger_severity(4)  # its C++ logger writes provider failures to stderr; we log them ourselves
 
-from inspectd.core.manifest import Manifest, load_manifest
 from inspectd.core.errors import ModelError
+from inspectd.core.manifest import Manifest, load_manifest
 
 log = structlog.get_logger("inspectd.detector")
 
@@ -83,7 +83,9 @@ class Detector:
             raise ModelError(msg) from exc
         self.info = SessionInfo(tuple(providers), available, tuple(self.session.get_providers()))
         self.provider_errors = [
-            line.strip()[:300] for line in printed.getvalue().splitlines() if line.startswith(("EP Error", "Falling back"))
+            line.strip()[:300]
+            for line in printed.getvalue().splitlines()
+            if line.startswith(("EP Error", "Falling back"))
         ]
         if self.provider_errors:
             log.warning("provider_fallback", obtained=list(self.info.obtained), messages=self.provider_errors)

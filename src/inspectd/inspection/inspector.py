@@ -28,11 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from inspectd.core.types import Decision
 from inspectd.inspection.decide import Decider, reduce_map, smooth_map
 from inspectd.inspection.detector import DEFAULT_PROVIDERS, Detector
 from inspectd.inspection.preprocess import Prepared, Preprocessor
 from inspectd.inspection.ssim import SsimKernel
-from inspectd.core.types import Decision
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Pending:
     prepared: Prepared
     output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
     timings_ms: dict[str, float] = field(default_factory=dict)
-    members: list["Pending"] = field(default_factory=list)  # an ensemble's other models, in manifest order
+    members: list[Pending] = field(default_factory=list)  # an ensemble's other models, in manifest order
 
 
 class Inspector:
@@ -76,10 +76,10 @@ class Inspector:
         if m.ensemble is not None:
             self.members = self._open_members()
 
-    def _open_members(self) -> list[tuple["Inspector", float]]:
+    def _open_members(self) -> list[tuple[Inspector, float]]:
         """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
-        from inspectd.core.manifest import load_members
         from inspectd.core.errors import ModelError
+        from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
         out = []
@@ -103,8 +103,10 @@ class Inspector:
         intra_op_threads: int = 0,
         pixel_threshold: float | None = None,
         min_region_area: int | None = None,
-    ) -> "Inspector":
-        det = Detector(model_dir, providers=tuple(providers), require_gpu=require_gpu, intra_op_threads=intra_op_threads)
+    ) -> Inspector:
+        det = Detector(
+            model_dir, providers=tuple(providers), require_gpu=require_gpu, intra_op_threads=intra_op_threads
+        )
         return cls(det, pixel_threshold=pixel_threshold, min_region_area=min_region_area)
 
     # --- the three pipeline stages ----------------------------------------------------------------------------
@@ -139,7 +141,9 @@ class Inspector:
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
 
-    def _map(self, pending: Pending, *, model_scores: bool = False) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    def _map(
+        self, pending: Pending, *, model_scores: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
         """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
         an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
         map divided by its divisor (manifest ensemble.divide_by)."""

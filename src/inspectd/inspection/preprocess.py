@@ -240,8 +240,9 @@ class Preprocessor:
         ys = axis_starts(ph, th, self.spec.tile_overlap)
         xs = axis_starts(pw, tw, self.spec.tile_overlap)
         origins = tuple((y, x) for y in ys for x in xs)
-        return TileLayout(frame_hw=frame_hw, tile_hw=(th, tw), origins=origins, padded_hw=(ph, pw), mode="tile",
-                          native_hw=native)
+        return TileLayout(
+            frame_hw=frame_hw, tile_hw=(th, tw), origins=origins, padded_hw=(ph, pw), mode="tile", native_hw=native
+        )
 
     def _convert_color(self, image: np.ndarray) -> np.ndarray:
         expected = "expected uint8 HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA)"

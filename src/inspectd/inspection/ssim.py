@@ -234,7 +234,7 @@ def _stripe_source(k: int, ndim: int) -> str:
 @overload(_stripe, jit_options={"fastmath": _FASTMATH, "nogil": True})
 def _stripe_overload(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # noqa: PLR0913
     namespace: dict = {}
-    exec(_stripe_source(wts.count, x.ndim), {"np": np, "_reflect": _reflect}, namespace)  # noqa: S102 (own code)
+    exec(_stripe_source(wts.count, x.ndim), {"np": np, "_reflect": _reflect}, namespace)
     return namespace["impl"]
 
 

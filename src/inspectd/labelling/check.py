@@ -12,17 +12,17 @@ by sum or mean into the target probability.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import load_manifest
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.labelling.rules import REASONS, RuleConfig, Verdict, judge, refine_map
-from inspectd.core.manifest import load_manifest
-from inspectd.core.errors import ModelError
 
 
 class Checker:
@@ -61,8 +61,10 @@ class Checker:
 def load_checkers(directory: str | Path) -> list[Checker]:
     """Every checker_*/ (or the directory itself when it is one model directory) under `directory`."""
     directory = Path(directory)
-    dirs = [directory] if (directory / "manifest.json").is_file() else sorted(
-        p for p in directory.iterdir() if (p / "manifest.json").is_file()
+    dirs = (
+        [directory]
+        if (directory / "manifest.json").is_file()
+        else sorted(p for p in directory.iterdir() if (p / "manifest.json").is_file())
     )
     if not dirs:
         msg = f"no checker model directories (with manifest.json) in {directory}; run `inspectd label train-checker`"
@@ -132,7 +134,9 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
 
 
 def run_check(
-    items: Iterable[LabelledImage], checkers: Sequence[Checker], config: RuleConfig = RuleConfig(),
+    items: Iterable[LabelledImage],
+    checkers: Sequence[Checker],
+    config: RuleConfig = RuleConfig(),
     log: Callable[[str], None] | None = None,
 ) -> list[ImageCheck]:
     results = []
@@ -167,9 +171,10 @@ def flagged_ids(path: str | Path) -> list[str]:
         msg = f"cannot read the check result {path}: {exc}"
         raise ValueError(msg) from exc
     flagged = doc.get("flagged") if isinstance(doc, dict) else None
-    if not isinstance(flagged, list) or not all(isinstance(f, dict) and isinstance(f.get("image"), str)
-                                                for f in flagged):
-        msg = f"{path} is not a `label check` result: expected {{\"flagged\": [{{\"image\": \"<class>/<stem>\"}}, ...]}}"
+    if not isinstance(flagged, list) or not all(
+        isinstance(f, dict) and isinstance(f.get("image"), str) for f in flagged
+    ):
+        msg = f'{path} is not a `label check` result: expected {{"flagged": [{{"image": "<class>/<stem>"}}, ...]}}'
         raise ValueError(msg)
     return [f["image"] for f in flagged]
 

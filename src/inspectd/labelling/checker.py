@@ -28,7 +28,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from inspectd.core.manifest import Manifest, OnnxSpec, PreprocessSpec, TensorSpec, Thresholds, sha256_file
-from inspectd.training.onnx_export import EXPORTER, OPSET, PARITY_TOLERANCE, ParityReport, check_parity, export_onnx, utc_now
+from inspectd.training.onnx_export import (
+    EXPORTER,
+    OPSET,
+    PARITY_TOLERANCE,
+    ParityReport,
+    check_parity,
+    export_onnx,
+    utc_now,
+)
 
 INPUT_NAME = "image"
 MAP_OUTPUT = "defect_map"

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -62,7 +62,9 @@ def prelabel(
 
     images, out = Path(images), Path(out)
     inspector = Inspector.from_model_dir(
-        model_dir, providers=("CPUExecutionProvider",), pixel_threshold=pixel_threshold,
+        model_dir,
+        providers=("CPUExecutionProvider",),
+        pixel_threshold=pixel_threshold,
         min_region_area=min_region_area,
     )
     color = inspector.manifest.preprocess.color
@@ -78,15 +80,31 @@ def prelabel(
         write_png(out / "masks" / rel.parent / f"{path.stem}_mask.png", mask)
         json_path = out / "labelme" / rel.parent / f"{path.stem}.json"
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        write_labelme(json_path, to_labelme(mask, os.path.relpath(path.resolve(), json_path.parent.resolve()),
-                                            scores=peaks))
+        write_labelme(
+            json_path, to_labelme(mask, os.path.relpath(path.resolve(), json_path.parent.resolve()), scores=peaks)
+        )
         gray = frame if frame.ndim == 2 else cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
         write_png(out / "overlays" / rel.parent / f"{path.stem}.png", overlay(gray, mask, (0, 0, 230)))
-        summary.append({"image": str(rel), "regions": len(peaks), "area": int(np.count_nonzero(mask)),
-                        "score": float(score_map.max())})
+        summary.append(
+            {
+                "image": str(rel),
+                "regions": len(peaks),
+                "area": int(np.count_nonzero(mask)),
+                "score": float(score_map.max()),
+            }
+        )
         if log and n % 50 == 0:
             log(f"pre-labelled {n} images")
-    (out / "prelabels.json").write_text(json.dumps({
-        "model": str(model_dir), "pixel_threshold": inspector.pixel_threshold,
-        "min_region_area": inspector.min_region_area, "images": summary}, indent=1) + "\n")
+    (out / "prelabels.json").write_text(
+        json.dumps(
+            {
+                "model": str(model_dir),
+                "pixel_threshold": inspector.pixel_threshold,
+                "min_region_area": inspector.min_region_area,
+                "images": summary,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     return summary

@@ -9,8 +9,8 @@ the check again.
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -83,7 +83,8 @@ def write_report(
         if v.reason == "region_mismatch" and r.config.region == "contrast" and v.contrast is not None:
             c = v.contrast
             why = "; ".join(CONTRAST_EXPLAIN[p] for p in c.problems(r.config)) + (
-                f" (rim/core {c.rim_ratio:.2f}, band/inside {c.band_ratio:.2f}, inside {c.inside:.2f})")
+                f" (rim/core {c.rim_ratio:.2f}, band/inside {c.band_ratio:.2f}, inside {c.inside:.2f})"
+            )
         facts = (
             f'<span class="r">{html.escape(v.reason or "")}</span><br>{html.escape(why)}<br>'
             f"IoU {v.iou:.3f}<br>probability {v.probability:.3f}<br>label area {v.label_area} px<br>"

@@ -48,8 +48,9 @@ threshold was calibrated. "none" gives the threshold-free rules the checkers' ow
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -276,7 +277,7 @@ class Contrast:
     def band_ratio(self) -> float:
         return self.band / max(self.inside, 1e-6)
 
-    def problems(self, config: "RuleConfig") -> list[str]:
+    def problems(self, config: RuleConfig) -> list[str]:
         """Which of the three tests fail (empty = the label's border is where the checkers see it)."""
         out = []
         if self.inside < config.inside_min:
@@ -287,14 +288,22 @@ class Contrast:
             out.append("too_small")
         return out
 
-    def excess(self, config: "RuleConfig") -> float:
+    def excess(self, config: RuleConfig) -> float:
         """How far the worst of the three tests lies beyond its limit, relative to it (0 = all within)."""
-        return max(1.0 - self.inside / max(config.inside_min, 1e-6), 1.0 - self.rim_ratio / max(config.rim_min, 1e-6),
-                   self.band_ratio / max(config.band_max, 1e-6) - 1.0, 0.0)
+        return max(
+            1.0 - self.inside / max(config.inside_min, 1e-6),
+            1.0 - self.rim_ratio / max(config.rim_min, 1e-6),
+            self.band_ratio / max(config.band_max, 1e-6) - 1.0,
+            0.0,
+        )
 
     def as_dict(self) -> dict:
-        return {"inside": round(self.inside, 4), "core": round(self.core, 4), "rim": round(self.rim, 4),
-                "band": round(self.band, 4)}
+        return {
+            "inside": round(self.inside, 4),
+            "core": round(self.core, 4),
+            "rim": round(self.rim, 4),
+            "band": round(self.band, 4),
+        }
 
 
 def contrast_stats(label: np.ndarray, prob_map: np.ndarray, core: float = 0.5, grow: float = 2.0) -> Contrast:

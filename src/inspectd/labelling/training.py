@@ -16,18 +16,18 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
 
+from inspectd.labelling.checker import CheckerConfig, CheckerNet, write_checker_dir
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.labelling.folds import assign_folds
-from inspectd.labelling.checker import CheckerConfig, CheckerNet, write_checker_dir
 
 FOLDS_FILE = "folds.json"
 
@@ -93,8 +93,13 @@ def _loss(model: CheckerNet, x: torch.Tensor, m: torch.Tensor, y: torch.Tensor, 
 
 
 def train_one(
-    images: np.ndarray, masks: np.ndarray, labels: np.ndarray, config: CheckerConfig, settings: TrainSettings,
-    log: Callable[[str], None] | None = print, weights: np.ndarray | None = None,
+    images: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    config: CheckerConfig,
+    settings: TrainSettings,
+    log: Callable[[str], None] | None = print,
+    weights: np.ndarray | None = None,
 ) -> tuple[CheckerNet, float]:
     """Train one checker on the given arrays; returns (model in eval mode, final loss). `weights`: each image's
     probability of being drawn into a batch (default uniform)."""
@@ -138,7 +143,11 @@ def train_one(
                 ms.append(masks[i, :, top : top + crop, left : left + crop])
             x, m = np.stack(xs), np.stack(ms)
             y = (m.max(axis=(1, 2, 3)) > 0.25).astype(np.float32)
-        x, m, y = torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(m)), torch.from_numpy(y)
+        x, m, y = (
+            torch.from_numpy(np.ascontiguousarray(x)),
+            torch.from_numpy(np.ascontiguousarray(m)),
+            torch.from_numpy(y),
+        )
         if rng.random() < 0.5:
             x, m = x.flip(3), m.flip(3)
         if rng.random() < 0.5:
@@ -181,8 +190,16 @@ def best_pixel_threshold(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray
 
 
 def _train_fold(
-    k: int, fold_items: Sequence[LabelledImage], ids: list[str], out: Path, folds: int, config: CheckerConfig,
-    settings: TrainSettings, data_root: str, area_threshold: int, log: Callable[[str], None] | None,
+    k: int,
+    fold_items: Sequence[LabelledImage],
+    ids: list[str],
+    out: Path,
+    folds: int,
+    config: CheckerConfig,
+    settings: TrainSettings,
+    data_root: str,
+    area_threshold: int,
+    log: Callable[[str], None] | None,
     extra_good: Sequence[Path] = (),
 ) -> Path:
     """Train, threshold and export the checker of fold k into out/checker_<k>/ (runs in a worker process when
@@ -191,7 +208,9 @@ def _train_fold(
     images, masks, labels = load_arrays(fold_items, config)
     n = len(images)
     if say:
-        extra = f" + {len(extra_good)} extra defect-free ({settings.good_share:.0%} of each batch)" if extra_good else ""
+        extra = (
+            f" + {len(extra_good)} extra defect-free ({settings.good_share:.0%} of each batch)" if extra_good else ""
+        )
         say(f"{n} images ({int(labels.sum())} labelled defective){extra}")
     weights = None
     train_x, train_m, train_y = images, masks, labels
@@ -211,12 +230,22 @@ def _train_fold(
         "final_loss": final_loss,
         "settings": settings.__dict__,
         "checker": {"fold": k, "folds": folds, "members": ids},
-        "extra_good": {"count": len(extra_good), "dirs": sorted({str(Path(p).parent) for p in extra_good}),
-                       "share": settings.good_share if extra_good else 0.0},
+        "extra_good": {
+            "count": len(extra_good),
+            "dirs": sorted({str(Path(p).parent) for p in extra_good}),
+            "share": settings.good_share if extra_good else 0.0,
+        },
     }
     d = out / f"checker_{k}"
-    write_checker_dir(model, d, images[: min(4, len(images))], name=f"checker_{k}", pixel_threshold=pixel,
-                      area_threshold=area_threshold, training=facts)
+    write_checker_dir(
+        model,
+        d,
+        images[: min(4, len(images))],
+        name=f"checker_{k}",
+        pixel_threshold=pixel,
+        area_threshold=area_threshold,
+        training=facts,
+    )
     if say:
         say(f"wrote {d} (pixel threshold {pixel}, final loss {final_loss:.4f})")
     return d
@@ -241,9 +270,17 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
 
 
 def train_checkers(
-    items: Sequence[LabelledImage], out: str | Path, *, folds: int, config: CheckerConfig = CheckerConfig(),
-    settings: TrainSettings = TrainSettings(), data_root: str = "", area_threshold: int = 15,
-    log: Callable[[str], None] | None = print, jobs: int = 1, extra_good: Sequence[Path] = (),
+    items: Sequence[LabelledImage],
+    out: str | Path,
+    *,
+    folds: int,
+    config: CheckerConfig = CheckerConfig(),
+    settings: TrainSettings = TrainSettings(),
+    data_root: str = "",
+    area_threshold: int = 15,
+    log: Callable[[str], None] | None = print,
+    jobs: int = 1,
+    extra_good: Sequence[Path] = (),
     exclude: Iterable[str] = (),
 ) -> list[Path]:
     """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs.
@@ -283,15 +320,36 @@ def train_checkers(
     (out / FOLDS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     tasks = [(k, [by_id[i] for i in ids], ids) for k, ids in enumerate(members)]
     if jobs == 1 or folds == 1:
-        return [_train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)
-                for k, its, ids in tasks]
+        return [
+            _train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)
+            for k, its, ids in tasks
+        ]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = settings if settings.threads else replace(settings, threads=1)
     worker_log = None if log is None else _printer
-    with ProcessPoolExecutor(max_workers=min(jobs, folds), mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-        futures = [pool.submit(_train_fold, k, its, ids, out, folds, config, worker_settings, data_root,
-                               area_threshold, worker_log, extra_good) for k, its, ids in tasks]
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, folds),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_exit_with_parent,
+        initargs=(os.getpid(),),
+    ) as pool:
+        futures = [
+            pool.submit(
+                _train_fold,
+                k,
+                its,
+                ids,
+                out,
+                folds,
+                config,
+                worker_settings,
+                data_root,
+                area_threshold,
+                worker_log,
+                extra_good,
+            )
+            for k, its, ids in tasks
+        ]
         return [f.result() for f in futures]

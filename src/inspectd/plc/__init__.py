@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 
-from inspectd.plc.config import PlcConfig
 from inspectd.core.errors import InspectdError
+from inspectd.plc.config import PlcConfig
 
 __all__ = ["PlcConfig", "PlcError", "build_plc_sink"]
 

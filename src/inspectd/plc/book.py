@@ -11,8 +11,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from inspectd.plc.config import CLIENT_BLOCK_WORDS, RING_SLOTS
 from inspectd.core.types import Code, Verdict
+from inspectd.plc.config import CLIENT_BLOCK_WORDS, RING_SLOTS
 
 RUNNING, STOPPING = 1, 4  # inspectd.daemon.pipeline.State values (not imported: the pipeline imports the sinks' world)
 
@@ -49,7 +49,7 @@ class PlcResult:
     item_id: int
 
     @classmethod
-    def from_verdict(cls, v: Verdict) -> "PlcResult":
+    def from_verdict(cls, v: Verdict) -> PlcResult:
         return cls(
             seq=wrap_seq(v.seq),
             code=int(v.code),

@@ -21,10 +21,10 @@ from collections import deque
 import structlog
 from pymodbus.client import ModbusTcpClient
 
+from inspectd.core.types import Verdict
 from inspectd.plc.book import STOPPING, ResultBook
 from inspectd.plc.config import CLIENT_REQUEST_WORDS, RING_SLOTS, PlcConfig
 from inspectd.plc.requests import RequestWorker
-from inspectd.core.types import Verdict
 
 log = structlog.get_logger("inspectd.plc")
 

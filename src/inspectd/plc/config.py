@@ -51,7 +51,7 @@ class CoilMap(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "CoilMap":
+    def _disjoint(self) -> CoilMap:
         _check_disjoint({k: (v, 1) for k, v in self.model_dump().items()}, "coils")
         return self
 
@@ -115,7 +115,7 @@ class HoldingMap(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "HoldingMap":
+    def _disjoint(self) -> HoldingMap:
         spans = {k: (v, 1) for k, v in self.model_dump().items()}
         spans["counters"] = (self.counters, COUNTER_WORDS)
         spans["ring"] = (self.ring, 2 * RING_SLOTS)
@@ -219,7 +219,7 @@ class ClientConfig(StrictModel):
     reconnect: PlcReconnectConfig = Field(default_factory=PlcReconnectConfig)
 
     @model_validator(mode="after")
-    def _disjoint(self) -> "ClientConfig":
+    def _disjoint(self) -> ClientConfig:
         spans = {"write_address": (self.write_address, CLIENT_BLOCK_WORDS)}
         if self.read_address is not None:
             spans["read_address"] = (self.read_address, CLIENT_REQUEST_WORDS)
@@ -242,7 +242,7 @@ class PlcConfig(StrictModel):
     client: ClientConfig = Field(default_factory=ClientConfig)
 
     @model_validator(mode="after")
-    def _client_needs_host(self) -> "PlcConfig":
+    def _client_needs_host(self) -> PlcConfig:
         if self.mode == "client" and self.client.host is None:
             msg = "mode client needs client.host (the PLC's address)"
             raise ValueError(msg)

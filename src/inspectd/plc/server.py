@@ -15,24 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import socket
 import threading
 import time
 
 import structlog
-import ipaddress
-
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
+from inspectd.core.types import Verdict
 from inspectd.plc import PlcError
 from inspectd.plc.book import STOPPING, ResultBook
 from inspectd.plc.config import PlcConfig
 from inspectd.plc.datastore import PlcDatastore
 from inspectd.plc.requests import RequestWorker
-from inspectd.core.types import Verdict
 
 log = structlog.get_logger("inspectd.plc")
 
@@ -40,7 +39,7 @@ log = structlog.get_logger("inspectd.plc")
 class _Connection(ServerRequestHandler):
     """pymodbus' per-connection handler, plus the time of the last request and the peer's address."""
 
-    def __init__(self, owner: "_Server") -> None:
+    def __init__(self, owner: _Server) -> None:
         super().__init__(owner, owner.trace_packet, owner.trace_pdu, owner.trace_connect)
         self.last_rx = time.monotonic()
         self.peer = "?"
@@ -61,8 +60,13 @@ class _Connection(ServerRequestHandler):
             self.server.writes_refused += 1
             n = self.server.writes_refused
             if n <= 3 or n % 1000 == 0:
-                log.warning("plc_write_refused", peer=self.peer, function=pdu.function_code, refused=n,
-                            reason="peer not in plc.server.allow_writes_from")
+                log.warning(
+                    "plc_write_refused",
+                    peer=self.peer,
+                    function=pdu.function_code,
+                    refused=n,
+                    reason="peer not in plc.server.allow_writes_from",
+                )
             response = ExceptionResponse(pdu.function_code, ExcCodes.ILLEGAL_FUNCTION)
             response.transaction_id = pdu.transaction_id
             response.dev_id = pdu.dev_id

@@ -50,83 +50,162 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--synthetic-width", type=int, default=256)
     g.add_argument("--synthetic-height", type=int, default=256)
     g.add_argument("--synthetic-seed", type=int, default=7, help="camera seed (default 7; 1234 is the demo stream)")
-    g.add_argument("--evaluate", type=int, default=0, metavar="N",
-                   help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)")
+    g.add_argument(
+        "--evaluate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)",
+    )
 
     m = p.add_argument_group("model")
-    m.add_argument("--input-size", type=_size, default=(64, 64), help="model input (the tile in tile mode), 64 or HxW (default 64)")
+    m.add_argument(
+        "--input-size", type=_size, default=(64, 64), help="model input (the tile in tile mode), 64 or HxW (default 64)"
+    )
     m.add_argument("--color", choices=("gray", "bgr"), default="gray")
-    m.add_argument("--mode", choices=("resize", "tile"), default="tile",
-                   help="cut native-resolution model-size tiles (default), or resize whole frames to the input")
-    m.add_argument("--scale", type=float, default=1.0,
-                   help="tile mode: resize frames by this factor before tiling, so a tile sees 1/scale times more of "
-                   "the part (default 1 = native resolution); the daemon maps scores back to camera pixels")
-    m.add_argument("--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)")
-    m.add_argument("--edge-crops", type=float, default=0.5, metavar="P",
-                   help="tile mode: share of training crops flush with a frame edge, as the daemon's edge tiles "
-                   "always are (default 0.5)")
-    m.add_argument("--normalize", choices=("none", "median"), default="median",
-                   help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)")
+    m.add_argument(
+        "--mode",
+        choices=("resize", "tile"),
+        default="tile",
+        help="cut native-resolution model-size tiles (default), or resize whole frames to the input",
+    )
+    m.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="tile mode: resize frames by this factor before tiling, so a tile sees 1/scale times more of "
+        "the part (default 1 = native resolution); the daemon maps scores back to camera pixels",
+    )
+    m.add_argument(
+        "--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)"
+    )
+    m.add_argument(
+        "--edge-crops",
+        type=float,
+        default=0.5,
+        metavar="P",
+        help="tile mode: share of training crops flush with a frame edge, as the daemon's edge tiles "
+        "always are (default 0.5)",
+    )
+    m.add_argument(
+        "--normalize",
+        choices=("none", "median"),
+        default="median",
+        help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)",
+    )
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
     m.add_argument("--latent-channels", type=int, default=64)
-    m.add_argument("--depth", type=int, default=2, help="stride-2 stages (input must be a multiple of 2^depth; default 2)")
+    m.add_argument(
+        "--depth", type=int, default=2, help="stride-2 stages (input must be a multiple of 2^depth; default 2)"
+    )
 
     t = p.add_argument_group("training")
     t.add_argument("--iterations", type=int, default=4000, help="optimiser steps (default 4000)")
-    t.add_argument("--minutes", type=float, default=25.0,
-                   help="wall-clock budget, stops at whichever comes first (default 25; 0 = none)")
+    t.add_argument(
+        "--minutes",
+        type=float,
+        default=25.0,
+        help="wall-clock budget, stops at whichever comes first (default 25; 0 = none)",
+    )
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--ssim-weight", type=float, default=0.5, help="share of the SSIM loss (0 = weighted L2 only)")
     t.add_argument("--defect-prob", type=float, default=0.5, help="probability of a synthetic defect per sample")
     t.add_argument("--defect-weight", type=float, default=5.0, help="loss weight inside synthetic defects")
-    t.add_argument("--texture-defects", type=float, default=0.0, metavar="P",
-                   help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
-                   "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)")
-    t.add_argument("--band-defects", type=float, default=0.0, metavar="P",
-                   help="share of texture defects drawn as a band from one edge of the crop up to a line across it "
-                   "(a region ground differently, as magnetic tile's uneven; default 0)")
+    t.add_argument(
+        "--texture-defects",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
+        "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)",
+    )
+    t.add_argument(
+        "--band-defects",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of texture defects drawn as a band from one edge of the crop up to a line across it "
+        "(a region ground differently, as magnetic tile's uneven; default 0)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch threads (default 0 = all cores)")
     t.add_argument("--log-every", type=int, default=50)
-    t.add_argument("--checkpoint-dir", type=Path, default=None,
-                   help="where checkpoints go (default ~/.cache/inspectd/checkpoints/<out name>)")
+    t.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="where checkpoints go (default ~/.cache/inspectd/checkpoints/<out name>)",
+    )
     t.add_argument("--checkpoint-every", type=int, default=500)
     t.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint.pt")
-    t.add_argument("--hard-defects", type=Path, default=None, metavar="DIR",
-                   help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
-                   "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask")
-    t.add_argument("--hard-prob", type=float, default=0.1, help="share of samples from the hard-defect set (default 0.1)")
-    t.add_argument("--hard-fraction", type=float, default=1.0, metavar="F",
-                   help="use this share of each defect class of --hard-defects (chosen by name hash; default 1). With "
-                   "--hard-defects = --data, the rest of DIR/test stays for `inspectd evaluate`, which leaves out "
-                   "every image the manifest lists as trained on")
+    t.add_argument(
+        "--hard-defects",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
+        "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask",
+    )
+    t.add_argument(
+        "--hard-prob", type=float, default=0.1, help="share of samples from the hard-defect set (default 0.1)"
+    )
+    t.add_argument(
+        "--hard-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="use this share of each defect class of --hard-defects (chosen by name hash; default 1). With "
+        "--hard-defects = --data, the rest of DIR/test stays for `inspectd evaluate`, which leaves out "
+        "every image the manifest lists as trained on",
+    )
 
     s = p.add_argument_group("difference map and image score (written to the manifest; the daemon applies them)")
-    s.add_argument("--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too")
+    s.add_argument(
+        "--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too"
+    )
     s.add_argument("--ssim-sigma", type=float, default=1.5, help="Gaussian SSIM window sigma (default 1.5)")
-    s.add_argument("--smooth-sigma", type=float, default=4.0,
-                   help="Gaussian blur of the difference map before regions and the image score (default 4; 0 = off)")
-    s.add_argument("--reduction", choices=("max", "p99", "p999", "mean"), default="max",
-                   help="image score from the (smoothed) map (default max)")
+    s.add_argument(
+        "--smooth-sigma",
+        type=float,
+        default=4.0,
+        help="Gaussian blur of the difference map before regions and the image score (default 4; 0 = off)",
+    )
+    s.add_argument(
+        "--reduction",
+        choices=("max", "p99", "p999", "mean"),
+        default="max",
+        help="image score from the (smoothed) map (default max)",
+    )
 
     f = p.add_argument_group("fine-tuning (seed 002)")
-    f.add_argument("--init", type=Path, default=None, metavar="MODEL_DIR",
-                   help="continue from this model directory (e.g. on `inspectd collect` output); its architecture, "
-                   "colour and preprocessing are used (--input-size, --color, --mode ... are ignored) and training "
-                   "stops at the loss threshold chosen by the sample count or at --iterations")
-    f.add_argument("--loss-table", default=None, metavar="N:LOSS,...",
-                   help="sample count -> loss threshold, interpolated (default: the seed's 100:0.3,500:0.1,5000:0.01,"
-                   "10000:0.001); also turns the stop rule on without --init")
-    f.add_argument("--loss-threshold", type=float, default=None,
-                   help="stop at this loss instead of the table's value")
+    f.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="MODEL_DIR",
+        help="continue from this model directory (e.g. on `inspectd collect` output); its architecture, "
+        "colour and preprocessing are used (--input-size, --color, --mode ... are ignored) and training "
+        "stops at the loss threshold chosen by the sample count or at --iterations",
+    )
+    f.add_argument(
+        "--loss-table",
+        default=None,
+        metavar="N:LOSS,...",
+        help="sample count -> loss threshold, interpolated (default: the seed's 100:0.3,500:0.1,5000:0.01,"
+        "10000:0.001); also turns the stop rule on without --init",
+    )
+    f.add_argument("--loss-threshold", type=float, default=None, help="stop at this loss instead of the table's value")
 
     c = p.add_argument_group("calibration")
     c.add_argument("--holdout", type=float, default=0.2, help="fraction of good images kept for calibration")
-    c.add_argument("--calibrate-with-test", action="store_true",
-                   help="--data only: also use DIR/test/* with DIR/ground_truth masks to choose thresholds")
+    c.add_argument(
+        "--calibrate-with-test",
+        action="store_true",
+        help="--data only: also use DIR/test/* with DIR/ground_truth masks to choose thresholds",
+    )
     p.set_defaults(func=cmd_train)
     register_ensemble(sub)
 
@@ -141,20 +220,41 @@ def register_ensemble(sub: argparse._SubParsersAction) -> None:
         "images that no member trained on. The first --member's model gives the directory its preprocessing and "
         "reconstruction.",
     )
-    p.add_argument("--member", type=Path, action="append", required=True, metavar="MODEL_DIR",
-                   help="a model directory written by `inspectd train` (repeat; the first is the primary)")
-    p.add_argument("--data", type=Path, required=True,
-                   help="the members' training data (DIR/train/good/*): their held-out images calibrate the ensemble")
+    p.add_argument(
+        "--member",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="MODEL_DIR",
+        help="a model directory written by `inspectd train` (repeat; the first is the primary)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="the members' training data (DIR/train/good/*): their held-out images calibrate the ensemble",
+    )
     p.add_argument("--out", type=Path, required=True, help="the ensemble model directory to write (must not exist)")
-    p.add_argument("--combine", choices=("max", "mean"), default="max",
-                   help="per pixel: max (a defect any model sees counts; default) or mean of the normalised maps")
-    p.add_argument("--normalize", choices=("good-score", "threshold"), default="good-score",
-                   help="what each model's map is divided by: a quantile of its image scores on the held-out good "
-                   "images (default), or its own calibrated pixel threshold")
+    p.add_argument(
+        "--combine",
+        choices=("max", "mean"),
+        default="max",
+        help="per pixel: max (a defect any model sees counts; default) or mean of the normalised maps",
+    )
+    p.add_argument(
+        "--normalize",
+        choices=("good-score", "threshold"),
+        default="good-score",
+        help="what each model's map is divided by: a quantile of its image scores on the held-out good "
+        "images (default), or its own calibrated pixel threshold",
+    )
     p.add_argument("--quantile", type=float, default=0.9, help="good-score: the quantile (default 0.9)")
     p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
-    p.add_argument("--calibrate-with-test", action="store_true",
-                   help="also use DIR/test/* with masks (without the images any member trained on)")
+    p.add_argument(
+        "--calibrate-with-test",
+        action="store_true",
+        help="also use DIR/test/* with masks (without the images any member trained on)",
+    )
     p.set_defaults(func=cmd_ensemble)
 
 
@@ -164,14 +264,32 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     parts = ["inspectd", "ensemble"]
     for m in args.member:
         parts += ["--member", str(m)]
-    parts += ["--data", str(args.data), "--out", str(args.out), "--combine", args.combine,
-              "--normalize", args.normalize, "--quantile", f"{args.quantile:g}"]
+    parts += [
+        "--data",
+        str(args.data),
+        "--out",
+        str(args.out),
+        "--combine",
+        args.combine,
+        "--normalize",
+        args.normalize,
+        "--quantile",
+        f"{args.quantile:g}",
+    ]
     parts += ["--name", args.name] if args.name else []
     parts += ["--calibrate-with-test"] if args.calibrate_with_test else []
     try:
-        result = build_ensemble(args.member, args.out, data=args.data, combine=args.combine, name=args.name,
-                                normalize=args.normalize, quantile=args.quantile,
-                                calibrate_with_test=args.calibrate_with_test, command=shlex.join(parts))
+        result = build_ensemble(
+            args.member,
+            args.out,
+            data=args.data,
+            combine=args.combine,
+            name=args.name,
+            normalize=args.normalize,
+            quantile=args.quantile,
+            calibrate_with_test=args.calibrate_with_test,
+            command=shlex.join(parts),
+        )
     except (FileNotFoundError, ValueError) as exc:
         print(f"inspectd ensemble: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,9 +301,17 @@ def reproduce_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this model, every option explicit (defaults may change later)."""
     parts = ["inspectd", "train"]
     if args.synthetic:
-        parts += ["--synthetic", "--synthetic-frames", str(args.synthetic_frames),
-                  "--synthetic-width", str(args.synthetic_width), "--synthetic-height", str(args.synthetic_height),
-                  "--synthetic-seed", str(args.synthetic_seed)]
+        parts += [
+            "--synthetic",
+            "--synthetic-frames",
+            str(args.synthetic_frames),
+            "--synthetic-width",
+            str(args.synthetic_width),
+            "--synthetic-height",
+            str(args.synthetic_height),
+            "--synthetic-seed",
+            str(args.synthetic_seed),
+        ]
     else:
         parts += ["--data", str(args.data)]
     parts += ["--out", str(args.out)]
@@ -205,18 +331,58 @@ def reproduce_command(args: argparse.Namespace) -> str:
     parts += ["--normalize", args.normalize]
     if args.normalize != "none":
         parts += ["--normalize-to", f"{args.normalize_to:g}"]
-    parts += ["--base-width", str(args.base_width), "--max-width", str(args.max_width), "--latent-channels", str(args.latent_channels),
-              "--depth", str(args.depth), "--iterations", str(args.iterations)]
+    parts += [
+        "--base-width",
+        str(args.base_width),
+        "--max-width",
+        str(args.max_width),
+        "--latent-channels",
+        str(args.latent_channels),
+        "--depth",
+        str(args.depth),
+        "--iterations",
+        str(args.iterations),
+    ]
     parts += ["--minutes", f"{args.minutes or 0:g}"]
-    parts += ["--batch-size", str(args.batch_size), "--lr", f"{args.lr:g}", "--ssim-weight", f"{args.ssim_weight:g}",
-              "--defect-prob", f"{args.defect_prob:g}", "--defect-weight", f"{args.defect_weight:g}",
-              "--texture-defects", f"{args.texture_defects:g}", "--band-defects", f"{args.band_defects:g}",
-              "--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
+    parts += [
+        "--batch-size",
+        str(args.batch_size),
+        "--lr",
+        f"{args.lr:g}",
+        "--ssim-weight",
+        f"{args.ssim_weight:g}",
+        "--defect-prob",
+        f"{args.defect_prob:g}",
+        "--defect-weight",
+        f"{args.defect_weight:g}",
+        "--texture-defects",
+        f"{args.texture_defects:g}",
+        "--band-defects",
+        f"{args.band_defects:g}",
+        "--seed",
+        str(args.seed),
+        "--holdout",
+        f"{args.holdout:g}",
+    ]
     if args.hard_defects is not None:
-        parts += ["--hard-defects", str(args.hard_defects), "--hard-prob", f"{args.hard_prob:g}",
-                  "--hard-fraction", f"{args.hard_fraction:g}"]
-    parts += ["--ssim-size", str(args.ssim_size), "--ssim-sigma", f"{args.ssim_sigma:g}",
-              "--smooth-sigma", f"{args.smooth_sigma:g}", "--reduction", args.reduction]
+        parts += [
+            "--hard-defects",
+            str(args.hard_defects),
+            "--hard-prob",
+            f"{args.hard_prob:g}",
+            "--hard-fraction",
+            f"{args.hard_fraction:g}",
+        ]
+    parts += [
+        "--ssim-size",
+        str(args.ssim_size),
+        "--ssim-sigma",
+        f"{args.ssim_sigma:g}",
+        "--smooth-sigma",
+        f"{args.smooth_sigma:g}",
+        "--reduction",
+        args.reduction,
+    ]
     if args.calibrate_with_test:
         parts.append("--calibrate-with-test")
     if args.evaluate:
@@ -234,30 +400,61 @@ def build_job(args: argparse.Namespace):
 
     h, w = args.input_size
     model = ModelConfig(
-        height=h, width=w, channels=1 if args.color == "gray" else 3, base_width=args.base_width,
-        max_width=args.max_width, latent_channels=args.latent_channels, depth=args.depth,
+        height=h,
+        width=w,
+        channels=1 if args.color == "gray" else 3,
+        base_width=args.base_width,
+        max_width=args.max_width,
+        latent_channels=args.latent_channels,
+        depth=args.depth,
     )
     train_cfg = TrainConfig(
-        iterations=args.iterations, minutes=args.minutes or None, batch_size=args.batch_size, lr=args.lr,
-        ssim_weight=args.ssim_weight, seed=args.seed, threads=args.threads or None, log_every=args.log_every,
+        iterations=args.iterations,
+        minutes=args.minutes or None,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        ssim_weight=args.ssim_weight,
+        seed=args.seed,
+        threads=args.threads or None,
+        log_every=args.log_every,
         checkpoint_every=args.checkpoint_every,
     )
     synthetic = None
     if args.synthetic:
         synthetic = SyntheticSource(
-            frames=args.synthetic_frames, width=args.synthetic_width, height=args.synthetic_height,
+            frames=args.synthetic_frames,
+            width=args.synthetic_width,
+            height=args.synthetic_height,
             seed=args.synthetic_seed,
         )
     return TrainJob(
-        out=args.out, command=reproduce_command(args), data=args.data, synthetic=synthetic, name=args.name,
-        model=model, color=args.color, mode=args.mode, tile_overlap=args.tile_overlap, scale=args.scale, train=train_cfg,
-        normalize=args.normalize, normalize_to=args.normalize_to, edge_prob=args.edge_crops,
-        defect_prob=args.defect_prob, defect_weight=args.defect_weight, holdout=args.holdout,
-        checkpoint_dir=args.checkpoint_dir, resume=args.resume, calibrate_with_test=args.calibrate_with_test,
+        out=args.out,
+        command=reproduce_command(args),
+        data=args.data,
+        synthetic=synthetic,
+        name=args.name,
+        model=model,
+        color=args.color,
+        mode=args.mode,
+        tile_overlap=args.tile_overlap,
+        scale=args.scale,
+        train=train_cfg,
+        normalize=args.normalize,
+        normalize_to=args.normalize_to,
+        edge_prob=args.edge_crops,
+        defect_prob=args.defect_prob,
+        defect_weight=args.defect_weight,
+        holdout=args.holdout,
+        checkpoint_dir=args.checkpoint_dir,
+        resume=args.resume,
+        calibrate_with_test=args.calibrate_with_test,
         evaluate=args.evaluate if args.synthetic else 0,
-        init=args.init, loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
+        init=args.init,
+        loss_table=parse_loss_table(args.loss_table) if args.loss_table else None,
         stop_loss=args.loss_threshold,
-        hard_defects=args.hard_defects, hard_prob=args.hard_prob, hard_fraction=args.hard_fraction,
+        hard_defects=args.hard_defects,
+        hard_prob=args.hard_prob,
+        hard_fraction=args.hard_fraction,
         defects=DefectConfig(texture_prob=args.texture_defects, band_prob=args.band_defects),
         ssim=SsimSpec(size=args.ssim_size, sigma=args.ssim_sigma),
         score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
@@ -266,8 +463,10 @@ def build_job(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.evaluate and not args.synthetic:
-        print("inspectd train: --evaluate needs --synthetic (for folders use DIR/test with --calibrate-with-test)",
-              file=sys.stderr)
+        print(
+            "inspectd train: --evaluate needs --synthetic (for folders use DIR/test with --calibrate-with-test)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         job = build_job(args)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -45,7 +46,7 @@ class AugmentConfig:
     enabled: bool = True
 
     @classmethod
-    def off(cls) -> "AugmentConfig":
+    def off(cls) -> AugmentConfig:
         return cls(enabled=False)
 
 
@@ -60,7 +61,9 @@ class InputGeometry:
     interpolation: Literal["area", "linear", "nearest"] = "area"
     normalize: Literal["none", "median"] = "none"  # exposure normalisation of whole frames (the daemon's)
     normalize_to: float = 100.0
-    scale: float = 1.0  # tile mode: whole frames resized by this factor before cropping (the manifest's preprocess.scale)
+    scale: float = (
+        1.0  # tile mode: whole frames resized by this factor before cropping (the manifest's preprocess.scale)
+    )
 
     @property
     def channels(self) -> int:
@@ -341,10 +344,16 @@ class TrainingSet:
             msg = f"defect_weight must be a finite number >= 1, got {defect_weight}"
             raise ValueError(msg)
         if not 0.0 <= hard_prob <= 1.0 or (hard_prob > 0 and not hard):
-            msg = f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
+            msg = (
+                f"hard_prob must be within [0, 1] and needs a hard-defect set, got {hard_prob} with {len(hard)} images"
+            )
             raise ValueError(msg)
-        self.hard = [HardDefect(geometry.normalized(to_color(h.image, geometry.color)), geometry.scaled_mask(h.mask),
-                                h.source, h.sha256) for h in hard]
+        self.hard = [
+            HardDefect(
+                geometry.normalized(to_color(h.image, geometry.color)), geometry.scaled_mask(h.mask), h.source, h.sha256
+            )
+            for h in hard
+        ]
         self.hard = [h for h in self.hard if h.mask.any()]  # a defect smaller than half a scaled pixel is gone
         self.hard_prob = float(hard_prob) if self.hard else 0.0
         self.hard_value = int(hard_value)
@@ -363,7 +372,9 @@ class TrainingSet:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def sample_one(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample_one(
+        self, rng: np.random.Generator, index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(input uint8, target uint8, defect mask 0/1) at model size: a good frame with, at defect_prob, a
         synthetic defect (target: the clean frame); or, at hard_prob, a hard-defect image (target: 0 in its mask)."""
         if self.hard_prob and rng.random() < self.hard_prob:
@@ -377,7 +388,9 @@ class TrainingSet:
             corrupted, mask = clean, np.zeros(clean.shape[:2], dtype=np.uint8)
         return corrupted, clean, mask
 
-    def sample_hard(self, rng: np.random.Generator, index: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sample_hard(
+        self, rng: np.random.Generator, index: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A hard-defect sample: the same rotation/shift for image and mask, in tile mode a crop that contains
         defect pixels, illumination on the input; the target is the input with the defect pixels set to
         hard_value (seed 001: 0), so such defects reconstruct dark and stand out."""

@@ -89,9 +89,7 @@ class Defect:
     amount: float = 0.0  # the texture change's strength: blur sigma, contrast factor or gain
 
 
-def ellipse_polygon(
-    cx: float, cy: float, a: float, b: float, angle: float, n_points: int = 16
-) -> np.ndarray:
+def ellipse_polygon(cx: float, cy: float, a: float, b: float, angle: float, n_points: int = 16) -> np.ndarray:
     """n_points vertices on an ellipse (semi-axes a, b, rotated by `angle` radians) at polar angle steps 2*pi/n."""
     phi = 2.0 * np.pi * np.arange(n_points) / n_points
     r = a * b / np.sqrt((b * np.cos(phi)) ** 2 + (a * np.sin(phi)) ** 2)
@@ -159,8 +157,11 @@ def random_band(rng: np.random.Generator, h: int, w: int, n_points: int = 16) ->
     depth = float(rng.uniform(0.15, 0.6)) * across
     t = np.linspace(0.0, along - 1.0, n_points)
     tilt = float(rng.uniform(-0.1, 0.1))
-    wave = float(rng.uniform(0.0, 0.03)) * across * np.sin(2 * np.pi * t / along * float(rng.uniform(0.5, 2.0))
-                                                            + float(rng.uniform(0, 2 * np.pi)))
+    wave = (
+        float(rng.uniform(0.0, 0.03))
+        * across
+        * np.sin(2 * np.pi * t / along * float(rng.uniform(0.5, 2.0)) + float(rng.uniform(0, 2 * np.pi)))
+    )
     d = np.clip(depth + tilt * (t - along / 2) + wave, 1.0, across - 1.0)
     line = np.stack([t, d], axis=1)  # (along, depth from the edge)
     poly = np.concatenate([line, [[along - 1.0, 0.0], [0.0, 0.0]]])
@@ -170,8 +171,9 @@ def random_band(rng: np.random.Generator, h: int, w: int, n_points: int = 16) ->
         poly = poly[:, ::-1].copy()
         if edge == "right":
             poly[:, 0] = w - 1 - poly[:, 0]
-    return Defect(shape="band", polygon=_to_pixels(poly, h, w), value=0,
-                  params={"edge": edge, "depth": depth, "tilt": tilt})
+    return Defect(
+        shape="band", polygon=_to_pixels(poly, h, w), value=0, params={"edge": edge, "depth": depth, "tilt": tilt}
+    )
 
 
 def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectConfig = DefectConfig()) -> Defect:
@@ -180,9 +182,12 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
     k = cfg.texture_scale
     big = replace(
         cfg,
-        min_long=min(0.49, cfg.min_long * k), max_long=min(0.5, cfg.max_long * k),
-        min_aspect=max(cfg.min_aspect, 0.3), max_aspect=max(cfg.max_aspect, 0.9),
-        min_side=min(0.49, cfg.min_side * k), max_side=min(0.5, cfg.max_side * k),
+        min_long=min(0.49, cfg.min_long * k),
+        max_long=min(0.5, cfg.max_long * k),
+        min_aspect=max(cfg.min_aspect, 0.3),
+        max_aspect=max(cfg.max_aspect, 0.9),
+        min_side=min(0.49, cfg.min_side * k),
+        max_side=min(0.5, cfg.max_side * k),
     )
     if cfg.band_prob > 0 and rng.random() < cfg.band_prob:
         shape, kinds = random_band(rng, h, w, cfg.n_points), BAND_TEXTURES
@@ -216,7 +221,7 @@ def _retextured(image: np.ndarray, defect: Defect) -> np.ndarray:
         h, w = img.shape[:2]
         big = cv2.resize(img, None, fx=defect.amount, fy=defect.amount, interpolation=cv2.INTER_LINEAR)
         y0, x0 = (big.shape[0] - h) // 2, (big.shape[1] - w) // 2
-        zoomed = big[y0:y0 + h, x0:x0 + w]
+        zoomed = big[y0 : y0 + h, x0 : x0 + w]
         out = _blur(img) + zoomed - _blur(zoomed)
     else:
         out = img * defect.amount

@@ -37,9 +37,9 @@ from typing import IO, Literal
 
 import numpy as np
 
-from inspectd.evaluation import thresholds as calib
-from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from inspectd.core.errors import ModelError
+from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
+from inspectd.evaluation import thresholds as calib
 from inspectd.training import data as D
 
 STDERR = sys.stderr
@@ -62,8 +62,11 @@ class EnsembleResult:
         lines += [
             f"thresholds:   combined pixel {c.pixel:.4f}, min_region_area {c.min_region_area} px",
             f"calibration:  {c.n_good} good images no member trained on, {c.good_pass_rate:.1%} pass"
-            + (f"; {c.n_defect} defective, {c.defect_reject_rate:.1%} rejected"
-               if c.n_defect and c.defect_reject_rate is not None else ""),
+            + (
+                f"; {c.n_defect} defective, {c.defect_reject_rate:.1%} rejected"
+                if c.n_defect and c.defect_reject_rate is not None
+                else ""
+            ),
             f"total time:   {self.seconds:.0f} s",
         ]
         return "\n".join(lines)
@@ -96,14 +99,18 @@ def common_held_out(members: list[tuple[Path, Manifest]], data: Path) -> tuple[l
         t = m.training or {}
         recorded = (t.get("data_files") or {}).get("sha256")
         if recorded != facts["sha256"]:
-            msg = (f"--member {path} was not trained on the good images of {data} (its data digest "
-                   f"{str(recorded)[:12]}… vs {facts['sha256'][:12]}… here): the ensemble is calibrated on images "
-                   "its members held out, so they must share the training data given as --data")
+            msg = (
+                f"--member {path} was not trained on the good images of {data} (its data digest "
+                f"{str(recorded)[:12]}… vs {facts['sha256'][:12]}… here): the ensemble is calibrated on images "
+                "its members held out, so they must share the training data given as --data"
+            )
             raise ValueError(msg)
         n_hold, seed = t.get("held_out_count"), t.get("seed")
         if not isinstance(n_hold, int) or not isinstance(seed, int) or n_hold + t.get("sample_count", -1) != len(files):
-            msg = (f"--member {path}: its manifest does not say which images it held out (training.seed, "
-                   f"held_out_count, sample_count for {len(files)} images); retrain it with `inspectd train`")
+            msg = (
+                f"--member {path}: its manifest does not say which images it held out (training.seed, "
+                f"held_out_count, sample_count for {len(files)} images); retrain it with `inspectd train`"
+            )
             raise ValueError(msg)
         held = set(D.holdout_order(len(files), seed)[:n_hold])
         common = held if common is None else common & held
@@ -121,9 +128,11 @@ def few_common_warning(n_common: int, held_out: list[int]) -> str | None:
     smallest = min(held_out)
     if n_common * 2 >= smallest:
         return None
-    return (f"warning: only {n_common} good images are held out by every member (each member held out "
-            f"{', '.join(map(str, held_out))}): members trained with different --seed hold out different images; "
-            "train them with the same --seed for a larger calibration set")
+    return (
+        f"warning: only {n_common} good images are held out by every member (each member held out "
+        f"{', '.join(map(str, held_out))}): members trained with different --seed hold out different images; "
+        "train them with the same --seed for a larger calibration set"
+    )
 
 
 def build_ensemble(
@@ -170,9 +179,15 @@ def build_ensemble(
     divisors = [m.thresholds.pixel for _, m in loaded]
     if normalize == "good-score":
         divisors = [good_score(path, goods, quantile) for path, _ in loaded]
-    say("divisors: " + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
-        + (f" (q{quantile:g} of each model's image score on those images)" if normalize == "good-score"
-           else " (each model's pixel threshold)"))
+    say(
+        "divisors: "
+        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + (
+            f" (q{quantile:g} of each model's image score on those images)"
+            if normalize == "good-score"
+            else " (each model's pixel threshold)"
+        )
+    )
 
     from inspectd.evaluation.evaluate import trained_files
 
@@ -193,12 +208,21 @@ def build_ensemble(
         raw = first.model_dump(mode="json")
         raw["name"] = name or out.resolve().name
         raw["ensemble"] = {"combine": combine, "divide_by": divisors[0], "members": specs}
-        raw["thresholds"] = {**raw["thresholds"], "pixel": 2.0, "min_region_area": 1, "method": "uncalibrated",
-                             "calibrated_at": ""}
+        raw["thresholds"] = {
+            **raw["thresholds"],
+            "pixel": 2.0,
+            "min_region_area": 1,
+            "method": "uncalibrated",
+            "calibrated_at": "",
+        }
         raw["training"] = {
-            "ensemble": {"combine": combine, "normalize": normalize,
-                         **({"quantile": quantile} if normalize == "good-score" else {}),
-                         "models": facts, "command": command},
+            "ensemble": {
+                "combine": combine,
+                "normalize": normalize,
+                **({"quantile": quantile} if normalize == "good-score" else {}),
+                "models": facts,
+                "command": command,
+            },
             "data_files": data_facts,
             "seed": first.training.get("seed"),
             **({"hard_defects": {"inherited_files": list(trained.values())}} if trained else {}),
@@ -212,7 +236,8 @@ def build_ensemble(
             t_goods, defect_images, defect_masks = D.load_mvtec_test(Path(data), color, exclude=frozenset(trained))
             goods += t_goods
             desc += f" + {data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks" + (
-                f", without the {len(trained)} images members trained on)" if trained else ")")
+                f", without the {len(trained)} images members trained on)" if trained else ")"
+            )
         say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
         calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
         calib.write_thresholds(tmp, calibration, calibrated_at=_utc_now())
@@ -230,18 +255,26 @@ def good_score(model_dir: Path, goods: list, quantile: float) -> float:
     scores = np.array([insp.inspect(img).decision.score for img in goods], dtype=np.float64)
     value = float(np.quantile(scores, quantile))
     if not np.isfinite(value) or value <= 0:
-        msg = f"{model_dir}: its image scores on the good images are not positive (q{quantile:g} = {value}); " \
-              "an ensemble cannot scale its map"
+        msg = (
+            f"{model_dir}: its image scores on the good images are not positive (q{quantile:g} = {value}); "
+            "an ensemble cannot scale its map"
+        )
         raise ValueError(msg)
     return round(value, 6)
 
 
 def _facts(rel: str, m: Manifest, divide_by: float) -> dict:
     t = m.training or {}
-    return {"dir": rel, "name": m.name, "sha256": m.onnx.sha256, "divide_by": divide_by,
-            "pixel_threshold": m.thresholds.pixel, "min_region_area": m.thresholds.min_region_area,
-            "command": t.get("command", ""),
-            "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale}}
+    return {
+        "dir": rel,
+        "name": m.name,
+        "sha256": m.onnx.sha256,
+        "divide_by": divide_by,
+        "pixel_threshold": m.thresholds.pixel,
+        "min_region_area": m.thresholds.min_region_area,
+        "command": t.get("command", ""),
+        "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale},
+    }
 
 
 def _utc_now() -> str:  # inspectd.training.onnx_export.utc_now's format, without importing torch

@@ -56,15 +56,20 @@ def loss_threshold(samples: int, table: tuple[tuple[int, float], ...] = DEFAULT_
     raise AssertionError("unreachable: the table is sorted")
 
 
-def stop_rule(samples: int, *, table: tuple[tuple[int, float], ...] | None = None,
-              threshold: float | None = None) -> dict:
+def stop_rule(
+    samples: int, *, table: tuple[tuple[int, float], ...] | None = None, threshold: float | None = None
+) -> dict:
     """The loss threshold for this run and how it was chosen (recorded in the manifest's training facts)."""
     if threshold is not None:
         return {"threshold": float(threshold), "sample_count": samples, "chosen_by": "--loss-threshold"}
     table = table or DEFAULT_LOSS_TABLE
     note = "" if table[0][0] <= samples <= table[-1][0] else " (outside the table: its nearest end)"
-    return {"threshold": loss_threshold(samples, table), "sample_count": samples,
-            "chosen_by": f"sample count{note}", "table": [list(p) for p in table]}
+    return {
+        "threshold": loss_threshold(samples, table),
+        "sample_count": samples,
+        "chosen_by": f"sample count{note}",
+        "table": [list(p) for p in table],
+    }
 
 
 @dataclass(frozen=True)
@@ -88,10 +93,15 @@ class Parent:
 
     def facts(self) -> dict:
         m = self.manifest
-        return {"path": str(self.path.resolve()), "name": m.name, "onnx_sha256": m.onnx.sha256,
-                "final_loss": m.training.get("final_loss"), "sample_count": m.training.get("sample_count"),
-                "weights": "imported from the parent's model.onnx (BatchNorm folded)",
-                "import_parity_max_abs_diff": self.parity_max_abs_diff}
+        return {
+            "path": str(self.path.resolve()),
+            "name": m.name,
+            "onnx_sha256": m.onnx.sha256,
+            "final_loss": m.training.get("final_loss"),
+            "sample_count": m.training.get("sample_count"),
+            "weights": "imported from the parent's model.onnx (BatchNorm folded)",
+            "import_parity_max_abs_diff": self.parity_max_abs_diff,
+        }
 
 
 def _onnx_convs(onnx_path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -120,7 +130,11 @@ def _onnx_convs(onnx_path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
             continue
         w = values[node.input[1]].astype(np.float32)
         out_ch = w.shape[0] if node.op_type == "Conv" else w.shape[1]
-        b = values[node.input[2]].astype(np.float32) if len(node.input) > 2 and node.input[2] else np.zeros(out_ch, np.float32)
+        b = (
+            values[node.input[2]].astype(np.float32)
+            if len(node.input) > 2 and node.input[2]
+            else np.zeros(out_ch, np.float32)
+        )
         after = consumers.get(node.output[0], [])
         if len(after) == 1 and after[0].op_type == "BatchNormalization":
             bn = after[0]
@@ -138,8 +152,8 @@ def load_parent(model_dir: str | Path) -> Parent:
     """Read a parent model directory; ValueError with a clear message when it cannot be continued."""
     from torch import nn
 
-    from inspectd.core.manifest import load_manifest
     from inspectd.core.errors import ModelError
+    from inspectd.core.manifest import load_manifest
     from inspectd.training.onnx_export import ParityError, check_parity
 
     model_dir = Path(model_dir)
@@ -148,13 +162,17 @@ def load_parent(model_dir: str | Path) -> Parent:
     except ModelError as exc:
         raise ValueError(f"--init {model_dir}: {exc}") from exc
     if manifest.ensemble is not None:
-        msg = (f"--init {model_dir} is an ensemble of {len(manifest.ensemble.members) + 1} models; fine-tune each "
-               "member model directory on its own, then rebuild the ensemble (`inspectd ensemble`)")
+        msg = (
+            f"--init {model_dir} is an ensemble of {len(manifest.ensemble.members) + 1} models; fine-tune each "
+            "member model directory on its own, then rebuild the ensemble (`inspectd ensemble`)"
+        )
         raise ValueError(msg)
     arch = manifest.training.get("model")
     if manifest.kind != "autoencoder" or not isinstance(arch, dict):
-        msg = (f"--init {model_dir}: the manifest has no training.model facts (the architecture); only "
-               "autoencoders made by `inspectd train` can be continued")
+        msg = (
+            f"--init {model_dir}: the manifest has no training.model facts (the architecture); only "
+            "autoencoders made by `inspectd train` can be continued"
+        )
         raise ValueError(msg)
     try:
         config = ModelConfig(**{**arch, "batch_norm": False})
@@ -178,5 +196,3 @@ def load_parent(model_dir: str | Path) -> Parent:
     except ParityError as exc:
         raise ValueError(f"--init {model_dir}: the imported weights do not reproduce model.onnx: {exc}") from exc
     return Parent(model_dir, manifest, config, model.state_dict(), parity.max_abs_diff)
-
-

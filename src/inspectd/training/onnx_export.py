@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspectd.core.manifest import Manifest, OnnxSpec, PreprocessSpec, ScoreSpec, SsimSpec, TensorSpec, Thresholds, sha256_file
+from inspectd.core.manifest import (
+    Manifest,
+    OnnxSpec,
+    PreprocessSpec,
+    ScoreSpec,
+    SsimSpec,
+    TensorSpec,
+    Thresholds,
+    sha256_file,
+)
 from inspectd.training.model import ConvAutoencoder
 
 INPUT_NAME = "image"
@@ -113,7 +122,9 @@ def check_parity(
                 raise ParityError(msg)
             worst = max(worst, float(np.max(np.abs(g - w))))
     if not worst <= tolerance:
-        msg = f"onnxruntime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}: the export is broken"
+        msg = (
+            f"onnxruntime differs from PyTorch by {worst:.3g} (max abs) > tolerance {tolerance:g}: the export is broken"
+        )
         raise ParityError(msg)
     return ParityReport(max_abs_diff=worst, batch_sizes=tuple(sizes), provider="CPUExecutionProvider")
 

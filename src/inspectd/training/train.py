@@ -123,7 +123,9 @@ def gaussian_window(size: int, sigma: float) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, k1: float = 0.01, k2: float = 0.03) -> torch.Tensor:
+def ssim_map(
+    a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, k1: float = 0.01, k2: float = 0.03
+) -> torch.Tensor:
     """Per-pixel SSIM (N x C x H x W) of images in [0, 1] with a separable window, reflected borders."""
     c = a.shape[1]
     k = window.numel()
@@ -239,8 +241,10 @@ def train(
         frac = min(frac, 1.0)
         eta = elapsed / frac - elapsed if frac > 0 else 0.0
         filled = int(30 * frac)
-        log.write(f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%}  it {it}  loss {loss:.4f}  "
-                  f"{elapsed:.0f} s, eta {eta:.0f} s")
+        log.write(
+            f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%}  it {it}  loss {loss:.4f}  "
+            f"{elapsed:.0f} s, eta {eta:.0f} s"
+        )
         log.flush()
         bar_shown[0] = now
 
@@ -292,8 +296,11 @@ def train(
             )
         if ckpt_path is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, optimizer, it, cfg, loss_value)
-        if (cfg.stop_loss is not None and it - start_it >= cfg.stop_window
-                and float(np.mean(recent[-cfg.stop_window :])) <= cfg.stop_loss):
+        if (
+            cfg.stop_loss is not None
+            and it - start_it >= cfg.stop_window
+            and float(np.mean(recent[-cfg.stop_window :])) <= cfg.stop_loss
+        ):
             stopped_by = "loss"
             break
 

@@ -15,8 +15,8 @@ from typing import IO, Literal
 
 import numpy as np
 
-from inspectd.evaluation import thresholds as calib
 from inspectd.core.manifest import PreprocessSpec, ScoreSpec, SsimSpec
+from inspectd.evaluation import thresholds as calib
 from inspectd.training import data as D
 from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
@@ -54,7 +54,9 @@ class TrainJob:
     mode: Literal["resize", "tile"] = "resize"
     tile_overlap: int = 32
     scale: float = 1.0  # tile mode: frames resized by this factor before tiling (preprocess.scale)
-    normalize: Literal["none", "median"] = "none"  # exposure normalisation (inspectd.inspection.preprocess.normalize_exposure)
+    normalize: Literal["none", "median"] = (
+        "none"  # exposure normalisation (inspectd.inspection.preprocess.normalize_exposure)
+    )
     normalize_to: float = 100.0
     train: TrainConfig = field(default_factory=TrainConfig)
     defect_prob: float = 0.5
@@ -159,9 +161,14 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
         return {}
     facts: dict = {"inherited_files": inherited} if inherited else {}
     if hard:
-        facts |= {"data": str(job.hard_defects), "images": len(hard), "prob": job.hard_prob,
-                  "fraction": job.hard_fraction, "target_value": target_value,
-                  "files": [{"image": h.source, "sha256": h.sha256} for h in hard]}
+        facts |= {
+            "data": str(job.hard_defects),
+            "images": len(hard),
+            "prob": job.hard_prob,
+            "fraction": job.hard_fraction,
+            "target_value": target_value,
+            "files": [{"image": h.source, "sha256": h.sha256} for h in hard],
+        }
     return {"hard_defects": facts}
 
 
@@ -178,25 +185,44 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
 
         parent = load_parent(job.init)
         pp = parent.manifest.preprocess
-        job = replace(job, model=parent.model_config, color=pp.color, mode=pp.mode, tile_overlap=pp.tile_overlap,
-                      normalize=pp.normalize, normalize_to=pp.normalize_to, scale=pp.scale)
-        say(f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
-            f"(max abs diff {parent.parity_max_abs_diff:.1e})")
+        job = replace(
+            job,
+            model=parent.model_config,
+            color=pp.color,
+            mode=pp.mode,
+            tile_overlap=pp.tile_overlap,
+            normalize=pp.normalize,
+            normalize_to=pp.normalize_to,
+            scale=pp.scale,
+        )
+        say(
+            f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
+            f"(max abs diff {parent.parity_max_abs_diff:.1e})"
+        )
     cfg = job.model
     if cfg.channels != (1 if job.color == "gray" else 3):
         msg = f"model channels {cfg.channels} do not match color {job.color!r}"
         raise ValueError(msg)
-    geometry = D.InputGeometry(height=cfg.height, width=cfg.width, color=job.color, mode=job.mode,
-                               normalize=job.normalize, normalize_to=job.normalize_to, scale=job.scale)
+    geometry = D.InputGeometry(
+        height=cfg.height,
+        width=cfg.width,
+        color=job.color,
+        mode=job.mode,
+        normalize=job.normalize,
+        normalize_to=job.normalize_to,
+        scale=job.scale,
+    )
     frames, description = _load_source(job)
     train_frames, held_out = _split(frames, job.holdout, job.train.seed)
     say(f"data: {description}: {len(train_frames)} for training, {len(held_out)} held out for calibration")
     hard = []
     if job.hard_defects is not None:
         hard = D.load_hard_defects(job.hard_defects, job.color, fraction=job.hard_fraction)
-        say(f"hard defects: {len(hard)} labelled images of {job.hard_defects}"
+        say(
+            f"hard defects: {len(hard)} labelled images of {job.hard_defects}"
             + (f" ({job.hard_fraction:.0%} of each class)" if job.hard_fraction < 1 else "")
-            + f" (target 0 inside the mask), {job.hard_prob:.0%} of the samples; `inspectd evaluate` leaves them out")
+            + f" (target 0 inside the mask), {job.hard_prob:.0%} of the samples; `inspectd evaluate` leaves them out"
+        )
     dataset = D.TrainingSet(
         train_frames,
         geometry,
@@ -231,8 +257,16 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     result = train(model, dataset, train_cfg, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
 
     preprocess = PreprocessSpec(
-        color=job.color, divide=255.0, mean=0.0, std=1.0, mode=job.mode, tile_overlap=job.tile_overlap, interpolation="area",
-        normalize=job.normalize, normalize_to=job.normalize_to, scale=job.scale,
+        color=job.color,
+        divide=255.0,
+        mean=0.0,
+        std=1.0,
+        mode=job.mode,
+        tile_overlap=job.tile_overlap,
+        interpolation="area",
+        normalize=job.normalize,
+        normalize_to=job.normalize_to,
+        scale=job.scale,
     )
     if parent is not None:
         preprocess = parent.manifest.preprocess
@@ -264,7 +298,12 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
     }
     name = job.name or job.out.resolve().name
     manifest, parity = write_model_dir(
-        model, job.out, samples, name=name, preprocess=preprocess, training=facts,
+        model,
+        job.out,
+        samples,
+        name=name,
+        preprocess=preprocess,
+        training=facts,
         ssim=ssim_spec,
         score=score_spec,
     )
@@ -278,8 +317,9 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         trained_on = frozenset(h.sha256 for h in hard)
         t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color, exclude=trained_on)
         goods = held_out + t_goods
-        data_desc += (f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks"
-                      + (f", without the {len(trained_on)} hard-defect images)" if trained_on else ")"))
+        data_desc += f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks" + (
+            f", without the {len(trained_on)} hard-defect images)" if trained_on else ")"
+        )
     calibration = calib.calibrate(job.out, goods, defect_images, defect_masks, data=data_desc)
     calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
     say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
@@ -325,8 +365,8 @@ def evaluate_synthetic(
 def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:
     """Thresholds for the other difference maps of the same model (`inspectd evaluate --score`), calibrated by the
     same rule on the same images, in the manifest's training facts (the daemon uses only the manifest's own)."""
-    from inspectd.evaluation.scoring import calibrate_variants
     from inspectd.core.manifest import Manifest, load_manifest
+    from inspectd.evaluation.scoring import calibrate_variants
 
     variants = calibrate_variants(model_dir, goods, defect_images, defect_masks, data=data)
     raw = load_manifest(model_dir).model_dump(mode="json")

@@ -6,14 +6,23 @@ implements inspectd.core.types.Camera, joined by `@register(XxxCameraConfig)`. C
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 from pydantic import Field
 
 from inspectd.core.schema import BackoffConfig, ConfigPath, StrictModel
 from inspectd.core.types import Camera
 
-__all__ = ["CAMERA_TYPES", "CameraConfigBase", "ConfigPath", "ReconnectConfig", "StrictModel", "build_camera", "register"]
+__all__ = [
+    "CAMERA_TYPES",
+    "CameraConfigBase",
+    "ConfigPath",
+    "ReconnectConfig",
+    "StrictModel",
+    "build_camera",
+    "register",
+]
 
 
 class ReconnectConfig(BackoffConfig):

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
-from inspectd.core.types import Capture
 from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.types import Capture
+from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
 
 DEFAULT_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _EXPECTED = "expected PNG/JPEG/BMP/TIFF"

@@ -17,9 +17,9 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
-from inspectd.daemon.cameras.base import CameraConfigBase, register
-from inspectd.core.types import Capture
 from inspectd.core.errors import CameraError
+from inspectd.core.types import Capture
+from inspectd.daemon.cameras.base import CameraConfigBase, register
 
 _BACKENDS = {"any": cv2.CAP_ANY, "v4l2": cv2.CAP_V4L2, "gstreamer": cv2.CAP_GSTREAMER, "ffmpeg": cv2.CAP_FFMPEG}
 _OPEN_TIMEOUT_MS = 10_000  # network streams: give up connecting after this (FFmpeg backend)

@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from inspectd.daemon.cameras.base import CameraConfigBase, register
-from inspectd.core.types import Capture
 from inspectd.core.errors import CameraError
+from inspectd.core.types import Capture
+from inspectd.daemon.cameras.base import CameraConfigBase, register
 
 DEFECT_KINDS = ("hole", "stain", "broken_thread", "scratch", "knot")
 

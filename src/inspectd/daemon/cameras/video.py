@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 from pydantic import Field
 
-from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
-from inspectd.core.types import Capture
 from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.types import Capture
+from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
 
 _EXPECTED = "expected a video file OpenCV's FFmpeg backend can read, e.g. .mp4/.avi/.mkv"
 
@@ -100,8 +100,10 @@ class VideoCamera:
             self._retry_at = None
             count = 0  # the readable part of the file ends here: treat it as the end
             if not self.cfg.loop:
-                msg = (f"end of video {self.cfg.path}: unreadable from frame {self._index} on "
-                       f"(truncated or corrupt; {self._info.get('frames', 0)} frames announced)")
+                msg = (
+                    f"end of video {self.cfg.path}: unreadable from frame {self._index} on "
+                    f"(truncated or corrupt; {self._info.get('frames', 0)} frames announced)"
+                )
                 raise EndOfStream(msg)
         # FFmpeg's frame count is an estimate for some containers: allow a little slack before calling it a failure
         if count > 0 and count - self._index > max(2, count // 100):
