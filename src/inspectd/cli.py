@@ -13,7 +13,13 @@ import sys
 from inspectd import __version__
 
 # packages that contribute subcommands through a `register(subparsers)` function in their cli module
-COMMAND_MODULES = ("inspectd.daemon.cli", "inspectd.collector.cli", "inspectd.training.cli", "inspectd.evaluation.cli")
+COMMAND_MODULES = (
+    "inspectd.daemon.cli",
+    "inspectd.collector.cli",
+    "inspectd.training.cli",
+    "inspectd.evaluation.cli",
+    "inspectd.labelling.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,5 @@
-"""The calibration/ subcommands: `inspectd evaluate` (this module: a model directory over an MVTec-layout test tree,
-through the daemon's own code path, inspectd/evaluation/evaluate.py, to JSON and optionally an HTML report; no torch) and
-`inspectd label ...` (seed 000's labelling assistant, registered from inspectd/labelling/cli.py).
+"""`inspectd evaluate`: a model directory over an MVTec-layout test tree, through the daemon's own code path
+(inspectd/evaluation/evaluate.py), to JSON and optionally an HTML report; no torch.
 
 Exit codes: 0 done; 2 bad arguments, model or data.
 """
@@ -17,13 +16,6 @@ SCORE_CHOICES = ("gaussian-ssim", "uniform-ssim", "l2", "all")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    register_evaluate(sub)
-    from inspectd.labelling.cli import register as register_labels
-
-    register_labels(sub)
-
-
-def register_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
         help="evaluate a model on an MVTec-layout test tree (AUROC, F1 at the calibrated thresholds, report)",
@@ -134,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m inspectd.evaluation.cli")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    register_evaluate(sub)
+    register(sub)
     args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
