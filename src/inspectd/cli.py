@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "inspectd.training.cli",
     "inspectd.evaluation.cli",
     "inspectd.labelling.cli",
+    "inspectd.registry.cli",
 )
 
 
