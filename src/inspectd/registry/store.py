@@ -217,6 +217,7 @@ class Registry:
             raise RegistryError(str(exc)) from exc
         files = modeldir.read_files(model_dir)
         digest = modeldir.directory_digest(f for f, _ in files)
+        named = name is not None
         name = name or manifest.name
         cats = list(categories) if categories is not None else list(manifest.training.get("categories") or [])
         if evaluation is not None and evaluation.get("model_sha256") not in (None, manifest.identity):
@@ -231,17 +232,19 @@ class Registry:
         for attempt in (1, 2):
             try:
                 with self.write() as conn:
-                    return self._add(conn, row, files, cats, evaluation, parent)
+                    return self._add(conn, row, files, cats, evaluation, parent, named=named)
             except IntegrityError:  # PostgreSQL: a concurrent add took the digest or the name; look again
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
-    def _add(self, conn, row: dict, files, cats: list[str], evaluation: dict | None, parent: str | None) -> AddResult:
+    def _add(
+        self, conn, row: dict, files, cats: list[str], evaluation: dict | None, parent: str | None, *, named: bool
+    ) -> AddResult:
         existing = conn.execute(select(t.models).where(t.models.c.digest == row["digest"])).mappings().first()
         if existing is not None:
             old = self._rows(conn, [existing])[0]
-            if row["name"] != old.name:
+            if named and row["name"] != old.name:
                 msg = f"this model directory is already registered as {old.name!r} (digest {old.digest[:12]}…)"
                 raise RegistryError(msg)
             if cats and sorted(cats) != sorted(old.categories):
