@@ -46,7 +46,11 @@ def test_concurrent_adds_from_two_processes_leave_a_consistent_store(registry, t
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", WORKER, registry.url, str(start_at), *pairs],
-                cwd=REPO, env=cli_env(**registry.env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                cwd=REPO,
+                env=cli_env(**registry.env),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )  # fmt: skip
         )
     outs = [p.communicate(timeout=180) for p in procs]

@@ -13,7 +13,8 @@ registry keeps `model.path` as a symbolic link into its own folder, one director
    model.onnx sha256, graph shapes, a warm-up inference). If it refuses, the link is switched back, so a restart
    keeps running the model that works, and the command exits 2. With no daemon listening the model is loaded at
    the next start.
-4. Model directories other than the current and the previous one are removed.
+4. After a switch, model directories other than the current and the previous one are removed (the previous one
+   stays for a quick way back: `registry assign` it again and fetch).
 """
 
 from __future__ import annotations
@@ -118,6 +119,6 @@ def fetch(reg, config: Path, *, reload: bool = True, log: Callable[[str], None] 
                     f"  daemon reloaded: now running {answer.get('name')} "
                     f"(model.onnx {str(answer.get('sha256'))[:12]}…)"
                 )
-    keep = {row.digest} | ({Path(previous).name} if previous else set())
-    _prune(link.parent, keep)
+    if changed:
+        _prune(link.parent, {row.digest} | ({Path(previous).name} if previous else set()))
     return FetchResult(True, cfg.line, row.name, row.digest, changed, reloaded)
