@@ -51,10 +51,10 @@ def test_concurrent_adds_from_two_processes_leave_a_consistent_store(registry, t
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
         )
     outs = [p.communicate(timeout=180) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]
         assert json.loads(out.strip().splitlines()[-1]) == [0] * 9, err[-3000:]
     already = sum(out.count("\nalready registered: ") + out.startswith("already registered: ") for out, _ in outs)
