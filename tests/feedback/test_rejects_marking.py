@@ -9,12 +9,14 @@ import pytest
 
 from inspectd.daemon.controls import DaemonControls
 from inspectd.feedback.channel import Feedback
+from inspectd.feedback.config import RejectsConfig
 from inspectd.feedback.control import ControlError, request
 from inspectd.feedback.marking import Marker, MarkError
 from inspectd.feedback.protocol import encode_record, parse_record
-from inspectd.feedback.rejects import RejectsConfig, RejectStore
+from inspectd.feedback.rejects import RejectStore
 from inspectd.feedback.spool import Spool
-from tests.support.collector import SHA, reject, wait_until
+from tests.support.collector import SHA, reject
+from tests.support.net import wait_until
 
 
 @pytest.fixture

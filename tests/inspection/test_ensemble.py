@@ -173,8 +173,9 @@ def test_the_daemon_runs_an_ensemble_and_logs_each_model_it_loaded(tmp_path, pai
 
 
 def test_a_reload_swaps_in_an_ensemble_whose_member_changed_although_its_primary_did_not(tmp_path, pair):
-    from tests.support.collector import Daemon, free_port
+    from tests.support.collector import Daemon
     from tests.support.collector import daemon_config as feedback_config
+    from tests.support.net import free_port
 
     fine, coarse = pair
     live = make_ensemble_dir(tmp_path / "live", fine, [(coarse, 0.2)], primary_divide_by=0.3)

@@ -12,8 +12,9 @@ import zmq
 import zmq.auth
 
 from inspectd.feedback.protocol import encode_record
-from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, record, wait_until
+from tests.support.collector import Daemon, collector, daemon_config, meta_lines, record
 from tests.support.helpers import make_blur_model, run_cli
+from tests.support.net import free_port, wait_until
 
 
 @pytest.fixture(scope="module")

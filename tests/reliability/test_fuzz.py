@@ -255,7 +255,7 @@ def test_after_the_zeromq_fuzz_a_valid_record_is_stored(collector_server):
 @pytest.fixture(scope="module")
 def modbus_server():
     from inspectd.plc import PlcConfig, build_plc_sink
-    from tests.support.plc import free_port
+    from tests.support.net import free_port
 
     sink = build_plc_sink(PlcConfig(server={"port": free_port(), "linger_s": 0, "max_clients": 8}))
     sink.start()

@@ -21,9 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from inspectd.core.errors import ConfigError
 from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.daemon.cameras import CAMERA_TYPES
-from inspectd.feedback.control import ControlConfig
-from inspectd.feedback.rejects import RejectsConfig
-from inspectd.feedback.sender import FeedbackConfig
+from inspectd.feedback.config import ControlConfig, FeedbackConfig, RejectsConfig
 from inspectd.inspection.detector import DEFAULT_PROVIDERS
 from inspectd.plc.config import PlcConfig
 
