@@ -180,15 +180,18 @@ def _line_map(text: str, source: str) -> dict[tuple, int]:
                 key = knode.value
                 line = knode.start_mark.line + 1
                 if key in seen:
-                    msg = f"{source}:{line}: {'.'.join(map(str, path + (key,)))}: duplicate key (first at line {seen[key]})"
+                    msg = (
+                        f"{source}:{line}: {'.'.join(map(str, (*path, key)))}: duplicate key (first at line "
+                        f"{seen[key]})"
+                    )
                     raise ConfigError(msg)
                 seen[key] = line
-                lines[path + (key,)] = line
-                walk(vnode, path + (key,))
+                lines[(*path, key)] = line
+                walk(vnode, (*path, key))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
-                walk(item, path + (i,))
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
 
     walk(root, ())
     return lines

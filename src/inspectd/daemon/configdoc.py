@@ -1,6 +1,7 @@
 """The README's configuration reference, generated from the config models' field descriptions.
 
-`python -m inspectd.daemon.configdoc` prints it; a test checks that README.md holds exactly this text between the markers,
+`python -m inspectd.daemon.configdoc` prints it; a test checks that README.md holds exactly this text between the
+markers,
 so the documentation cannot drift from the schema.
 """
 

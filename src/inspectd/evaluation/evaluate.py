@@ -1,7 +1,8 @@
 """`inspectd evaluate`: a model directory over an MVTec-layout test tree, through the daemon's own code path.
 
 Every image is read as the daemon's folder camera reads it (inspectd.daemon.cameras.folder.decode) and inspected by
-inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing -> decide
+inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing
+-> decide
 at the manifest's calibrated thresholds. Nothing here re-implements a step of that path; only the metrics are new.
 No torch: onnxruntime does the inference, as on a line.
 

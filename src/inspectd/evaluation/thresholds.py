@@ -1,7 +1,8 @@
 """Choose a model's pixel threshold and minimum region area from held-out images, on the daemon's own numbers.
 
 Score maps come from inspectd.inspection.inspector.Inspector (preprocess -> ONNX -> Gaussian-SSIM map, frame-sized), and
-regions are counted as inspectd.inspection.decide counts them (8-connected pixels strictly above the pixel threshold; a region
+regions are counted as inspectd.inspection.decide counts them (8-connected pixels strictly above the pixel threshold;
+a region
 of at least min_region_area pixels rejects the image). So a threshold chosen here means on a line what it meant
 during calibration.
 
@@ -165,7 +166,7 @@ def calibrate_with_defects(
         msg = f"{len(defect_maps)} defective score maps but {len(defect_masks)} masks"
         raise ValueError(msg)
     truths = [np.asarray(m) > 0 for m in defect_masks]
-    for m, t in zip(defect_maps, truths):
+    for m, t in zip(defect_maps, truths, strict=False):
         if m.shape != t.shape:
             msg = f"a defect mask has shape {t.shape} but its score map {m.shape}: masks must be frame-sized"
             raise ValueError(msg)
@@ -181,9 +182,9 @@ def calibrate_with_defects(
         good_pass = float(np.mean(g_areas < min_area))
         d_areas = np.array([largest_region(m, t) for m in defect_maps])
         reject = float(np.mean(d_areas >= min_area))
-        tp = sum(int(np.count_nonzero((m > t) & y)) for m, y in zip(defect_maps, truths))
-        fp = sum(int(np.count_nonzero((m > t) & ~y)) for m, y in zip(defect_maps, truths))
-        fn = sum(int(np.count_nonzero((m <= t) & y)) for m, y in zip(defect_maps, truths))
+        tp = sum(int(np.count_nonzero((m > t) & y)) for m, y in zip(defect_maps, truths, strict=False))
+        fp = sum(int(np.count_nonzero((m > t) & ~y)) for m, y in zip(defect_maps, truths, strict=False))
+        fn = sum(int(np.count_nonzero((m <= t) & y)) for m, y in zip(defect_maps, truths, strict=False))
         f1 = 2 * tp / max(1, 2 * tp + fp + fn)
         key = ((good_pass + reject) / 2, f1, t)
         if best is None or key > best[0]:
@@ -300,7 +301,7 @@ def evaluate(inspector, images: Iterable[np.ndarray], truths: Iterable[bool]) ->
     from inspectd.core.types import Code
 
     counts = {"good_pass": 0, "good_reject": 0, "defect_reject": 0, "defect_pass": 0}
-    for image, truth in zip(images, truths):
+    for image, truth in zip(images, truths, strict=False):
         rejected = inspector.inspect(image).decision.code != Code.PASS
         key = ("defect_" if truth else "good_") + ("reject" if rejected else "pass")
         counts[key] += 1

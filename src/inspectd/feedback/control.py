@@ -16,6 +16,7 @@ clear message for an unknown or expired seq, a conflicting earlier mark, or when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -74,10 +75,8 @@ class ControlServer:
         if self._thread.is_alive():
             self._thread.join(5.0)
         self._sock.close()
-        try:
+        with contextlib.suppress(OSError):
             self.path.unlink()
-        except OSError:
-            pass
 
     def _serve(self) -> None:
         while not self._stop.is_set():

@@ -20,6 +20,7 @@ The id (`<line>-<UTC time>-<seq>-<random>`) is made when the reject is stored; a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -347,7 +348,5 @@ def _json(meta: dict) -> bytes:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass

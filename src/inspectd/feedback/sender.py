@@ -1,4 +1,5 @@
-"""The sender: a thread that moves spool records to the collector over ZeroMQ DEALER -> ROUTER (inspectd/feedback/protocol.py).
+"""The sender: a thread that moves spool records to the collector over ZeroMQ DEALER -> ROUTER
+(inspectd/feedback/protocol.py).
 
 - Up to `in_flight` records are out at once; each waits `ack_timeout_s` for its ack, then is resent after a
   backoff that doubles per attempt (`backoff_initial_s` .. `backoff_max_s`). A record is deleted from the spool

@@ -1,4 +1,5 @@
-"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and export
+"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and
+export
 each to checkers/checker_<k>/ (model.onnx + manifest.json), plus checkers/folds.json.
 
 Inputs are resized to the checker's input (area interpolation); masks are resized the same way and used as soft

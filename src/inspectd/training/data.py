@@ -173,7 +173,10 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     root = Path(path)
     test = root / "test"
     if not test.is_dir():
-        msg = f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and DIR/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and "
+            f"DIR/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     out = []
     for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
@@ -202,7 +205,10 @@ def load_hard_defects(path: str | Path, color: str = "gray", fraction: float = 1
             continue
         out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=sha256_file(f)))
     if not out:
-        msg = f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: {path}/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: "
+            f"{path}/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     return out
 
@@ -218,7 +224,10 @@ def synthetic_frames(
 
 
 def synthetic_description(width: int, height: int, seed: int) -> str:
-    return f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, defect_rate 0)"
+    return (
+        f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, "
+        f"defect_rate 0)"
+    )
 
 
 # --- samples -----------------------------------------------------------------------------------------------------
@@ -435,7 +444,8 @@ class TrainingSet:
 
 
 def holdout_order(n: int, seed: int) -> list[int]:
-    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files order): the
+    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files
+    order): the
     first held_out_count are held out for calibration, the rest trained on. `inspectd ensemble` recomputes a
     member's held-out images from its manifest's training.seed and held_out_count."""
     return [int(i) for i in np.random.default_rng([seed, 99]).permutation(n)]

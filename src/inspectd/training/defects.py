@@ -54,7 +54,10 @@ class DefectConfig:
             msg = f"shape_weights must be {len(SHAPES)} non-negative numbers for {SHAPES}, got {self.shape_weights}"
             raise ValueError(msg)
         if not 0 < self.min_long < self.max_long <= 0.5:
-            msg = f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, {self.max_long}"
+            msg = (
+                f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, "
+                f"{self.max_long}"
+            )
             raise ValueError(msg)
         if not 0 < self.min_aspect <= self.max_aspect < 1:
             msg = f"need 0 < min_aspect <= max_aspect < 1 (b < a), got {self.min_aspect}, {self.max_aspect}"

@@ -181,7 +181,7 @@ def build_ensemble(
         divisors = [good_score(path, goods, quantile) for path, _ in loaded]
     say(
         "divisors: "
-        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors, strict=False))
         + (
             f" (q{quantile:g} of each model's image score on those images)"
             if normalize == "good-score"

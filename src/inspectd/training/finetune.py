@@ -186,7 +186,7 @@ def load_parent(model_dir: str | Path) -> Parent:
         msg = f"--init {model_dir}: model.onnx does not have the layers its manifest's training.model describes"
         raise ValueError(msg)
     with torch.no_grad():
-        for layer, (_, w, b) in zip(layers, convs):
+        for layer, (_, w, b) in zip(layers, convs, strict=False):
             layer.weight.copy_(torch.from_numpy(w))
             layer.bias.copy_(torch.from_numpy(b))
     model.eval()

@@ -11,7 +11,8 @@ the clean target t:
 
 The learning rate follows a cosine from `lr` down to `lr * min_lr_ratio` over the run; where a time budget is set,
 progress is the larger of the iteration fraction and the time fraction. With `stop_loss` set (fine-tuning, seed
-002: see inspectd/training/finetune.py), training also stops once the mean of the last `stop_window` batch losses is at or
+002: see inspectd/training/finetune.py), training also stops once the mean of the last `stop_window` batch losses is
+at or
 below it.
 """
 

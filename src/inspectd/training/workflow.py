@@ -102,7 +102,10 @@ class JobResult:
         c = self.calibration
         lines = [
             f"model:        {self.model_dir}",
-            f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss {self.final_loss:.5f}",
+            (
+                f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss "
+                f"{self.final_loss:.5f}"
+            ),
             f"onnx parity:  max abs diff {self.parity_max_abs_diff:.2e} (onnxruntime CPU vs PyTorch)",
             f"thresholds:   pixel {c.pixel:.4f}, min_region_area {c.min_region_area} px",
             f"calibration:  {c.n_good} held-out good images, {c.good_pass_rate:.1%} pass"
@@ -297,7 +300,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         **({"data_files": _data_facts(job.data)} if job.data is not None else {}),
     }
     name = job.name or job.out.resolve().name
-    manifest, parity = write_model_dir(
+    _manifest, parity = write_model_dir(
         model,
         job.out,
         samples,

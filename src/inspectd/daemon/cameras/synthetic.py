@@ -37,7 +37,8 @@ _SHADOW = 0.45  # brightness of a thread where it shows through the gaps of the 
 
 
 class SyntheticCameraConfig(CameraConfigBase):
-    """A procedural woven-fabric surface with simulated defects at `defect_rate`, deterministic from `seed` (demo and tests)."""
+    """A procedural woven-fabric surface with simulated defects at `defect_rate`, deterministic from `seed` (demo "
+    "and tests)."""
 
     type: Literal["synthetic"] = "synthetic"
     width: int = Field(256, ge=16, le=8192, description="frame width in pixels")
