@@ -88,10 +88,9 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
             cfg.read_text().replace(
                 "  log_interval_s: 1\n",
                 (
-                    "  log_interval_s: 1\n  curve:\n"(
-                        f"    server_public_key: {keys / 'collector.key'}\n    client_secret_key: "
-                        f"{keys / 'line-1.key_secret'}\n"
-                    )
+                    "  log_interval_s: 1\n  curve:\n"
+                    f"    server_public_key: {keys / 'collector.key'}\n"
+                    f"    client_secret_key: {keys / 'line-1.key_secret'}\n"
                 ),
             )
         )
