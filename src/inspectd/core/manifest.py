@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from inspectd.core.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its divisor)
 
 

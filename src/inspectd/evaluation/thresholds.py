@@ -175,20 +175,20 @@ def calibrate_with_defects(
     lo = _quantile(good_maps, 0.99)
     hi = max(float(m.max()) for m in list(good_maps) + list(defect_maps))
     best: tuple | None = None
-    for t in np.linspace(lo, hi, candidates, endpoint=False):
-        t = float(t)
-        g_areas = np.array([largest_region(m, t) for m in good_maps])
+    for candidate in np.linspace(lo, hi, candidates, endpoint=False):
+        level = float(candidate)
+        g_areas = np.array([largest_region(m, level) for m in good_maps])
         min_area = min(_min_area_for(g_areas, area_margin, min_area_floor), area_cap)
         good_pass = float(np.mean(g_areas < min_area))
-        d_areas = np.array([largest_region(m, t) for m in defect_maps])
+        d_areas = np.array([largest_region(m, level) for m in defect_maps])
         reject = float(np.mean(d_areas >= min_area))
-        tp = sum(int(np.count_nonzero((m > t) & y)) for m, y in zip(defect_maps, truths, strict=False))
-        fp = sum(int(np.count_nonzero((m > t) & ~y)) for m, y in zip(defect_maps, truths, strict=False))
-        fn = sum(int(np.count_nonzero((m <= t) & y)) for m, y in zip(defect_maps, truths, strict=False))
+        tp = sum(int(np.count_nonzero((m > level) & y)) for m, y in zip(defect_maps, truths, strict=False))
+        fp = sum(int(np.count_nonzero((m > level) & ~y)) for m, y in zip(defect_maps, truths, strict=False))
+        fn = sum(int(np.count_nonzero((m <= level) & y)) for m, y in zip(defect_maps, truths, strict=False))
         f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-        key = ((good_pass + reject) / 2, f1, t)
+        key = ((good_pass + reject) / 2, f1, level)
         if best is None or key > best[0]:
-            best = (key, t, min_area, good_pass, reject, f1)
+            best = (key, level, min_area, good_pass, reject, f1)
     assert best is not None
     (bacc, _, _), pixel, min_area, good_pass, reject, f1 = best
     method = (

@@ -12,6 +12,7 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -59,7 +60,11 @@ class Detector:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify_hash=verify_hash)
         # kept so that an ensemble's other models get sessions of the same kind (Inspector)
-        self.options = {"providers": tuple(providers), "require_gpu": require_gpu, "intra_op_threads": intra_op_threads}
+        self.options: dict[str, Any] = {
+            "providers": tuple(providers),
+            "require_gpu": require_gpu,
+            "intra_op_threads": intra_op_threads,
+        }
         available = tuple(ort.get_available_providers())
         wanted = tuple(p for p in providers if p in available)
         if not wanted:

@@ -82,6 +82,7 @@ class Inspector:
         from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
+        assert ens is not None  # called only for an ensemble manifest
         out = []
         # where each member is, and that it still is one (cheap: its Detector below hashes its model.onnx)
         members = load_members(self.detector.model_dir, self.manifest, verify_hash=False)
@@ -147,6 +148,9 @@ class Inspector:
         """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
         an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
         map divided by its divisor (manifest ensemble.divide_by)."""
+        if pending.output is None:
+            msg = "finish() needs a Pending that infer() has run"
+            raise ValueError(msg)
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
@@ -158,6 +162,7 @@ class Inspector:
         reduction = self.manifest.score.reduction
         parts = [reduce_map(combined, reduction)] if model_scores else None
         for (member, divide_by), part in zip(self.members, pending.members, strict=False):
+            assert part.output is not None  # checked above
             other = member._score(part.prepared, part.output)[0]
             if other.shape != combined.shape:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"

@@ -338,5 +338,5 @@ class Preprocessor:
         for k, dy, dx, sy, sx in _stitch_plan(layout):
             out[dy, dx] = maps[k, sy, sx]
         if layout.native_hw is not None:  # preprocess.scale: back to the camera frame's pixels
-            out = cv2.resize(out, layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            return np.asarray(cv2.resize(out, layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR), np.float32)
         return out

@@ -387,12 +387,15 @@ def set_num_threads(n: int) -> int:
     """Set the calling thread's Numba thread count (clamped to 1..NUMBA_NUM_THREADS); returns the count set.
 
     Numba's count is per calling thread: call this in the thread that runs the kernels."""
-    n = int(min(max(1, n), numba.config.NUMBA_NUM_THREADS))
+    n = int(min(max(1, n), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     numba.set_num_threads(n)
     return n
 
 
-_DEFAULT_KERNELS = (("gaussian", 11, 1.5), ("uniform", 7, 1.5))
+_DEFAULT_KERNELS: tuple[tuple[Literal["gaussian", "uniform"], int, float], ...] = (
+    ("gaussian", 11, 1.5),
+    ("uniform", 7, 1.5),
+)
 
 
 def warmup(kernels: Iterable[SsimKernel] = (), channels: int | Iterable[int] = (1, 3)) -> float:

@@ -276,6 +276,6 @@ def _check_bind(host: str, port: int) -> None:
                 errno.EADDRINUSE: "another process listens on this port",
                 errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE (use e.g. 5020, or grant the capability)",
                 errno.EADDRNOTAVAIL: "this machine has no such address; use the address of the PLC-facing network card",
-            }.get(exc.errno, "")
+            }.get(exc.errno or 0, "")
             msg = f"cannot listen on {host}:{port}: {exc.strerror}" + (f" ({hint})" if hint else "")
             raise PlcError(msg) from exc

@@ -220,7 +220,8 @@ def synthetic_frames(
     from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=0.0))
-    return [to_color(gen.render_good(i).image, color) for i in range(n)]
+    frames = [gen.render_good(i).image for i in range(n)]
+    return [to_color(f, color) for f in frames if f is not None]
 
 
 def synthetic_description(width: int, height: int, seed: int) -> str:
@@ -242,7 +243,7 @@ def random_affine(rng: np.random.Generator, hw: tuple[int, int], cfg: AugmentCon
     dx = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * w
     dy = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * h
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    m[:, 2] += (dx, dy)
+    m[:, 2] += np.array((dx, dy))
     return m
 
 

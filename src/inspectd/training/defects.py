@@ -192,6 +192,7 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
         min_side=min(0.49, cfg.min_side * k),
         max_side=min(0.5, cfg.max_side * k),
     )
+    kinds: tuple[str, ...]
     if cfg.band_prob > 0 and rng.random() < cfg.band_prob:
         shape, kinds = random_band(rng, h, w, cfg.n_points), BAND_TEXTURES
     else:

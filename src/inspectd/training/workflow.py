@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
 from inspectd.training.model import ConvAutoencoder, ModelConfig, count_parameters
 from inspectd.training.onnx_export import utc_now, write_model_dir
-from inspectd.training.train import STDERR, TrainConfig, train
+from inspectd.training.train import STDERR, ProgressStream, TrainConfig, train
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
 SYNTHETIC_EVAL_SEED = 1234
@@ -175,7 +175,7 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
     return {"hard_defects": facts}
 
 
-def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
+def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
     def say(text: str) -> None:
@@ -362,7 +362,8 @@ def evaluate_synthetic(
     )
     captures = [gen.render(i) for i in range(n)]
     inspector = calib.open_inspector(model_dir)
-    return calib.evaluate(inspector, (c.image for c in captures), (bool(c.truth) for c in captures))
+    images = [c.image for c in captures if c.image is not None]  # the synthetic camera always renders one
+    return calib.evaluate(inspector, images, (bool(c.truth) for c in captures))
 
 
 def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:

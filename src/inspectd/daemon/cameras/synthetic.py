@@ -239,7 +239,7 @@ class SurfaceGenerator:
         img *= 1 - alpha
         img += alpha * value
 
-    def _grey(self, v: float) -> np.ndarray | float:
+    def _grey(self, v: float) -> np.ndarray | np.float32:
         return np.full(3, v, np.float32) if self.cfg.color == "bgr" else np.float32(v)
 
     def _draw_polygon(self, img, mask, pts, value) -> None:
