@@ -91,7 +91,9 @@ def test_readme_shows_the_two_commands_first():
 
 def test_readme_stays_short():
     lines = README.read_text().count("\n")
-    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; keep it <= {README_MAX_LINES}, move detail to docs/"
+    assert lines <= README_MAX_LINES, (
+        f"README.md has {lines} lines; keep it <= {README_MAX_LINES}, move detail to docs/"
+    )
 
 
 def test_readme_command_table_names_every_inspectd_command():
@@ -174,3 +176,10 @@ def test_no_internal_jargon_in_the_docs():
         if pattern.search(line)
     ]
     assert not hits, "internal references in the docs:\n" + "\n".join(hits)
+
+
+def test_architecture_page_names_every_package():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    packages = sorted(p.parent.name for p in (REPO / "src" / "inspectd").glob("*/__init__.py"))
+    missing = [name for name in packages if f"{name}/" not in page]
+    assert not missing, f"docs/architecture.md does not describe: {missing}"
