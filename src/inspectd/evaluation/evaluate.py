@@ -38,11 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import cv2
 import numpy as np
 
+from inspectd.core import mvtec
 from inspectd.evaluation import metrics
 from inspectd.evaluation.scoring import SCORES, native_score, variant_inspector
+from inspectd.inspection.decide import find_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HIST_BINS = 1 << 18
@@ -75,7 +76,7 @@ def find_test_images(data: str | Path) -> list[TestImage]:
         for f in sorted(files, key=lambda p: natural_key(p.relative_to(test))):
             mask = None
             if sub.name != "good":
-                candidate = test.parent / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+                candidate = mvtec.mask_path(test.parent, sub.name, f.stem)
                 mask = candidate if candidate.is_file() else None
             out.append(TestImage(f, sub.name, mask))
     if not out:
@@ -189,13 +190,7 @@ class PixelHistogram:
 
 def kept_region_mask(score_map: np.ndarray, pixel: float, min_area: int) -> np.ndarray:
     """The pixels the decision calls defective: regions above `pixel` of at least `min_area` pixels (decide.py)."""
-    mask = np.ascontiguousarray(score_map > pixel).view(np.uint8)
-    if not mask.any():
-        return mask.astype(bool)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    keep = np.zeros(n, dtype=bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    return keep[labels]
+    return find_regions(score_map, pixel, min_area).mask()
 
 
 class _ScoreResults:

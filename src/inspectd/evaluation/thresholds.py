@@ -26,10 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from inspectd.core.manifest import Manifest, Thresholds, load_manifest
+from inspectd.inspection.decide import find_regions
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,7 @@ def score_maps(inspector, images: Iterable[np.ndarray]) -> list[np.ndarray]:
 
 def largest_region(score_map: np.ndarray, threshold: float) -> int:
     """Area (pixels) of the largest 8-connected region strictly above `threshold`; 0 when there is none."""
-    if float(score_map.max()) <= threshold:
-        return 0
-    mask = np.ascontiguousarray(score_map > threshold).view(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+    return find_regions(score_map, threshold, 1).largest_area
 
 
 def _quantile(maps: Sequence[np.ndarray], q: float, max_values: int = 4_000_000) -> float:

@@ -28,6 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
 from inspectd.core.manifest import sha256_file
 from inspectd.training.defects import DefectConfig, add_defect
 
@@ -182,7 +183,7 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
         found = []
         for f in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            mask = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mask = mvtec.mask_path(root, sub.name, f.stem)
             if mask.is_file():
                 found.append((f, mask, f"{sub.name}/{f.name}"))
         if fraction < 1.0 and found:
@@ -492,7 +493,7 @@ def load_mvtec_test(
             if sub.name == "good":
                 goods.append(img)
                 continue
-            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mpath = mvtec.mask_path(root, sub.name, f.stem)
             mask = _read_mask(mpath, img.shape[:2])
             defects.append(img)
             masks.append(mask)

@@ -15,13 +15,14 @@ from typing import Literal
 
 import numpy as np
 
+from inspectd.core.clock import utc_now
 from inspectd.core.manifest import PreprocessSpec, ScoreSpec, SsimSpec
 from inspectd.evaluation import thresholds as calib
 from inspectd.training import data as D
 from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
 from inspectd.training.model import ConvAutoencoder, ModelConfig, count_parameters
-from inspectd.training.onnx_export import utc_now, write_model_dir
+from inspectd.training.onnx_export import write_model_dir
 from inspectd.training.train import STDERR, ProgressStream, TrainConfig, train
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
