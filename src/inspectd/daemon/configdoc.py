@@ -6,6 +6,7 @@ markers there. A test checks that the page holds exactly this text, so the docum
 
 from __future__ import annotations
 
+import sys
 import typing
 from pathlib import Path
 
@@ -134,7 +135,6 @@ def splice(page_text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
 
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--write"] and len(args) == 2:
