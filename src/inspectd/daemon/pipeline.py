@@ -38,14 +38,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from inspectd.core.errors import CameraError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
+from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
+
+# when the queue is full: "error" gives the new frame an ERROR verdict, "block" makes acquisition wait, "auto"
+# chooses by source (the config's pipeline.overrun documents the rule)
+Overrun = Literal["auto", "error", "block"]
 
 log = structlog.get_logger("inspectd.pipeline")
 
@@ -132,12 +138,12 @@ class Pipeline:
     def __init__(
         self,
         camera: Camera,
-        camera_cfg,
+        camera_cfg: CameraConfigBase,
         inspector: Inspector,
         dispatcher: Dispatcher,
         *,
         queue_size: int = 4,
-        overrun: str = "auto",
+        overrun: Overrun = "auto",
         max_frames: int = 0,
         drain_timeout_s: float = 10.0,
         notifier: Notifier | None = None,
@@ -432,13 +438,13 @@ class Pipeline:
                 work.error, work.failed_in = exc, "scoring"
             finally:
                 self._busy_since["scoring"] = None
-        if work.error is not None:
-            exc = work.error
+        if work.error is not None or result is None:
+            error = work.error if work.error is not None else RuntimeError("no result")
             self._inference_failures += 1
             if self._inference_failures >= 3:
-                self._set_state(State.INFERENCE_FAULT, error=repr(exc))
-            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(exc))
-            self._error(frame.seq, frame.item_id, f"inspection: {exc!r}", cap.source, frame.t_acquired)
+                self._set_state(State.INFERENCE_FAULT, error=repr(error))
+            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(error))
+            self._error(frame.seq, frame.item_id, f"inspection: {error!r}", cap.source, frame.t_acquired)
             return
         if self._inference_failures:
             self._inference_failures = 0

@@ -10,10 +10,11 @@ Two ways to call it:
   pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
   inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
 
-An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
-member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
-every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or mean) before the one
-decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
+An ensemble model directory (manifest ``ensemble``, docs/model-directory.md) holds more models: the Inspector
+then runs one member Inspector per model in the same three stages (each its own preprocessing, session and SSIM
+kernel), divides every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or
+mean) before the one decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this
+directory's own model's.
 
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import load_members
 from inspectd.core.types import Decision
 from inspectd.inspection.decide import Decider, reduce_map, smooth_map
 from inspectd.inspection.detector import DEFAULT_PROVIDERS, Detector
@@ -78,14 +81,13 @@ class Inspector:
 
     def _open_members(self) -> list[tuple[Inspector, float]]:
         """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
-        from inspectd.core.errors import ModelError
-        from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
+        assert ens is not None  # called only for an ensemble manifest
         out = []
         # where each member is, and that it still is one (cheap: its Detector below hashes its model.onnx)
         members = load_members(self.detector.model_dir, self.manifest, verify_hash=False)
-        for (path, _), spec in zip(members, ens.members):
+        for (path, _), spec in zip(members, ens.members, strict=False):
             member = Inspector(Detector(path, **self.detector.options))
             if member.manifest.onnx.sha256 != spec.sha256:  # replaced between the check and the session
                 msg = f"ensemble member {path} changed while loading (sha256 {member.manifest.onnx.sha256[:12]}…)"
@@ -122,7 +124,7 @@ class Inspector:
         """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
         t0 = time.perf_counter()
         pending.output = self.detector.run(pending.prepared.batch)
-        for (member, _), part in zip(self.members, pending.members):
+        for (member, _), part in zip(self.members, pending.members, strict=False):
             member.infer(part)
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
         return pending
@@ -147,6 +149,9 @@ class Inspector:
         """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
         an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
         map divided by its divisor (manifest ensemble.divide_by)."""
+        if pending.output is None:
+            msg = "finish() needs a Pending that infer() has run"
+            raise ValueError(msg)
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
@@ -157,7 +162,8 @@ class Inspector:
         combined = score_map / np.float32(ens.divide_by)
         reduction = self.manifest.score.reduction
         parts = [reduce_map(combined, reduction)] if model_scores else None
-        for (member, divide_by), part in zip(self.members, pending.members):
+        for (member, divide_by), part in zip(self.members, pending.members, strict=False):
+            assert part.output is not None  # checked above
             other = member._score(part.prepared, part.output)[0]
             if other.shape != combined.shape:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
