@@ -27,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from inspectd.core.manifest import Manifest, load_manifest
+from inspectd.evaluation.evaluate import evaluate
 from inspectd.registry.errors import FineTuneError, RegistryError
 from inspectd.registry.gate import GateResult, check_gate, count_samples
 from inspectd.registry.matching import MatchResult
@@ -121,8 +123,6 @@ def _train_job(out: Path, data: Path, parent_dir: Path, parent_manifest, name: s
 
 def _record(out: Path, product: Product, base: ModelRow, match: MatchResult | None, gate: GateResult) -> dict:
     """Add the registry's facts to the new manifest's training facts; returns them."""
-    from inspectd.core.manifest import Manifest, load_manifest
-
     raw = load_manifest(out).model_dump(mode="json")
     tr = raw["training"]
     tr["categories"] = list(product.categories)
@@ -139,7 +139,6 @@ def _record(out: Path, product: Product, base: ModelRow, match: MatchResult | No
 
 
 def _fine_tune(reg: Registry, base: ModelRow, data: Path, out: Path, name: str, s: BringupSettings, log) -> dict:
-    from inspectd.core.manifest import load_manifest
     from inspectd.training.onnx_export import ParityError
     from inspectd.training.workflow import run_job
 
@@ -162,8 +161,6 @@ def _fine_tune(reg: Registry, base: ModelRow, data: Path, out: Path, name: str, 
 
 
 def _evaluate(out: Path, data: Path, log) -> dict | None:
-    from inspectd.evaluation.evaluate import evaluate
-
     if not (data / "test").is_dir():
         log(f"evaluate: skipped ({data} has no test/ folder)")
         return None

@@ -21,10 +21,11 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from inspectd.core.mvtec import GOOD
 from inspectd.registry.errors import RegistryError
 from inspectd.registry.product import GatePolicy
+from inspectd.training.data import IMAGE_SUFFIXES  # what the fine-tune reads (no torch in that module)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 EPS = 1e-9  # relative slack so that a ratio exactly on the band's edge counts as inside despite float rounding
 
 
@@ -48,7 +49,7 @@ def _images(folder: Path) -> int:
 def count_samples(root: str | Path) -> SampleCounts:
     """Count a collected or MVTec-layout tree (see the module docstring)."""
     root = Path(root)
-    train, test = root / "train" / "good", root / "test"
+    train, test = root / "train" / GOOD, root / "test"
     if not train.is_dir() and not test.is_dir():
         msg = (
             f"{root} has neither train/good/ nor test/ (expected the collector's output or an MVTec-layout tree: "
@@ -59,7 +60,7 @@ def count_samples(root: str | Path) -> SampleCounts:
     classes, test_good = [], 0
     if test.is_dir():
         for sub in sorted(p for p in test.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if sub.name == "good":
+            if sub.name == GOOD:
                 test_good = _images(sub)
             else:
                 classes.append((sub.name, _images(sub)))

@@ -25,6 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from inspectd.core.errors import ConfigError
+from inspectd.daemon.config import load_config
+from inspectd.feedback.control import ControlError, request
 from inspectd.registry import modeldir
 from inspectd.registry.errors import RegistryError
 from inspectd.registry.store import ModelRow
@@ -43,9 +46,6 @@ class FetchResult:
 
 
 def _load_config(path: Path):
-    from inspectd.core.errors import ConfigError
-    from inspectd.daemon.config import load_config
-
     try:
         return load_config(path)
     except ConfigError as exc:
@@ -101,8 +101,6 @@ def fetch(reg, config: Path, *, reload: bool = True, log: Callable[[str], None] 
         if cfg.control is None:
             log("  the config has no control socket: reload the daemon (`systemctl reload inspectd`) to use it")
         else:
-            from inspectd.feedback.control import ControlError, request
-
             try:
                 answer = request(cfg.control.socket, {"op": "reload"}, timeout=300.0)
             except ControlError as exc:

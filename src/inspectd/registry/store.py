@@ -12,15 +12,16 @@ import getpass
 import json
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
+from inspectd.core.clock import iso_utc
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import load_manifest
 from inspectd.registry import db, modeldir
@@ -35,7 +36,7 @@ MIN_PREFIX = 8  # a digest or identity prefix must be at least this long to name
 
 
 def now_utc() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_utc(time.time())
 
 
 def who() -> str:
