@@ -98,10 +98,13 @@ def test_bringup_of_a_second_tile_batch_registers_a_fine_tuned_child(magnetic_ti
     assert res.returncode == 3 and "keep sampling" in res.stdout
 
     capped = [a if a != str(out) else str(tmp_path / "capped") for a in bringup]
-    res = reg.cli(*capped, "--data", str(b), "--iterations", "5", "--name", "capped", timeout=600)
-    assert res.returncode == 1, res.stdout + res.stderr[-3000:]  # 5 iterations < the 10-batch loss window
+    res = reg.cli(*capped, "--data", str(b), "--iterations", "12", "--loss-threshold", "0.0001", "--name", "capped",
+                  timeout=600)  # fmt: skip
+    assert res.returncode == 1, res.stdout + res.stderr[-3000:]
     assert "not registered: the loss did not reach its threshold before the iterations cap" in res.stdout
     assert (tmp_path / "capped" / "model.onnx").is_file() and len(json.loads(reg.cli("list", "--json").stdout)) == 2
+    rule = load_manifest(tmp_path / "capped").training["stop_rule"]
+    assert rule["threshold"] == 0.0001 and rule["chosen_by"] == "--loss-threshold"
 
     res = reg.cli(*bringup, "--data", str(b), timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]

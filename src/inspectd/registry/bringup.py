@@ -45,6 +45,8 @@ class BringupSettings:
     seed: int = 0
     hard_fraction: float = 0.5
     evaluate: bool = True
+    loss_table: tuple[tuple[int, float], ...] | None = None  # as `train --loss-table` (default: seed 002's table)
+    loss_threshold: float | None = None  # as `train --loss-threshold`
 
 
 @dataclass(frozen=True)
@@ -90,11 +92,14 @@ def _train_job(out: Path, data: Path, parent_dir: Path, parent_manifest, name: s
     defects = DefectConfig(
         **{f.name: d[f.name] for f in fields(DefectConfig) if f.name in d and f.name != "shape_weights"}
     )
-    command = shlex.join(
-        ["inspectd", "registry", "bringup", "--data", str(data), "--out", str(out), "--name", name,
-         "--iterations", str(s.iterations), "--minutes", f"{s.minutes:g}", "--batch-size", str(s.batch_size),
-         "--seed", str(s.seed), "--hard-fraction", f"{s.hard_fraction:g}"]
-    )  # fmt: skip
+    parts = ["inspectd", "registry", "bringup", "--data", str(data), "--out", str(out), "--name", name,
+             "--iterations", str(s.iterations), "--minutes", f"{s.minutes:g}", "--batch-size", str(s.batch_size),
+             "--seed", str(s.seed), "--hard-fraction", f"{s.hard_fraction:g}"]  # fmt: skip
+    if s.loss_table:
+        parts += ["--loss-table", ",".join(f"{n}:{v:g}" for n, v in s.loss_table)]
+    if s.loss_threshold is not None:
+        parts += ["--loss-threshold", f"{s.loss_threshold:g}"]
+    command = shlex.join(parts)
     job = TrainJob(
         out=out,
         command=command,
@@ -117,6 +122,8 @@ def _train_job(out: Path, data: Path, parent_dir: Path, parent_manifest, name: s
         hard_defects=data if use_hard else None,
         hard_prob=float(hard.get("prob", 0.1)),
         hard_fraction=s.hard_fraction,
+        loss_table=s.loss_table,
+        stop_loss=s.loss_threshold,
     )
     return job, use_hard
 

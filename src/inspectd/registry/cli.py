@@ -235,6 +235,15 @@ def cmd_bringup(args: argparse.Namespace) -> int:
     from inspectd.registry.product import load_product
 
     product = load_product(args.product)
+    table = None
+    if args.loss_table:
+        from inspectd.registry.errors import RegistryError
+        from inspectd.training.finetune import parse_loss_table
+
+        try:
+            table = parse_loss_table(args.loss_table)
+        except ValueError as exc:
+            raise RegistryError(f"--loss-table: {exc}") from exc
     settings = BringupSettings(
         iterations=args.iterations,
         minutes=args.minutes,
@@ -243,6 +252,8 @@ def cmd_bringup(args: argparse.Namespace) -> int:
         seed=args.seed,
         hard_fraction=args.hard_fraction,
         evaluate=not args.no_evaluate,
+        loss_table=table,
+        loss_threshold=args.loss_threshold,
     )
     reg = _open(args)
     try:
@@ -373,6 +384,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--hard-fraction", type=float, default=0.5, help="share of each labelled defect class trained on "
                    "when the base model was trained with labelled defects; the rest evaluates (0.5)")  # fmt: skip
+    p.add_argument("--loss-table", default=None, metavar="N:LOSS,...", help="as `train --loss-table` (default: "
+                   "seed 002's sample-count table)")  # fmt: skip
+    p.add_argument("--loss-threshold", type=float, default=None, help="as `train --loss-threshold`")
     p.add_argument("--no-evaluate", action="store_true", help="skip `evaluate` on DIR/test")
 
     p = _add(rs, "assign", cmd_assign, "assign a model to a line (the line PC fetches it)", common)
