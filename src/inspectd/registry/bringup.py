@@ -1,4 +1,4 @@
-"""Bringing up a new product in one command (seed 002, claims 1-3 and 7):
+"""Bringing up a new product in one command (the model-registry source document, claims 1-3 and 7):
 
     inspectd registry bringup --product cats.yaml --data DIR --out MODEL_DIR
 
@@ -8,13 +8,13 @@
    Not met: exit 2 with the progress ("412/500 good, ..."), nothing trained, nothing written.
 3. fine-tune: the base model's directory, exported from the registry (verified), continued on DIR exactly as
    `inspectd train --init` does (inspectd/training/workflow.py, finetune.py): its architecture, preprocessing and
-   SSIM window; stop at the loss threshold of seed 002's sample-count table or at the iteration / time cap. When
+   SSIM window; stop at the loss threshold of the sample-count table (finetune.py) or at the iteration / time cap. When
    the base model was trained with labelled defects and DIR has masks, that share (--hard-fraction) of each defect
    class trains as hard defects; the rest stays for the evaluation.
 4. evaluate: `inspectd evaluate` on DIR/test (the images trained on left out), recorded with the model.
 5. register: the new model with its product categories, its data's counts, its parent and its evaluation.
 
-A fine-tune stopped by the cap before reaching its loss threshold is not finished (the seed's stop rule): the model
+A fine-tune stopped by the cap before reaching its loss threshold is not finished (the stop rule): the model
 directory is kept, nothing is registered, exit 1. The manifest's training facts name the parent (training.parent:
 its model.onnx sha256; training.registry: its registry name and digest, the match and the gate).
 """
@@ -45,7 +45,7 @@ class BringupSettings:
     seed: int = 0
     hard_fraction: float = 0.5
     evaluate: bool = True
-    loss_table: tuple[tuple[int, float], ...] | None = None  # as `train --loss-table` (default: seed 002's table)
+    loss_table: tuple[tuple[int, float], ...] | None = None  # as `train --loss-table` (default: the sample-count table)
     loss_threshold: float | None = None  # as `train --loss-threshold`
 
 

@@ -1,4 +1,4 @@
-"""`inspectd registry ...`: the model registry of seed 002 (docs/registry.md).
+"""`inspectd registry ...`: the model registry (docs/registry.md).
 
     categories [FILE]           import a category hierarchy (validated, one transaction), or print it
     add MODEL_DIR               register a model directory with its categories (stored once, by sha256)
@@ -331,7 +331,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "registry",
         help="the model registry: models by product category, matching, the sampling gate, bring-up, lines",
         description="Models tagged with product categories, matched to new products with per-level quotas, fine-tuned "
-        "after the sampling gate, assigned to lines (seed 002; docs/registry.md).",
+        "after the sampling gate, assigned to lines (docs/registry.md).",
     )
     rs = top.add_subparsers(dest="registry_command", metavar="COMMAND")
     rs.required = True
@@ -385,7 +385,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hard-fraction", type=float, default=0.5, help="share of each labelled defect class trained on "
                    "when the base model was trained with labelled defects; the rest evaluates (0.5)")  # fmt: skip
     p.add_argument("--loss-table", default=None, metavar="N:LOSS,...", help="as `train --loss-table` (default: "
-                   "seed 002's sample-count table)")  # fmt: skip
+                   "the sample-count loss table)")  # fmt: skip
     p.add_argument("--loss-threshold", type=float, default=None, help="as `train --loss-threshold`")
     p.add_argument("--no-evaluate", action="store_true", help="skip `evaluate` on DIR/test")
 
