@@ -73,7 +73,9 @@ def choose_base(reg: Registry, product: Product, base: str | None) -> tuple[Mode
 def gate_for(product: Product, base: ModelRow, data: Path) -> GateResult:
     counts = count_samples(data)
     if base.good_count is None:
-        source = f"base model {base.name} (its training counts are unknown)"
+        source = f"the training counts of base model {base.name} are unknown (registry add --data sets them)"
+    elif not base.defect_count:
+        source = f"base model {base.name} was trained on good images only"
     else:
         source = f"base model {base.name} ({base.good_count} good : {base.defect_count or 0} defects)"
     return check_gate(counts, product.gate, base.ratio, source)

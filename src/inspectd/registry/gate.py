@@ -88,7 +88,7 @@ class GateResult:
         c, p = self.counts, self.policy
         ratio = "no defects yet" if c.ratio is None else f"ratio {c.ratio:.1f}"
         if self.wanted is None:
-            ratio += " (base model trained on good images only: no ratio to match)"
+            ratio += f" (no ratio to match: {self.wanted_from})"
         else:
             ratio += f" vs {self.wanted:.1f} wanted (±{p.ratio_tolerance:.0%})"
         text = f"{c.good}/{p.min_good} good, {c.defect}/{p.min_defect} defects, {ratio}"
@@ -146,8 +146,12 @@ def _needed(counts: SampleCounts, policy: GatePolicy, wanted: float | None) -> t
 
 
 def check_gate(
-    counts: SampleCounts, policy: GatePolicy, wanted: float | None, wanted_from: str = "the base model"
+    counts: SampleCounts,
+    policy: GatePolicy,
+    wanted: float | None,
+    wanted_from: str = "the base model was trained on good images only",
 ) -> GateResult:
+    """`wanted_from` says where `wanted` came from (or, when it is None, why there is none)."""
     if policy.ratio is not None:
         wanted, wanted_from = policy.ratio, "the product file (gate.ratio)"
     good_ok = counts.good >= policy.min_good
