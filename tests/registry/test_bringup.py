@@ -5,7 +5,6 @@ bringing up exp2 matches it through the hierarchy, refuses while the sampling ga
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -93,7 +92,8 @@ def test_bringup_of_a_second_tile_batch_registers_a_fine_tuned_child(magnetic_ti
     assert res.returncode == 2, res.stdout + res.stderr
     assert "sampling gate of 'tile-exp2' is not met: 12/10 good, 3/5 defects, ratio 4.0 vs 2.0 wanted (±10%): " \
         "keep sampling (3 more defects)" in res.stderr  # fmt: skip
-    assert not out.exists() and len(json.loads(reg.cli("list", "--json").stdout)) == 2
+    api = reg.open()
+    assert not out.exists() and len(api.models()) == 2
     res = reg.cli("gate", "--product", str(product), "--data", str(short))
     assert res.returncode == 3 and "keep sampling" in res.stdout
 
@@ -102,7 +102,7 @@ def test_bringup_of_a_second_tile_batch_registers_a_fine_tuned_child(magnetic_ti
                   timeout=600)  # fmt: skip
     assert res.returncode == 1, res.stdout + res.stderr[-3000:]
     assert "not registered: the loss did not reach its threshold before the iterations cap" in res.stdout
-    assert (tmp_path / "capped" / "model.onnx").is_file() and len(json.loads(reg.cli("list", "--json").stdout)) == 2
+    assert (tmp_path / "capped" / "model.onnx").is_file() and len(api.models()) == 2
     rule = load_manifest(tmp_path / "capped").training["stop_rule"]
     assert rule["threshold"] == 0.0001 and rule["chosen_by"] == "--loss-threshold"
 
@@ -115,8 +115,8 @@ def test_bringup_of_a_second_tile_batch_registers_a_fine_tuned_child(magnetic_ti
     assert "gate: 12/10 good, 6/5 defects, ratio 2.0 vs 2.0 wanted (±10%): gate met" in text
     assert "stopped by loss" in text and "registered: tile-exp2" in text
 
-    child = json.loads(reg.cli("show", "tile-exp2", "--json").stdout)
-    base_row = json.loads(reg.cli("show", "tile-exp1", "--json").stdout)
+    child, base_row = api.details("tile-exp2"), api.details("tile-exp1")
+    api.close()
     assert child["parent_name"] == "tile-exp1" and child["lineage"] == ["tile-exp1"]
     assert child["categories"] == ["arc segment", "batch exp2", "ferrite", "magnetic tile"]
     assert (child["good_count"], child["defect_count"]) == (12, 6) and (

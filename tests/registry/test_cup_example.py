@@ -48,8 +48,14 @@ def test_the_cup_example_picks_the_ceramic_model_and_says_why(registry, cup_file
 
 
 def test_a_product_no_model_covers_exits_2_with_the_explanation(sqlite_registry, cup_files, tmp_path):
+    from inspectd.registry.hierarchy import load_hierarchy
+
     cups, _ = cup_files
-    _load(sqlite_registry, cups, tmp_path)
+    api = sqlite_registry.open()
+    api.import_hierarchy(load_hierarchy(cups))
+    for name, cats, size in (("cup-ceramic", CERAMIC, 32), ("cup-steel", STEEL, 48)):
+        api.add(make_blur_model(tmp_path / name, size=(size, size)), name=name, categories=cats.split(","))
+    api.close()
     exact = tmp_path / "exact.yaml"
     exact.write_text("product: mugs\ncategories: [mug, coffee cup]\nmatching: {max_distance: 0}\n")
     res = sqlite_registry.cli("match", "--product", str(exact))

@@ -31,15 +31,16 @@ def test_fetch_installs_the_assigned_model_and_the_daemon_reloads_it(sqlite_regi
     a = make_blur_model(tmp_path / "src" / "a", size=(64, 64), pixel_threshold=0.35)
     b = make_blur_model(tmp_path / "src" / "b", size=(48, 48), pixel_threshold=0.4)
     bad = _shapes_lie(make_blur_model(tmp_path / "src" / "bad", size=(32, 32)))
+    api = reg.open()  # setup through the API; `fetch`, the command under test, through the CLI
     for name, d in (("a", a), ("b", b), ("bad", bad)):
-        assert reg.cli("add", str(d), "--name", name).returncode == 0
+        api.add(d, name=name)
     link = tmp_path / "models" / "current"
     cfg = daemon_config(tmp_path, link, free_port())
     fetch = ("fetch", "--config", str(cfg))
 
     res = reg.cli(*fetch)
     assert res.returncode == 2 and "no model is assigned to line 'line-7'" in res.stderr
-    assert reg.cli("assign", "line-7", "a").returncode == 0
+    api.assign("line-7", "a")
     res = reg.cli(*fetch)  # no daemon yet: installed, loaded at start
     assert res.returncode == 0, res.stderr
     assert "no daemon is listening" in res.stdout and link.is_symlink()
@@ -50,7 +51,7 @@ def test_fetch_installs_the_assigned_model_and_the_daemon_reloads_it(sqlite_regi
     try:
         assert d.events("model_loaded")[0]["sha256"] == _sha(a)
         d.frames(5)
-        assert reg.cli("assign", "line-7", "b").returncode == 0
+        api.assign("line-7", "b")
         res = reg.cli(*fetch)
         assert res.returncode == 0, res.stderr
         assert f"daemon reloaded: now running test-blur (model.onnx {_sha(b)[:12]}" in res.stdout
@@ -60,7 +61,7 @@ def test_fetch_installs_the_assigned_model_and_the_daemon_reloads_it(sqlite_regi
         res = reg.cli(*fetch)
         assert res.returncode == 0 and "is already installed" in res.stdout
 
-        assert reg.cli("assign", "line-7", "bad").returncode == 0
+        api.assign("line-7", "bad")
         res = reg.cli(*fetch)
         assert res.returncode == 2, res.stdout + res.stderr
         assert "the daemon refused bad" in res.stderr and "points back to" in res.stderr
@@ -71,6 +72,7 @@ def test_fetch_installs_the_assigned_model_and_the_daemon_reloads_it(sqlite_regi
         assert d.proc.poll() is None
     finally:
         code = d.stop()
+        api.close()
     assert code == 0
     kept = {p.name for p in link.parent.iterdir() if not p.name.startswith(".")}
     assert len(kept) == 4 and {"current", digest_a, digest_b} < kept  # + the refused one, pruned at the next switch
