@@ -27,9 +27,10 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon
+# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon; genicam: the GenTL
+# consumer and the simulated producer (viky.cti) the genicam camera tests run against
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev]'
+	$(PIP) install --quiet -e '.[train,dev,genicam]'
 	touch $@
 
 clean:

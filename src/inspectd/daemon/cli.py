@@ -267,5 +267,8 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
     print(json.dumps(summary), flush=True)
     notifier.close()
+    if pipeline.config_error is not None:
+        print(f"inspectd: {pipeline.config_error}", file=sys.stderr)
+        return EXIT_CONFIG
     crashed = pipeline.stop_reason == "acquisition crashed"
     return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
