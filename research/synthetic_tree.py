@@ -1,4 +1,5 @@
-"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface, woven
+"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface,
+woven
 fabric, to check that a training recipe works untuned beyond magnetic tile, and a tiny tree for tests.
 
     DIR/train/good/*.png                      render_good(n) of the training seed

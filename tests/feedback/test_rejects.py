@@ -11,7 +11,8 @@ import cv2
 
 from inspectd.core.types import Code
 from inspectd.feedback import rejects as R
-from inspectd.feedback.rejects import RejectsConfig, RejectStore, plc_seq
+from inspectd.feedback.config import RejectsConfig
+from inspectd.feedback.rejects import RejectStore, plc_seq
 from tests.support.collector import SHA, reject
 
 

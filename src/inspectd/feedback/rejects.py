@@ -20,6 +20,7 @@ The id (`<line>-<UTC time>-<seq>-<random>`) is made when the reject is stored; a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -34,35 +35,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import structlog
-from pydantic import Field
 
 from inspectd.core.durable import remove_temp_files, write_atomic
-from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.core.types import Code, Verdict
+from inspectd.feedback.config import RejectsConfig
 
 log = structlog.get_logger("inspectd.rejects")
 
 MIB = 1024 * 1024
 _STOP = object()
-
-
-class RejectsConfig(StrictModel):
-    """The on-disk store of recent rejects that operators mark good or bad."""
-
-    dir: ConfigPath = Field(
-        description="directory of the reject store (created if missing); one PNG, overlay PNG and JSON per reject"
-    )
-    max_count: int = Field(1000, ge=1, le=1_000_000, description="most rejects kept; the oldest are deleted first")
-    max_mb: float = Field(
-        1024.0, gt=0, le=10_000_000, description="most MiB kept (all files); the oldest are deleted first"
-    )
-    overlay: bool = Field(True, description="also write a heat-map overlay PNG of the score map for operators")
-    queue_size: int = Field(
-        8,
-        ge=1,
-        le=256,
-        description="rejects waiting for the writer thread; beyond it a reject is not stored (logged, counted)",
-    )
 
 
 def plc_seq(seq: int) -> int:
@@ -367,7 +348,5 @@ def _json(meta: dict) -> bytes:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass

@@ -93,7 +93,7 @@ class Decider:
             return Decision(code=Code.PASS, score=score, regions=(), defect_area=0)
 
         mask = np.ascontiguousarray(m > self.pixel_threshold).view(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+        _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
         areas = stats[1:, cv2.CC_STAT_AREA]
         kept = np.flatnonzero(areas >= self.min_region_area) + 1  # label ids (0 is the background)
         if kept.size == 0:

@@ -1,7 +1,8 @@
 """`inspectd label prelabel`: the first model of seed 000 (the unsupervised autoencoder) proposes defect labels.
 
 For every image under --images the daemon's own Inspector makes the frame-sized difference map; pixels above the
-model's calibrated pixel threshold, in 8-connected regions of at least its minimum region area (as inspectd/inspection/decide.py
+model's calibrated pixel threshold, in 8-connected regions of at least its minimum region area (as
+inspectd/inspection/decide.py
 counts them), are the pre-label. Written under --out, mirroring the images' sub-folders:
 
 - masks/<rel>/<stem>_mask.png   0/255, empty when no region

@@ -181,7 +181,7 @@ def build_ensemble(
         divisors = [good_score(path, goods, quantile) for path, _ in loaded]
     say(
         "divisors: "
-        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors, strict=False))
         + (
             f" (q{quantile:g} of each model's image score on those images)"
             if normalize == "good-score"
@@ -230,7 +230,8 @@ def build_ensemble(
         Manifest.model_validate(raw).write(tmp)
         load_manifest(tmp)  # the members as the daemon will check them
 
-        defect_images, defect_masks = [], []
+        defect_images: list[np.ndarray] = []
+        defect_masks: list[np.ndarray] = []
         desc = f"{len(goods)} good images of {data} held out by every member"
         if calibrate_with_test:
             t_goods, defect_images, defect_masks = D.load_mvtec_test(Path(data), color, exclude=frozenset(trained))

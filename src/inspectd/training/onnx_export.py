@@ -68,14 +68,14 @@ def export_onnx(
         raise ValueError(msg)
     path = Path(path)
     model = model.eval()
-    example = torch.zeros(model.input_shape(1))
+    example = torch.zeros(model.input_shape(1))  # type: ignore[operator]  # ConvAutoencoder or CheckerNet
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export": on purpose
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],

@@ -119,7 +119,7 @@ def decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
         msg = f"cannot decode {what} as an image ({_EXPECTED})"
         raise ValueError(msg)
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = (img.astype(np.uint16) >> 8).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
         scale = 255.0 if float(np.nanmax(img, initial=0)) <= 1.0 else 1.0
         img = np.clip(np.nan_to_num(img) * scale, 0, 255).round().astype(np.uint8)
