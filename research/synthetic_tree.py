@@ -8,7 +8,8 @@ fabric, to check that a training recipe works untuned beyond magnetic tile, and 
                                               defect kind (the first one where a frame has two)
     DIR/ground_truth/<kind>/<stem>_mask.png   its truth_mask, 0/255
 
-    python -m research.synthetic_tree DIR [--train 600] [--test-good 100] [--test-defect 200] [--size 256] [--color gray|bgr]
+    python -m research.synthetic_tree DIR [--train 600] [--test-good 100] [--test-defect 200] [--size 256]
+        [--color gray|bgr]
 """
 
 from __future__ import annotations
