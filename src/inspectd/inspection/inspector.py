@@ -159,7 +159,7 @@ class Inspector:
 
     def _map(
         self, pending: Pending, *, model_scores: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, list[float] | None]:
         """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
         an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
         map divided by its divisor (manifest ensemble.divide_by)."""
@@ -193,12 +193,12 @@ class Inspector:
             combined /= np.float32(len(self.members) + 1)
         return combined, recon, parts
 
-    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
-        manifest's score.smooth_sigma says (decide.smooth_map)."""
+    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(frame-sized difference map, per-tile reconstructions in [0, 1], or None for an anomalib model, which has
+        none); the map is post-processed as the manifest's score.smooth_sigma says (decide.smooth_map)."""
         if self.anomalib:  # the graph's own map: N x 1 x h x w, one per tile (or the one resized frame)
             maps = np.ascontiguousarray(np.asarray(output, dtype=np.float32)[:, 0])
-            return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), maps
+            return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), None
         recon = self.preprocessor.to_unit(output)
         ref = prepared.reference
         layout = prepared.layout
