@@ -26,10 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from inspectd.core.manifest import Manifest, Thresholds, load_manifest
+from inspectd.core.types import Code
+from inspectd.inspection.decide import find_regions
+from inspectd.inspection.inspector import Inspector
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,6 @@ class Calibration:
 
 def open_inspector(model_dir: str | Path, *, threads: int = 0):
     """The daemon's Inspector for a model directory, on the CPU (calibration must not depend on a GPU)."""
-    from inspectd.inspection.inspector import Inspector
 
     return Inspector.from_model_dir(model_dir, providers=("CPUExecutionProvider",), intra_op_threads=threads)
 
@@ -65,11 +66,7 @@ def score_maps(inspector, images: Iterable[np.ndarray]) -> list[np.ndarray]:
 
 def largest_region(score_map: np.ndarray, threshold: float) -> int:
     """Area (pixels) of the largest 8-connected region strictly above `threshold`; 0 when there is none."""
-    if float(score_map.max()) <= threshold:
-        return 0
-    mask = np.ascontiguousarray(score_map > threshold).view(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+    return find_regions(score_map, threshold, 1).largest_area
 
 
 def _quantile(maps: Sequence[np.ndarray], q: float, max_values: int = 4_000_000) -> float:
@@ -300,7 +297,6 @@ class Confusion:
 
 def evaluate(inspector, images: Iterable[np.ndarray], truths: Iterable[bool]) -> Confusion:
     """Pass/reject of each image with the inspector's thresholds, against ground truth (True = defective)."""
-    from inspectd.core.types import Code
 
     counts = {"good_pass": 0, "good_reject": 0, "defect_reject": 0, "defect_pass": 0}
     for image, truth in zip(images, truths, strict=False):

@@ -29,30 +29,21 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 import structlog
 
+from inspectd.core.clock import compact_utc, iso_utc
 from inspectd.core.durable import remove_temp_files, write_atomic
-from inspectd.core.types import Code, Verdict
+from inspectd.core.types import Code, Verdict, plc_seq
 from inspectd.feedback.config import RejectsConfig
 
 log = structlog.get_logger("inspectd.rejects")
 
 MIB = 1024 * 1024
 _STOP = object()
-
-
-def plc_seq(seq: int) -> int:
-    """The seq as the PLC sees it in holding register last_seq: 1..65535, wrapping from 65535 to 1."""
-    return (seq - 1) % 65535 + 1
-
-
-def iso_utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def safe_name(text: str, limit: int = 40) -> str:
@@ -244,7 +235,7 @@ class RejectStore:
                 self._done()
 
     def _store(self, v: Verdict) -> None:
-        stamp = datetime.fromtimestamp(v.wall_time, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = compact_utc(v.wall_time)
         rid = f"{self._line_tag}-{stamp}-{v.seq}-{secrets.token_hex(4)}"
         image = np.ascontiguousarray(v.image)
         files = {"image": f"{rid}.png"}

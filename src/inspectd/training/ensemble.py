@@ -1,4 +1,4 @@
-"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (DESIGN.md §3).
+"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (docs/model-directory.md).
 
 Why: on magnetic tile no single autoencoder finds both kinds of defect. A native-resolution model (the default
 recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fray*, which need a quarter-scale
@@ -26,7 +26,6 @@ No torch: this only copies, checks and calibrates.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import sys
 import tempfile
@@ -37,9 +36,11 @@ from typing import IO, Literal
 
 import numpy as np
 
+from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
 
 STDERR = sys.stderr
@@ -189,8 +190,6 @@ def build_ensemble(
         )
     )
 
-    from inspectd.evaluation.evaluate import trained_files
-
     trained = {f["sha256"]: f for _, m in loaded for f in trained_files(m.training) if isinstance(f, dict)}
     first_path, first = loaded[0]
     specs, facts = [], []
@@ -241,7 +240,7 @@ def build_ensemble(
             )
         say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
         calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
-        calib.write_thresholds(tmp, calibration, calibrated_at=_utc_now())
+        calib.write_thresholds(tmp, calibration, calibrated_at=utc_now())
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -276,10 +275,6 @@ def _facts(rel: str, m: Manifest, divide_by: float) -> dict:
         "command": t.get("command", ""),
         "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale},
     }
-
-
-def _utc_now() -> str:  # inspectd.training.onnx_export.utc_now's format, without importing torch
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _slug(name: str) -> str:

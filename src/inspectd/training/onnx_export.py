@@ -11,7 +11,6 @@ conv/transposed-conv graph exactly and needs no extra dependency. The manifest r
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import warnings
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inspectd.core.clock import utc_now
 from inspectd.core.manifest import (
     Manifest,
     OnnxSpec,
@@ -52,10 +52,6 @@ class ParityReport:
 
     def as_dict(self) -> dict:
         return {"max_abs_diff": self.max_abs_diff, "batch_sizes": list(self.batch_sizes), "provider": self.provider}
-
-
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def export_onnx(
