@@ -73,27 +73,27 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def _calibrate(model_dir: Path, data: Path) -> dict:
     """inspectd's calibration rule on the imported model (through the daemon's Inspector); rewrites the manifest."""
-    from inspectd.daemon.cameras.folder import DEFAULT_EXTENSIONS, list_images, load_mask
-    from inspectd.evaluation.evaluate import read_image
+    from inspectd.daemon.cameras.folder import DEFAULT_EXTENSIONS, list_images
+    from inspectd.evaluation.evaluate import find_test_images, read_image, read_truth
     from inspectd.evaluation.thresholds import calibrate, write_thresholds
 
     if not data.is_dir():
         msg = f"--calibrate {data} is not a directory"
         raise FileNotFoundError(msg)
-    test = data / "test"
-    good_dir = test / "good" if test.is_dir() else data
-    good = [read_image(p, "keep") for p in list_images(good_dir, DEFAULT_EXTENSIONS, True)]
-    defects, masks = [], []
-    if test.is_dir():
-        for cls in sorted(d for d in test.iterdir() if d.is_dir() and d.name != "good"):
-            for path in list_images(cls, DEFAULT_EXTENSIONS, False):
-                img = read_image(path, "keep")
-                mask = load_mask(data / "ground_truth" / cls.name / f"{path.stem}_mask.png", img.shape[:2])
-                if mask is not None:
-                    defects.append(img)
-                    masks.append(mask > 0)
+    good, defects, masks = [], [], []
+    if (data / "test").is_dir():  # an MVTec tree: its test images, masks where they are (the one layout definition)
+        for item in find_test_images(data):
+            img = read_image(item.path, "keep")
+            truth = read_truth(item, img.shape[:2])
+            if not item.defective:
+                good.append(img)
+            elif truth is not None:
+                defects.append(img)
+                masks.append(truth)
+    else:
+        good = [read_image(p, "keep") for p in list_images(data, DEFAULT_EXTENSIONS, True)]
     if not good:
-        msg = f"--calibrate {data}: no good images in {good_dir}"
+        msg = f"--calibrate {data}: no good images (expected test/good/ of an MVTec tree, or a folder of good images)"
         raise ValueError(msg)
     result = calibrate(model_dir, good, defects, masks, data=str(data))
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
