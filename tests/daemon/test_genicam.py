@@ -260,3 +260,74 @@ def test_rgb8_is_swapped_to_bgr_and_unknown_formats_are_refused():
         genapi.to_image("YUV422_8", rgb.ravel(), 1, 1)
     with pytest.raises(ValueError, match="needs 4 values, got 3"):
         genapi.to_image("Mono8", rgb.ravel(), 2, 2)
+
+
+# --------------------------------------------------------------------------------------------- hardware trigger
+# viky.cti has no trigger nodes, so the line-trigger set-up is checked on a node map that answers as GenApi's does
+# (has_node, get_node -> typed node with .node.get_access_mode(), .value, .symbolics, execute()).
+
+
+class _Access:
+    def __init__(self, mode: int) -> None:
+        self.mode = mode
+
+    def get_access_mode(self) -> int:
+        return self.mode
+
+
+class _Enum:
+    def __init__(self, name: str, symbolics: tuple[str, ...], value: str, access: int = 4) -> None:
+        self.node, self.symbolics, self.value, self.name = _Access(access), symbolics, value, name
+
+
+IEnumeration = type("IEnumeration", (_Enum,), {})  # genapi.write_node dispatches on the node's type name
+
+
+class _TriggerNodeMap:
+    def __init__(self) -> None:
+        self.nodes_by_name = {
+            "PixelFormat": IEnumeration("PixelFormat", ("Mono8",), "Mono8"),
+            "TriggerSelector": IEnumeration("TriggerSelector", ("AcquisitionStart", "FrameStart"), "AcquisitionStart"),
+            "TriggerMode": IEnumeration("TriggerMode", ("Off", "On"), "Off"),
+            "TriggerSource": IEnumeration("TriggerSource", ("Software", "Line1", "Line2"), "Software"),
+            "TriggerActivation": IEnumeration("TriggerActivation", ("RisingEdge", "FallingEdge"), "RisingEdge"),
+        }
+
+    def has_node(self, name: str) -> bool:
+        return name in self.nodes_by_name
+
+    def get_node(self, name: str):
+        return self.nodes_by_name[name]
+
+    @property
+    def nodes(self):
+        return list(self.nodes_by_name.values())
+
+
+def test_a_line_trigger_sets_frame_start_on_that_line_and_keeps_every_buffer():
+    nm = _TriggerNodeMap()
+    cam = GenICamCamera(viky(trigger="plc", trigger_source="Line2", trigger_activation="FallingEdge"))
+    assert cam._configure_trigger(nm) == "line"
+    values = {k: v.value for k, v in nm.nodes_by_name.items()}
+    assert values["TriggerSelector"] == "FrameStart" and values["TriggerMode"] == "On"
+    assert values["TriggerSource"] == "Line2" and values["TriggerActivation"] == "FallingEdge"
+    with pytest.raises(ConfigError, match=r"camera.trigger_source: 'Line9' is not a value of 'TriggerSource'"):
+        GenICamCamera(viky(trigger="plc", trigger_source="Line9"))._configure_trigger(_TriggerNodeMap())
+    # a software trigger on a device with TriggerMode but no TriggerSoftware command is refused, not emulated
+    with pytest.raises(ConfigError, match="TriggerSoftware"):
+        GenICamCamera(viky(trigger="software"))._configure_trigger(_TriggerNodeMap())
+    free = _TriggerNodeMap()
+    free.nodes_by_name["TriggerMode"].value = "On"
+    assert GenICamCamera(viky(trigger="free_run"))._configure_trigger(free) == "free_run"
+    assert free.nodes_by_name["TriggerMode"].value == "Off"
+
+
+def test_a_gap_in_line_triggered_frame_ids_is_a_camera_error():
+    cam = GenICamCamera(viky(trigger="plc", trigger_source="Line1"))
+    cam._mode = "line"
+    cam._check_order(7)
+    cam._check_order(8)
+    with pytest.raises(CameraError, match="jumped from 8 to 11: 2 triggered frames were lost"):
+        cam._check_order(11)
+    cam._mode = "free_run"  # newest-frame mode skips frames on purpose
+    cam._check_order(20)

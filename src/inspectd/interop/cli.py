@@ -44,6 +44,11 @@ def cmd_import(args: argparse.Namespace) -> int:
     from inspectd.core.errors import ModelError
     from inspectd.interop.anomalib import import_export
 
+    try:
+        import onnx  # noqa: F401  (the graph surgery; not part of the daemon's runtime)
+    except ImportError:
+        print("inspectd import-anomalib: needs the onnx package: pip install 'inspectd[train]'", file=sys.stderr)
+        return EXIT_USAGE
     size = tuple(args.input_size) if args.input_size else None
     if size is not None and min(size) < 8:
         print(f"inspectd import-anomalib: --input-size {size} is too small (expected H W >= 8)", file=sys.stderr)
