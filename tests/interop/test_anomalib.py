@@ -144,3 +144,19 @@ def test_what_cannot_run_the_same_way_is_refused_with_exit_2(tmp_path):
     blur = make_blur_model(tmp_path / "blur", color="bgr")
     res = run_cli("import-anomalib", str(blur / "model.onnx"), "--out", str(tmp_path / "c"))
     assert res.returncode == 2 and "expected" in res.stderr
+
+
+def test_a_dynamic_input_size_needs_input_size(tmp_path):
+    g = onnx.load(str(FIXTURE / "export" / "weights" / "onnx" / "model.onnx"))
+    for axis in (2, 3):
+        dim = g.graph.input[0].type.tensor_type.shape.dim[axis]
+        dim.Clear()
+        dim.dim_param = "HW"[axis - 2]
+    onnx.save(g, str(tmp_path / "dynamic.onnx"), save_as_external_data=False)
+    res = run_cli("import-anomalib", str(tmp_path / "dynamic.onnx"), "--out", str(tmp_path / "a"))
+    assert res.returncode == 2 and "--input-size H W" in res.stderr
+    res = run_cli(
+        "import-anomalib", str(tmp_path / "dynamic.onnx"), "--out", str(tmp_path / "b"), "--input-size", "128", "128"
+    )
+    assert res.returncode == 0, res.stderr
+    assert list(load_manifest(tmp_path / "b").input.shape) == [None, 3, 128, 128]
