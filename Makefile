@@ -34,9 +34,10 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon
+# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon; genicam: the GenTL
+# consumer and the simulated producer (viky.cti) the genicam camera tests run against
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev,registry]'
+	$(PIP) install --quiet -e '.[train,dev,genicam,registry]'
 	touch $@
 
 # The registry's tests start their own throwaway PostgreSQL server (tests/support/postgres.py) from Debian's
