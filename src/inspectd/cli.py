@@ -45,6 +45,7 @@ EXTRAS = {"torch": "train", "onnx": "train"}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         if top not in EXTRAS:
             raise
         extra = EXTRAS[top]
+        command = " ".join([args.command, *[a for a in argv[argv.index(args.command) + 1 :][:1] if a[:1] != "-"]])
         print(
-            f"inspectd {args.command}: needs {top}, which is not installed: it comes with the `{extra}` extra "
+            f"inspectd {command}: needs {top}, which is not installed: it comes with the `{extra}` extra "
             f"(pip install 'inspectd[{extra}]', or in a checkout `.venv/bin/pip install -e '.[{extra}]'`; "
             "torch==2.13.0, a CPU build will do). The daemon itself never needs it.",
             file=sys.stderr,

@@ -78,6 +78,15 @@ def valid_id(text: str) -> bool:
     return bool(_ID_RE.match(text))
 
 
+_ID_FIELD = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"')
+
+
+def _salvage_id(raw: bytes) -> str:
+    """The record id of a meta that is not valid JSON (NaN, nested too deep), when it plainly says one."""
+    m = _ID_FIELD.search(raw[:MAX_META_BYTES])
+    return m.group(1).decode() if m else ""
+
+
 def encode_record(meta: dict, image_png: bytes) -> list[bytes]:
     return [RECORD_TAG, json.dumps(meta, separators=(",", ":"), sort_keys=True).encode(), image_png]
 
@@ -123,8 +132,8 @@ def parse_record(frames: list[bytes], *, max_image_bytes: int) -> tuple[RecordMe
         raise Refused(f"meta_json is {len(raw_meta)} bytes (limit {MAX_META_BYTES})")
     try:
         data = untrusted.loads(raw_meta, max_bytes=MAX_META_BYTES)
-    except ValueError as exc:
-        raise Refused(f"meta_json is not valid UTF-8 JSON: {exc}") from exc
+    except ValueError as exc:  # the id, if it can be found, so that the sender moves the record aside
+        raise Refused(f"meta_json is not valid UTF-8 JSON: {exc}", _salvage_id(bytes(raw_meta))) from exc
     if not isinstance(data, dict):
         raise Refused(f"meta_json must be a JSON object, got {type(data).__name__}")
     rid = data.get("id") if isinstance(data.get("id"), str) and valid_id(data["id"]) else ""
