@@ -8,13 +8,20 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test lint install install-dev bench clean
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: $(DEV_STAMP)
+test: lint
 	$(PY) -m pytest
+
+# ruff (lint + format), mypy, and the import-linter layer contracts in pyproject.toml
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
@@ -27,9 +34,10 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon
+# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon; genicam: the GenTL
+# consumer and the simulated producer (viky.cti) the genicam camera tests run against
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev]'
+	$(PIP) install --quiet -e '.[train,dev,genicam]'
 	touch $@
 
 clean:

@@ -1,7 +1,7 @@
 """Label-free separability probe: does any *local* cue tell a defect class from good surface, before or after a model
 misses it?
 
-An autoencoder trained on good images only (seed 001) can find a defect only where the defect looks locally unlike
+An autoencoder trained on good images only can find a defect only where the defect looks locally unlike
 good surface. This probe measures how far simple label-free cues get, per defect class of an MVTec-layout tree, with
 the same image score as the default recipe (map smoothed with sigma 4, maximum) and the pixel AUROC of `inspectd
 evaluate` (every defect pixel against every pixel outside the masks, sampled on a fixed grid):
@@ -113,7 +113,10 @@ class EncoderProbe:
 
         manifest = load_manifest(model_dir)
         if manifest.preprocess.mode != "tile":
-            msg = f"the encoder probe needs a tiled model (preprocess.mode tile), {model_dir} has {manifest.preprocess.mode!r}"
+            msg = (
+                f"the encoder probe needs a tiled model (preprocess.mode tile), {model_dir} has "
+                f"{manifest.preprocess.mode!r}"
+            )
             raise ValueError(msg)
         self.pre = Preprocessor(manifest.preprocess, manifest.input)
         self.model = model_from_checkpoint(checkpoint)
@@ -181,7 +184,7 @@ def measure(
         good = np.array([s for c, s in scored if c == "good"])
         normal = np.concatenate([v[~t] for _, v, t in pixels.get(cue, [])] or [np.empty(0, np.float32)])
 
-        def pair(cls_filter: Callable[[str], bool]) -> dict:
+        def pair(cls_filter: Callable[[str], bool], scored=scored, cue=cue, good=good, normal=normal) -> dict:
             bad = np.array([s for c, s in scored if c != "good" and cls_filter(c)])
             defect = [v[t] for c, v, t in pixels.get(cue, []) if c != "good" and cls_filter(c)]
             defect = np.concatenate(defect) if defect else np.empty(0, np.float32)

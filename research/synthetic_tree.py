@@ -1,4 +1,5 @@
-"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface, woven
+"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface,
+woven
 fabric, to check that a training recipe works untuned beyond magnetic tile, and a tiny tree for tests.
 
     DIR/train/good/*.png                      render_good(n) of the training seed
@@ -8,6 +9,7 @@ fabric, to check that a training recipe works untuned beyond magnetic tile, and 
     DIR/ground_truth/<kind>/<stem>_mask.png   its truth_mask, 0/255
 
     python -m research.synthetic_tree DIR [--train 600] [--test-good 100] [--test-defect 200] [--size 256]
+        [--color gray|bgr]
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inspectd.core import mvtec
 
 TRAIN_SEED = 7  # the demo model's training stream
 TEST_SEED = 4321  # neither the training stream nor the demo stream (1234)
@@ -64,7 +68,7 @@ def write_synthetic_tree(
             if cap.truth_mask is not None and cap.truth_mask.any():
                 save(root / "test" / kinds[0] / f"{n:06d}.png", cap.image)
                 save(
-                    root / "ground_truth" / kinds[0] / f"{n:06d}_mask.png",
+                    mvtec.mask_path(root, kinds[0], f"{n:06d}"),
                     np.where(cap.truth_mask > 0, 255, 0).astype(np.uint8),
                 )
                 found += 1
@@ -79,9 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-good", type=int, default=100)
     p.add_argument("--test-defect", type=int, default=200)
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--color", choices=("gray", "bgr"), default="gray")
     a = p.parse_args(argv)
     write_synthetic_tree(
-        a.out, train=a.train, test_good=a.test_good, test_defect=a.test_defect, width=a.size, height=a.size
+        a.out,
+        train=a.train,
+        test_good=a.test_good,
+        test_defect=a.test_defect,
+        width=a.size,
+        height=a.size,
+        color=a.color,
     )
     print(f"wrote {a.out}")
     return 0

@@ -1,6 +1,6 @@
-"""Ensemble model directories (manifest `ensemble`, DESIGN.md §3): every model's map divided by its own threshold,
-combined, one decision; the contract's checks; the daemon runs and reloads one. Real ONNX models (the box-blur
-'autoencoder' of tests/helpers.py), no torch."""
+"""Ensemble model directories (manifest `ensemble`, docs/model-directory.md): every model's map divided by its own
+threshold, combined, one decision; the contract's checks; the daemon runs and reloads one. Real ONNX models (the
+box-blur 'autoencoder' of tests/support/helpers.py), no torch."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def test_a_replaced_member_is_refused_with_the_reason(tmp_path, pair):
     other = make_blur_model(tmp_path / "other", size=(48, 48), mode="tile", tile_overlap=8, scale=0.5)
     shutil.rmtree(ens / "members" / "1")
     shutil.copytree(other, ens / "members" / "1")  # a valid model directory, but not the one calibrated with
-    with pytest.raises(ModelError, match="ensemble.members\\[0\\].*replaced; rebuild the ensemble"):
+    with pytest.raises(ModelError, match=r"ensemble.members\[0\].*replaced; rebuild the ensemble"):
         load_manifest(ens)
 
 
@@ -109,7 +109,7 @@ def test_a_member_file_corrupted_on_disk_is_refused(tmp_path, pair):
     ens = make_ensemble_dir(tmp_path / "ens", fine, [(coarse, 0.2)], primary_divide_by=0.3)
     with open(ens / "members" / "1" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ModelError, match="members\\[0\\].*sha256.*changed or corrupted"):
+    with pytest.raises(ModelError, match=r"members\[0\].*sha256.*changed or corrupted"):
         load_manifest(ens)
 
 
@@ -122,7 +122,7 @@ def test_members_outside_the_directory_missing_or_nested_are_refused(tmp_path, p
     with pytest.raises(ModelError, match="leaves the model directory"):
         load_manifest(ens)
     _rewrite(ens, members=[{"dir": "members/9", "sha256": sha, "divide_by": 0.2}])
-    with pytest.raises(ModelError, match="members\\[0\\].*does not exist"):
+    with pytest.raises(ModelError, match=r"members\[0\].*does not exist"):
         load_manifest(ens)
     inner = make_ensemble_dir(tmp_path / "inner", fine, [(coarse, 0.2)], primary_divide_by=0.3)
     shutil.copytree(inner, ens / "members" / "nested")

@@ -89,7 +89,8 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
                 "  log_interval_s: 1\n",
                 (
                     "  log_interval_s: 1\n  curve:\n"
-                    f"    server_public_key: {keys / 'collector.key'}\n    client_secret_key: {keys / 'line-7.key_secret'}\n"
+                    f"    server_public_key: {keys / 'collector.key'}\n"
+                    f"    client_secret_key: {keys / 'line-7.key_secret'}\n"
                 ),
             )
         )

@@ -86,7 +86,7 @@ def test_a_record_whose_meta_nests_5000_deep_is_refused_and_the_collector_keeps_
 
 
 def test_non_finite_scores_are_refused_so_meta_jsonl_stays_strict_json(running_collector):
-    c, dealer, out = running_collector
+    _, dealer, out = running_collector
     for rid, literal in (("nan-1", "NaN"), ("inf-1", "1e999"), ("neg-inf-1", "-Infinity")):
         meta, image = record(rid)
         raw = json.dumps(meta).replace('"score": 0.9', f'"score": {literal}').encode()

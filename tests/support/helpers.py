@@ -6,6 +6,7 @@ the daemon's real detector path in milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def make_blur_model(
             "model_sha256": sha,
             "method": "test",
         },
-        training={"data": "none: a fixed 5x5 box blur built by tests/helpers.py"},
+        training={"data": "none: a fixed 5x5 box blur built by tests/support/helpers.py"},
     ).write(out_dir)
     return out_dir
 
@@ -223,10 +224,8 @@ def parse_json_lines(text: str) -> list[dict]:
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("{"):
-            try:
+            with contextlib.suppress(ValueError):
                 out.append(json.loads(line))
-            except ValueError:
-                pass
     return out
 
 

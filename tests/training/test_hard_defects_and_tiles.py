@@ -1,4 +1,4 @@
-"""Seed 001's hard-defect set (target 0 inside the mask) and the native-resolution random crops of tiled models."""
+"""The hard-defect set (target 0 inside the mask) and the native-resolution random crops of tiled models."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from inspectd.training.data import (
     load_hard_defects,
     to_model_input,
 )
+from tests.support.training import QUIET
 from tests.training.conftest import stripes
 
 TILE = InputGeometry(height=32, width=32, mode="tile")
@@ -49,8 +50,8 @@ def test_a_hard_defect_sample_has_target_0_inside_its_mask_and_the_input_elsewhe
 def test_without_augmentation_the_hard_sample_is_a_crop_of_the_image_and_mask_at_the_same_place():
     hard = _hard()
     ds = TrainingSet(stripes(2, size=64), TILE, augment=AugmentConfig.off(), hard=[hard], hard_prob=1.0)
-    inp, target, mask = ds.sample_one(np.random.default_rng(3))
-    ys, xs = np.nonzero(hard.mask)
+    inp, _target, mask = ds.sample_one(np.random.default_rng(3))
+    _ys, _xs = np.nonzero(hard.mask)
     hits = [
         (y, x)
         for y in range(0, 80 - 32 + 1)
@@ -133,8 +134,8 @@ def crop_x(frame: np.ndarray, crop: np.ndarray) -> int:
 
 
 def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
+    from inspectd.cli import main
     from inspectd.core.manifest import load_manifest
-    from inspectd.training.cli import main
 
     root = tmp_path / "data"
     for sub in ("train/good", "test/crack", "ground_truth/crack"):
@@ -163,12 +164,7 @@ def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
         "8",
         "--iterations",
         "4",
-        "--batch-size",
-        "4",
-        "--threads",
-        "1",
-        "--log-every",
-        "0",
+        *QUIET,
         "--checkpoint-dir",
         str(tmp_path / "ckpt"),
         "--hard-defects",

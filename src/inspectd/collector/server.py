@@ -6,7 +6,8 @@ the PNG header (size, 8-bit gray or RGB as the meta says, pixel count) before a 
 decode with OpenCV. With CURVE, a record must name the line whose key it came with. A record whose id is stored
 already is acknowledged again (a resend) if it carries the same mark, and refused if it carries the other one.
 A message that fails is refused: a nack `[b"inspectd.nack.v1", id, reason]` goes back (the sender moves that record
-aside instead of resending it forever), a warning is logged, and the loop goes on. ZeroMQ itself disconnects a peer that sends a frame beyond `max_image_bytes` + 1 MiB (ZMQ_MAXMSGSIZE), so
+aside instead of resending it forever), a warning is logged, and the loop goes on. ZeroMQ itself disconnects a peer
+that sends a frame beyond `max_image_bytes` + 1 MiB (ZMQ_MAXMSGSIZE), so
 no such frame is ever held in memory.
 
 Messages are handled in batches (whatever has arrived, up to 256): the new records of a batch are stored with one

@@ -27,7 +27,7 @@ def endpoint_is_local(endpoint: str) -> bool:
     if endpoint.startswith(("ipc://", "inproc://")):
         return True
     m = _TCP.match(endpoint)
-    return bool(m) and is_loopback_host(m.group("host"))
+    return m is not None and is_loopback_host(m.group("host"))
 
 
 def normalise_ip(text: str) -> str:

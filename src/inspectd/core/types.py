@@ -22,6 +22,13 @@ class Code(enum.IntEnum):
     ERROR = 3  # the PLC treats it as reject: an item is bad until it has a positive OK
 
 
+def plc_seq(seq: int) -> int:
+    """The daemon's unbounded seq as the PLC sees it (holding register last_seq, the result ring, register 21):
+    1..65535, then 1 again; 0 means 'no result yet'. The one definition: a mark from register 21 finds its reject
+    only because the PLC link and the reject store agree on it."""
+    return (seq - 1) % 65535 + 1 if seq > 0 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Capture:
     """One image as a camera delivers it, before the pipeline gives it a sequence number.
@@ -163,4 +170,4 @@ class Controls(Protocol):
         """Acquire exactly one frame for this item; on_taken() is called when the frame has been taken."""
 
     def false_reject(self, seq: int, *, source: str) -> None:
-        """An operator found rejected item `seq` good (DESIGN.md §5); unknown or expired seqs are logged."""
+        """An operator found rejected item `seq` good (docs/feedback-loop.md); unknown or expired seqs are logged."""

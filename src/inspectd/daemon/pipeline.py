@@ -42,16 +42,21 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
-from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.errors import CameraError, ConfigError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
+from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.cameras.bounded import BoundedCamera
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
+
+# when the queue is full: "error" gives the new frame an ERROR verdict, "block" makes acquisition wait, "auto"
+# chooses by source (the config's pipeline.overrun documents the rule)
+Overrun = Literal["auto", "error", "block"]
 
 log = structlog.get_logger("inspectd.pipeline")
 
@@ -138,12 +143,12 @@ class Pipeline:
     def __init__(
         self,
         camera: Camera,
-        camera_cfg,
+        camera_cfg: CameraConfigBase,
         inspector: Inspector,
         dispatcher: Dispatcher,
         *,
         queue_size: int = 4,
-        overrun: str = "auto",
+        overrun: Overrun = "auto",
         max_frames: int = 0,
         drain_timeout_s: float = 10.0,
         notifier: Notifier | None = None,
@@ -152,11 +157,11 @@ class Pipeline:
     ) -> None:
         self.camera = BoundedCamera(
             camera,
-            read_timeout_s=getattr(camera_cfg, "timeout_s", 2.0),
-            open_timeout_s=getattr(camera_cfg, "open_timeout_s", 10.0),
+            read_timeout_s=camera_cfg.timeout_s,
+            open_timeout_s=camera_cfg.open_timeout_s,
         )
         self.cam_cfg = camera_cfg
-        self._frame_size = getattr(camera_cfg, "frame_size", None)
+        self._frame_size = camera_cfg.frame_size
         self.inspector = inspector
         self.dispatcher = dispatcher
         self.notifier = notifier or Notifier({})
@@ -176,6 +181,8 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.state = State.STARTING
         self.stop_reason: str | None = None
+        # the camera refused its configuration (an unknown GenICam node...): reopening cannot help; exit 2
+        self.config_error: str | None = None
         self._seq = 0
         self._camera_open = False
         self._inference_failures = 0
@@ -264,6 +271,11 @@ class Pipeline:
         """Try to open the camera; returns the next backoff (0 when open)."""
         try:
             self._camera_call(self.camera.open)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("camera_refused", error=str(exc))
+            self.stop("camera configuration refused")
+            return backoff
         except Exception as exc:  # CameraError, or a driver's own exception: a fault to retry, not a crash
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
             self._set_state(State.CAMERA_FAULT, error=str(exc))
@@ -381,7 +393,7 @@ class Pipeline:
 
     def _size_refusal(self, image) -> str | None:
         shape: tuple = getattr(image, "shape", ())
-        if self._frame_size is None or len(shape) < 2:
+        if len(shape) < 2:
             return None  # not an image array at all: preprocessing refuses it with its own message
         return self._frame_size.refusal(int(shape[1]), int(shape[0]))
 
@@ -472,13 +484,13 @@ class Pipeline:
                 work.error, work.failed_in = exc, "scoring"
             finally:
                 self._busy_since["scoring"] = None
-        if work.error is not None:
-            exc = work.error
+        if work.error is not None or result is None:
+            error = work.error if work.error is not None else RuntimeError("no result")
             self._inference_failures += 1
             if self._inference_failures >= 3:
-                self._set_state(State.INFERENCE_FAULT, error=repr(exc))
-            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(exc))
-            self._error(frame.seq, frame.item_id, f"inspection: {exc!r}", cap.source, frame.t_acquired)
+                self._set_state(State.INFERENCE_FAULT, error=repr(error))
+            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(error))
+            self._error(frame.seq, frame.item_id, f"inspection: {error!r}", cap.source, frame.t_acquired)
             return
         if self._inference_failures:
             self._inference_failures = 0

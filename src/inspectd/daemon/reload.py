@@ -8,8 +8,9 @@ the graph's names and shapes against the manifest, the SSIM kernels compiled and
 output. It counts as changed when its path, its identity (sha256) or its effective thresholds (pixel threshold,
 minimum region area) differ from the running model's; an unchanged one is not swapped. Only a model that passes
 all of it is swapped in, at a frame boundary (`Pipeline.swap_inspector`): frames already past preprocessing
-finish with the old model, every later frame uses the new one, no frame is lost or inspected twice. Anything that fails leaves the running model in place
-(`model_reload_failed` with the reason); `model_reloaded` names the old and the new sha256.
+finish with the old model, every later frame uses the new one, no frame is lost or inspected twice. Anything that
+fails leaves the running model in place (`model_reload_failed` with the reason); `model_reloaded` names the old
+and the new sha256.
 
 One reload at a time: a request while one is running waits for it (the control socket) or is merged into it
 (SIGHUP).

@@ -1,7 +1,8 @@
 """`inspectd evaluate`: a model directory over an MVTec-layout test tree, through the daemon's own code path.
 
 Every image is read as the daemon's folder camera reads it (inspectd.daemon.cameras.folder.decode) and inspected by
-inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing -> decide
+inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing
+-> decide
 at the manifest's calibrated thresholds. Nothing here re-implements a step of that path; only the metrics are new.
 No torch: onnxruntime does the inference, as on a line.
 
@@ -35,13 +36,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import cv2
 import numpy as np
 
+from inspectd.core import mvtec
+from inspectd.core.manifest import sha256_file
+from inspectd.daemon.cameras.folder import convert, decode, load_mask, natural_key
 from inspectd.evaluation import metrics
+from inspectd.evaluation.report import ReportWriter
 from inspectd.evaluation.scoring import SCORES, native_score, variant_inspector
+from inspectd.evaluation.thresholds import json_safe, open_inspector
+from inspectd.inspection.decide import find_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HIST_BINS = 1 << 18
@@ -61,7 +67,6 @@ class TestImage:
 
 def find_test_images(data: str | Path) -> list[TestImage]:
     """DIR/test/<class>/* (or DIR itself being the test/ folder), with DIR/ground_truth/<class>/<stem>_mask.png."""
-    from inspectd.daemon.cameras.folder import natural_key
 
     root = Path(data)
     test = root / "test" if (root / "test").is_dir() else root
@@ -74,7 +79,7 @@ def find_test_images(data: str | Path) -> list[TestImage]:
         for f in sorted(files, key=lambda p: natural_key(p.relative_to(test))):
             mask = None
             if sub.name != "good":
-                candidate = test.parent / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+                candidate = mvtec.mask_path(test.parent, sub.name, f.stem)
                 mask = candidate if candidate.is_file() else None
             out.append(TestImage(f, sub.name, mask))
     if not out:
@@ -91,7 +96,7 @@ def trained_files(training: dict | None) -> list[dict]:
 
 
 def trained_on(manifest) -> dict[str, str]:
-    """sha256 -> "<class>/<name>" of the labelled defect images the model was trained on (seed 001's hard-defect
+    """sha256 -> "<class>/<name>" of the labelled defect images the model was trained on (the hard-defect
     set, trained_files): evaluating on them would measure memory, not detection."""
     files = trained_files(manifest.training)
     return {f["sha256"]: f["image"] for f in files if isinstance(f, dict) and f.get("sha256")}
@@ -102,7 +107,6 @@ def leave_out_trained(items: list[TestImage], manifest) -> tuple[list[TestImage]
     known = trained_on(manifest)
     if not known:
         return items, []
-    from inspectd.core.manifest import sha256_file
 
     kept, left_out = [], []
     for item in items:
@@ -114,7 +118,6 @@ def leave_out_trained(items: list[TestImage], manifest) -> tuple[list[TestImage]
 
 
 def read_image(path: Path, color: str) -> np.ndarray:
-    from inspectd.daemon.cameras.folder import convert, decode
 
     return convert(decode(np.fromfile(path, np.uint8), str(path)), color)
 
@@ -125,7 +128,6 @@ def read_truth(item: TestImage, hw: tuple[int, int]) -> np.ndarray | None:
         return np.zeros(hw, dtype=bool)
     if item.mask is None:
         return None
-    from inspectd.daemon.cameras.folder import load_mask
 
     m = load_mask(item.mask, hw)
     return None if m is None else m > 0
@@ -188,13 +190,7 @@ class PixelHistogram:
 
 def kept_region_mask(score_map: np.ndarray, pixel: float, min_area: int) -> np.ndarray:
     """The pixels the decision calls defective: regions above `pixel` of at least `min_area` pixels (decide.py)."""
-    mask = np.ascontiguousarray(score_map > pixel).view(np.uint8)
-    if not mask.any():
-        return mask.astype(bool)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    keep = np.zeros(n, dtype=bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    return keep[labels]
+    return find_regions(score_map, pixel, min_area).mask()
 
 
 class _ScoreResults:
@@ -276,15 +272,15 @@ class _ScoreResults:
         for cls in sorted({r["class"] for r in recs}):
             sel = np.array([r["class"] in (cls, "good") for r in recs])
             mine = np.array([r["class"] == cls for r in recs])
-            entry = {
+            entry: dict[str, Any] = {
                 "n": int(mine.sum()),
                 "reject_rate": float(rejected[mine].mean()) if known else None,
                 "mean_score": float(scores[mine].mean()),
             }
             if cls != "good":
                 entry["image_auroc"] = metrics.auroc(scores[sel], y[sel])
-                h = self.hist_class.get(cls)
-                entry["pixel_auroc"] = h.merged(self.hist_good).auroc()[0] if h is not None else None
+                hist = self.hist_class.get(cls)
+                entry["pixel_auroc"] = hist.merged(self.hist_good).auroc()[0] if hist is not None else None
             per_class[cls] = entry
         out["per_class"] = per_class
         out["images_without_ground_truth"] = self.no_truth
@@ -311,7 +307,6 @@ def evaluate(
 ) -> dict:
     """Evaluate a model directory on DIR/test (see the module docstring). `scores`: variants to compute (default:
     the manifest's own); the first one is the headline result. Writes an HTML report when `report` is set."""
-    from inspectd.evaluation.thresholds import json_safe, open_inspector
 
     t_start = time.monotonic()
     items = find_test_images(data)
@@ -327,7 +322,7 @@ def evaluate(
         raise ValueError(msg)
     wanted = list(dict.fromkeys(scores or [native_score(manifest)]))
     for s in wanted:
-        if s not in SCORES:
+        if s not in SCORES and s != native_score(manifest):
             msg = f"unknown score {s!r}, expected one of {', '.join(SCORES)}"
             raise ValueError(msg)
     runs = []
@@ -336,13 +331,11 @@ def evaluate(
         runs.append(_ScoreResults(s, insp, thr))
     base.warmup()
     for r in runs:
-        if r.inspector is not base:
+        if r.inspector is not base and not r.inspector.anomalib:
             r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
 
     writer = None
     if report is not None:
-        from inspectd.evaluation.report import ReportWriter
-
         writer = ReportWriter(
             report, pixel_threshold=runs[0].inspector.pixel_threshold, min_region_area=runs[0].inspector.min_region_area
         )
@@ -356,7 +349,7 @@ def evaluate(
         t0 = time.perf_counter()
         pending = base.infer(base.prepare(image))
         t_shared = time.perf_counter() - t0
-        first = None
+        first: tuple | None = None
         for i, r in enumerate(runs):
             t1 = time.perf_counter()
             result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None), model_scores=True)
@@ -364,6 +357,7 @@ def evaluate(
             rec = r.add(item, result, truth, ms)
             if i == 0:
                 first = (result, rec, ms)
+        assert first is not None  # runs is never empty
         result, rec, ms = first
         per_image_ms.append(ms)
         infer_s += ms / 1e3
@@ -375,7 +369,7 @@ def evaluate(
 
     by_score = {r.score: r.summary() for r in runs}
     head = by_score[runs[0].score]
-    ms = np.array(per_image_ms)
+    per_ms = np.array(per_image_ms)
     out = {
         "model": str(model_dir),
         "model_name": manifest.name,
@@ -404,9 +398,9 @@ def evaluate(
         **{k: v for k, v in head.items() if k != "score"},
         "throughput": {
             "images_per_s": len(items) / max(infer_s, 1e-9),
-            "ms_per_image_mean": float(ms.mean()),
-            "ms_per_image_p50": float(np.percentile(ms, 50)),
-            "ms_per_image_p99": float(np.percentile(ms, 99)),
+            "ms_per_image_mean": float(per_ms.mean()),
+            "ms_per_image_p50": float(np.percentile(per_ms, 50)),
+            "ms_per_image_p99": float(np.percentile(per_ms, 99)),
             "onnxruntime_threads": threads or "default",
             "note": "prepare + infer + finish per image (file reading and metrics excluded); "
             + ("one inference shared by every --score variant, the time of the first" if len(runs) > 1 else ""),

@@ -1,5 +1,5 @@
-"""One model's reconstruction, scored three ways (seed 001's claim, measured): Gaussian-window SSIM (the daemon's
-default), uniform-window SSIM, and the per-pixel squared difference (L2).
+"""One model's reconstruction, scored three ways (the Gaussian-window claim, measured): Gaussian-window SSIM (the
+daemon's default), uniform-window SSIM, and the per-pixel squared difference (L2).
 
 Every variant is the daemon's own Inspector, preprocess -> onnxruntime -> difference map -> stitch -> map
 post-processing -> decide, with only its difference kernel swapped (`Inspector.ssim`, which has one method,
@@ -20,6 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from inspectd.evaluation import thresholds as calib
+from inspectd.inspection.inspector import Inspector
+from inspectd.inspection.ssim import SsimKernel
 
 SCORES = ("gaussian-ssim", "uniform-ssim", "l2")
 
@@ -42,19 +46,23 @@ class L2Difference:
 
 
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim."""
+    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim; `anomalib` for an anomalib model (its
+    graph's own anomaly map, which has no variants)."""
+    if manifest.kind == "anomalib":
+        return "anomalib"
     return f"{manifest.ssim.window}-ssim"
 
 
 def kernel_for(score: str, manifest):
     """The difference kernel of a variant, with the manifest's window size, sigma and constants."""
-    from inspectd.inspection.ssim import SsimKernel
 
     s = manifest.ssim
     if score == "l2":
         return L2Difference()
     if score in ("gaussian-ssim", "uniform-ssim"):
-        return SsimKernel(window=score.split("-")[0], size=s.size, sigma=s.sigma, k1=s.k1, k2=s.k2)
+        return SsimKernel(
+            window="gaussian" if score == "gaussian-ssim" else "uniform", size=s.size, sigma=s.sigma, k1=s.k1, k2=s.k2
+        )
     msg = f"unknown score {score!r}, expected one of {', '.join(SCORES)}"
     raise ValueError(msg)
 
@@ -64,7 +72,8 @@ def variant_thresholds(manifest, score: str) -> dict | None:
     `inspectd train` recorded for this model (training.score_variants, bound to the same sha256), else None."""
     if score == native_score(manifest):
         t = manifest.thresholds
-        return {"pixel": t.pixel, "min_region_area": t.min_region_area, "source": "manifest thresholds"}
+        out = {"pixel": t.pixel, "min_region_area": t.min_region_area, "source": "manifest thresholds"}
+        return out if t.image is None else {**out, "image": t.image}
     rec = (manifest.training or {}).get("score_variants", {}).get(score)
     if not rec or rec.get("model_sha256") != manifest.onnx.sha256:
         return None
@@ -75,12 +84,14 @@ def variant_inspector(inspector, score: str):
     """(Inspector scoring with `score`, its thresholds or None): the native score returns `inspector` itself;
     a variant shares its onnxruntime session. A variant without recorded thresholds gets pixel threshold 2.0
     (the map's maximum for SSIM: nothing is rejected) and None for its thresholds."""
-    from inspectd.inspection.inspector import Inspector
 
     m = inspector.manifest
     t = variant_thresholds(m, score)
     if score == native_score(m):
         return inspector, t
+    if m.kind == "anomalib":
+        msg = f"{m.name!r} is an anomalib model: it is scored by its own anomaly map only (no {score!r} variant)"
+        raise ValueError(msg)
     if m.ensemble is not None:
         msg = (
             f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
@@ -106,7 +117,6 @@ def calibrate_variants(
 ) -> dict:
     """Thresholds of every non-native variant, by inspectd/evaluation/thresholds.py's rules on the same images:
     {score: {pixel, min_region_area, method, good_pass_rate, model_sha256}}."""
-    from inspectd.evaluation import thresholds as calib
 
     base = calib.open_inspector(model_dir)
     variants = {s: variant_inspector(base, s)[0] for s in SCORES if s != native_score(base.manifest)}

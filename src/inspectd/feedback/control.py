@@ -17,6 +17,7 @@ clear message for an unknown or expired seq, a conflicting earlier mark, or when
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -96,10 +97,8 @@ class ControlServer:
         if self._thread.is_alive():
             self._thread.join(5.0)
         self._sock.close()
-        try:
+        with contextlib.suppress(OSError):
             self.path.unlink()
-        except OSError:
-            pass
 
     @property
     def alive(self) -> bool:

@@ -39,9 +39,10 @@ from dataclasses import asdict, dataclass
 import structlog
 
 from inspectd.core import untrusted
+from inspectd.core.clock import iso_utc
 from inspectd.feedback.journal import MarkJournal
 from inspectd.feedback.protocol import png_size
-from inspectd.feedback.rejects import RejectStore, StoredReject, iso_utc
+from inspectd.feedback.rejects import RejectStore, StoredReject
 from inspectd.feedback.spool import Spool, SpoolError
 
 log = structlog.get_logger("inspectd.marking")

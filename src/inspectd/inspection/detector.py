@@ -12,15 +12,16 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import structlog
 
-ort.set_default_logger_severity(4)  # its C++ logger writes provider failures to stderr; we log them ourselves
-
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import Manifest, load_manifest
+
+ort.set_default_logger_severity(4)  # its C++ logger writes provider failures to stderr; we log them ourselves
 
 log = structlog.get_logger("inspectd.detector")
 
@@ -59,11 +60,18 @@ class Detector:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify_hash=verify_hash)
         # kept so that an ensemble's other models get sessions of the same kind (Inspector)
-        self.options = {"providers": tuple(providers), "require_gpu": require_gpu, "intra_op_threads": intra_op_threads}
+        self.options: dict[str, Any] = {
+            "providers": tuple(providers),
+            "require_gpu": require_gpu,
+            "intra_op_threads": intra_op_threads,
+        }
         available = tuple(ort.get_available_providers())
         wanted = tuple(p for p in providers if p in available)
         if not wanted:
-            msg = f"none of the configured providers {list(providers)} is available; this onnxruntime offers {list(available)}"
+            msg = (
+                f"none of the configured providers {list(providers)} is available; this onnxruntime offers "
+                f"{list(available)}"
+            )
             raise ModelError(msg)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, int(intra_op_threads))
@@ -98,6 +106,9 @@ class Detector:
         self._check_graph()
         self.input_name = self.manifest.input.name
         self.output_name = self.manifest.output.name
+        # an anomalib model also gives its image score (manifest anomalib.score_output): run_all() returns both
+        extra = self.manifest.anomalib
+        self.output_names = [self.output_name] + ([extra.score_output] if extra is not None else [])
         self.fixed_batch = self.manifest.input.shape[0]
 
     def _check_graph(self) -> None:
@@ -106,7 +117,10 @@ class Detector:
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         if len(inputs) != 1:
-            msg = f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; expected exactly one ({m.input.name!r})"
+            msg = (
+                f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; expected exactly one "
+                f"({m.input.name!r})"
+            )
             raise ModelError(msg)
         got_in = inputs[0]
         if got_in.name != m.input.name:
@@ -118,15 +132,26 @@ class Detector:
         self._check_shape("input", _dims(got_in.shape), list(m.input.shape))
         by_name = {o.name: o for o in outputs}
         if m.output.name not in by_name:
-            msg = f"the model has no output {m.output.name!r} (it has {sorted(by_name)}); the manifest disagrees with the graph"
+            msg = (
+                f"the model has no output {m.output.name!r} (it has {sorted(by_name)}); the manifest disagrees "
+                f"with the graph"
+            )
             raise ModelError(msg)
         self._check_shape("output", _dims(by_name[m.output.name].shape), list(m.output.shape))
+        if m.anomalib is not None:
+            score = by_name.get(m.anomalib.score_output)
+            if score is None or score.type != "tensor(float)":
+                msg = (
+                    f"the model has no float output {m.anomalib.score_output!r} (it has {sorted(by_name)}); the "
+                    "manifest's anomalib.score_output names the image score"
+                )
+                raise ModelError(msg)
 
     def _check_shape(self, what: str, graph: list, manifest: list) -> None:
         if len(graph) != len(manifest):
             msg = f"the model's {what} has rank {len(graph)} {graph}; the manifest says {manifest}"
             raise ModelError(msg)
-        for axis, (g, want) in enumerate(zip(graph, manifest)):
+        for axis, (g, want) in enumerate(zip(graph, manifest, strict=False)):
             # a dynamic graph dim accepts any manifest value; a fixed one must match exactly
             if g is not None and g != want and not (axis == 0 and want is None and g == 1):
                 msg = f"the model's {what} shape is {graph} but the manifest says {manifest} (axis {axis} differs)"
@@ -136,15 +161,23 @@ class Detector:
                 raise ModelError(msg)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Reconstruct a float32 NCHW batch. A model with a fixed batch size is fed in slices."""
+        """Reconstruct a float32 NCHW batch (an anomalib model: its anomaly map). A model with a fixed batch size is
+        fed in slices."""
+        return self._run([self.output_name], batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output the manifest names, in `output_names` order (the map, then an anomalib model's score)."""
+        return self._run(self.output_names, batch)
+
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         if self.fixed_batch is None or batch.shape[0] == self.fixed_batch:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
+            return self.session.run(names, {self.input_name: batch})
         step = self.fixed_batch
         parts = [
-            self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch[i : i + step])})[0]
+            self.session.run(names, {self.input_name: np.ascontiguousarray(batch[i : i + step])})
             for i in range(0, batch.shape[0], step)
         ]
-        return np.concatenate(parts, axis=0)
+        return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(names))]
 
     def warmup(self, runs: int = 3) -> float:
         """Run the model a few times on a neutral input (first runs allocate and optimise); returns seconds."""
@@ -152,8 +185,14 @@ class Detector:
         batch = np.full((self.fixed_batch or 1, c, h, w), 0.5, dtype=np.float32)
         t0 = time.perf_counter()
         for _ in range(runs):
-            out = self.run(batch)
-        if out.shape != batch.shape or not np.isfinite(out).all():
-            msg = f"warm-up output has shape {out.shape} (expected {batch.shape}) or non-finite values: the model is broken"
+            outs = self.run_all(batch)
+        out = outs[0]
+        expected = (
+            batch.shape if self.manifest.kind == "autoencoder" else (batch.shape[0], *self.manifest.output.shape[1:])
+        )
+        if out.shape != expected or not all(np.isfinite(o).all() for o in outs):
+            msg = (
+                f"warm-up output has shape {out.shape} (expected {expected}) or non-finite values: the model is broken"
+            )
             raise ModelError(msg)
         return time.perf_counter() - t0

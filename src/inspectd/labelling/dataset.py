@@ -1,4 +1,4 @@
-"""Labelled images in the MVTec layout (DESIGN.md §6): test/<class>/<stem>.<ext> with its label at
+"""Labelled images in the MVTec layout (inspectd.core.mvtec): test/<class>/<stem>.<ext> with its label at
 ground_truth/<class>/<stem>_mask.png (0/255).
 
 A label says "defect-free" when its mask is missing or all zero, so a deleted label and a good image read the same.
@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MASK_SUFFIX = "_mask.png"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class LabelledImage:
 
 def mask_path_for(root: Path, image_id: str) -> Path:
     cls, stem = image_id.split("/", 1)
-    return Path(root) / "ground_truth" / cls / f"{stem}{MASK_SUFFIX}"
+    return mvtec.mask_path(root, cls, stem)
 
 
 def _is_image(f: Path) -> bool:

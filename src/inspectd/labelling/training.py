@@ -1,4 +1,5 @@
-"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and export
+"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and
+export
 each to checkers/checker_<k>/ (model.onnx + manifest.json), plus checkers/folds.json.
 
 Inputs are resized to the checker's input (area interpolation); masks are resized the same way and used as soft
@@ -14,9 +15,12 @@ defective images is stored as the manifest's pixel threshold. torch is imported 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -143,16 +147,16 @@ def train_one(
                 ms.append(masks[i, :, top : top + crop, left : left + crop])
             x, m = np.stack(xs), np.stack(ms)
             y = (m.max(axis=(1, 2, 3)) > 0.25).astype(np.float32)
-        x, m, y = (
+        xt, mt, yt = (
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.ascontiguousarray(m)),
             torch.from_numpy(y),
         )
         if rng.random() < 0.5:
-            x, m = x.flip(3), m.flip(3)
+            xt, mt = xt.flip(3), mt.flip(3)
         if rng.random() < 0.5:
-            x, m = x.flip(2), m.flip(2)
-        loss = _loss(model, x, m, y, settings.pos_weight)
+            xt, mt = xt.flip(2), mt.flip(2)
+        loss = _loss(model, xt, mt, yt, settings.pos_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -259,7 +263,6 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """Worker initializer: end this worker as soon as the process that started it is gone. A parent stopped by
     SIGTERM or SIGKILL (systemd, `kill`, an OOM kill) cannot shut its pool down, and spawned workers would go on
     training, a full core each, for the rest of their budget on a PC that also runs the line."""
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -324,8 +327,6 @@ def train_checkers(
             _train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)
             for k, its, ids in tasks
         ]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = settings if settings.threads else replace(settings, threads=1)
     worker_log = None if log is None else _printer

@@ -1,4 +1,4 @@
-"""The PLC link over Modbus TCP: the reject gate's view of inspectd (README "The PLC (Modbus TCP)").
+"""The PLC link over Modbus TCP: the reject gate's view of inspectd (docs/plc.md).
 
 config.py      the `plc:` config section (register addresses, server and client options)
 book.py        what the PLC is told, without addresses: result, toggles, counters, ring, heartbeat, state
@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from inspectd.core.errors import InspectdError
+from inspectd.core.errors import PlcError
+from inspectd.plc.client import ModbusClientSink
 from inspectd.plc.config import PlcConfig
+from inspectd.plc.server import ModbusServerSink
 
 __all__ = ["PlcConfig", "PlcError", "build_plc_sink"]
-
-
-class PlcError(InspectdError):
-    """The PLC link could not be set up (port in use, address not on this machine, ...)."""
 
 
 def build_plc_sink(cfg: PlcConfig):
@@ -28,9 +26,5 @@ def build_plc_sink(cfg: PlcConfig):
     # inspectd reports the link itself (`plc_link`, `plc_connection_closed`), so pymodbus is kept quiet.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if cfg.mode == "client":
-        from inspectd.plc.client import ModbusClientSink
-
         return ModbusClientSink(cfg)
-    from inspectd.plc.server import ModbusServerSink
-
     return ModbusServerSink(cfg)

@@ -11,7 +11,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from inspectd.core.types import Code, Verdict
+from inspectd.core.types import Code, Verdict, plc_seq
 from inspectd.plc.config import CLIENT_BLOCK_WORDS, RING_SLOTS
 
 RUNNING, STOPPING = 1, 4  # inspectd.daemon.pipeline.State values (not imported: the pipeline imports the sinks' world)
@@ -34,11 +34,6 @@ FALSE_REJECT_RESULTS = {
     "busy": 7,  # too many marks waiting: try again
     "unavailable": 8,  # marking is not configured on this line PC (no rejects:/feedback: sections)
 }
-
-
-def wrap_seq(seq: int) -> int:
-    """The daemon's unbounded seq as the PLC sees it: 1..65535, then 1 again (0 means 'no result yet')."""
-    return (seq - 1) % 65535 + 1 if seq > 0 else 0
 
 
 def saturate16(value: float) -> int:
@@ -64,7 +59,7 @@ class PlcResult:
     @classmethod
     def from_verdict(cls, v: Verdict) -> PlcResult:
         return cls(
-            seq=wrap_seq(v.seq),
+            seq=plc_seq(v.seq),
             code=int(v.code),
             score_milli=saturate16(v.score * 1000.0),
             defect_area=saturate16(v.defect_area),
@@ -152,7 +147,7 @@ class ResultBook:
         )
 
     def block(self) -> list[int]:
-        """The client-mode status block (32 words); see the README for the layout."""
+        """The client-mode status block (32 words); see docs/plc.md for the layout."""
         words = [0] * CLIENT_BLOCK_WORDS
         words[OFF_HEARTBEAT] = self.heartbeat
         words[OFF_STATE] = self.state

@@ -4,7 +4,7 @@ One threading.Lock guards the tables and the ResultBook. The pipeline's threads 
 score, area, item id, toggle, pass/reject coils, counters, ring) under it in one step, and every Modbus read copies
 its slice under it, so a read sees a result entirely or not at all.
 
-Coils and holding registers are the tables of DESIGN.md §4 (addresses from plc.server.coils / .holding). Discrete
+Coils and holding registers are the tables of docs/plc.md (addresses from plc.server.coils / .holding). Discrete
 inputs and input registers mirror them read-only. Only three addresses are writable by the PLC: the trigger coil,
 the item id and the false-reject register; a write touching any other address, and any access beyond the tables,
 gets Modbus exception 02 (illegal data address). Any unit id is answered.
@@ -152,7 +152,7 @@ class PlcDatastore(ModbusServerContext):
             return ExcCodes.ILLEGAL_ADDRESS
         requests: list[tuple[str, int]] = []
         with self.lock:
-            for a, v in zip(range(address, address + len(new)), new):
+            for a, v in zip(range(address, address + len(new)), new, strict=False):
                 if values is self.coils:
                     v = bool(v)
                     if a == self.c.trigger and v and not self.coils[a]:  # a rising trigger; a held one is not repeated
@@ -168,8 +168,20 @@ class PlcDatastore(ModbusServerContext):
             self._on_request(kind, value)
         return None
 
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):
+    async def async_getValues(  # noqa: N802  (pymodbus names this method)
+        self,
+        device_id: int,
+        func_code: int,
+        address: int,
+        count: int = 1,
+    ):
         return self.get_values(func_code, address, count)
 
-    async def async_setValues(self, device_id: int, func_code: int, address: int, values):
+    async def async_setValues(  # noqa: N802  (pymodbus names this method)
+        self,
+        device_id: int,
+        func_code: int,
+        address: int,
+        values,
+    ):
         return self.set_values(func_code, address, list(values))

@@ -1,4 +1,4 @@
-"""Server mode: inspectd is a Modbus TCP server and the PLC polls it (DESIGN.md §4).
+"""Server mode: inspectd is a Modbus TCP server and the PLC polls it (docs/plc.md).
 
 Threading: the pymodbus server runs on its own asyncio event loop in the thread `plc-server`. The pipeline's
 threads call emit() / on_state() / heartbeat(), which only update the PlcDatastore's tables under its lock
@@ -19,6 +19,7 @@ server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -32,9 +33,9 @@ from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
+from inspectd.core.errors import PlcError
 from inspectd.core.netaddr import normalise_ip
 from inspectd.core.types import Verdict
-from inspectd.plc import PlcError
 from inspectd.plc.book import STOPPING, ResultBook
 from inspectd.plc.config import PlcConfig, ServerConfig
 from inspectd.plc.datastore import PlcDatastore
@@ -276,10 +277,8 @@ class ModbusServerSink:
         self.store.update(lambda b: b.set_state(STOPPING))
         if self._loop is not None and self._thread is not None and self._thread.is_alive() and self._stop is not None:
             time.sleep(self.cfg.linger_s)
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
                 self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:  # the loop already ended
-                pass
             self._thread.join(5.0)
             if self._thread.is_alive():
                 log.error("plc_server_stop_timeout", detail="the Modbus server thread did not stop within 5 s")
@@ -337,6 +336,6 @@ def _check_bind(host: str, port: int) -> None:
                 errno.EADDRINUSE: "another process listens on this port",
                 errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE (use e.g. 5020, or grant the capability)",
                 errno.EADDRNOTAVAIL: "this machine has no such address; use the address of the PLC-facing network card",
-            }.get(exc.errno, "")
+            }.get(exc.errno or 0, "")
             msg = f"cannot listen on {host}:{port}: {exc.strerror}" + (f" ({hint})" if hint else "")
             raise PlcError(msg) from exc

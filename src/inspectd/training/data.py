@@ -1,4 +1,4 @@
-"""Training samples: good images -> augmentation -> model input -> synthetic defect (seed 001).
+"""Training samples: good images -> augmentation -> model input -> synthetic defect.
 
 Sources: an MVTec-layout folder (`DIR/train/good/*`) or a plain folder of images, or the synthetic camera's good
 frames. Each sample is drawn from one good frame: a small random rotation and translation (on the frame, borders
@@ -7,7 +7,7 @@ random model-size crop at native resolution in `tile` mode), then an illuminatio
 `defect_prob`, one synthetic defect. The input is the (possibly corrupted) image, the target the clean one, and the
 per-pixel loss weight is `defect_weight` inside the defect and 1 elsewhere.
 
-Hard defects (seed 001, optional): real defect images with pixel masks join the set; a sample is one of them with
+Hard defects (optional): real defect images with pixel masks join the set; a sample is one of them with
 probability `hard_prob`, augmented like the good frames (the mask moved with the image; in tile mode the crop holds
 defect pixels), and its target is the image with the masked pixels set to 0, weighted like a synthetic defect.
 
@@ -28,7 +28,10 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
 from inspectd.core.manifest import sha256_file
+from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+from inspectd.inspection.preprocess import scaled_hw
 from inspectd.training.defects import DefectConfig, add_defect
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -90,7 +93,6 @@ class InputGeometry:
         least half of what it covers is)."""
         if self.mode != "tile" or self.scale == 1.0:
             return mask
-        from inspectd.inspection.preprocess import scaled_hw
 
         h, w = scaled_hw(mask.shape[:2], self.scale)
         area = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
@@ -152,7 +154,7 @@ def load_folder(path: str | Path, color: str = "gray", limit: int | None = None)
 
 @dataclass(frozen=True)
 class HardDefect:
-    """A real, labelled defect image (seed 001's hard-defect set): its target is the image with the mask set to 0."""
+    """A real, labelled defect image (the hard-defect set): its target is the image with the mask set to 0."""
 
     image: np.ndarray  # uint8 in the model's colour
     mask: np.ndarray  # uint8 0/1 of the image's size
@@ -165,7 +167,6 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     class but good) with DIR/ground_truth/<class>/<stem>_mask.png. `fraction` < 1 keeps that share of each class
     (rounded, at least one): the images whose sha256 of "<class>/<name>" sorts first, so the choice depends on
     nothing but the names (not the listing order, not a seed) and a larger fraction keeps a superset."""
-    import hashlib
 
     if not 0.0 < fraction <= 1.0:
         msg = f"hard-defect fraction must be within (0, 1], got {fraction}"
@@ -173,13 +174,16 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     root = Path(path)
     test = root / "test"
     if not test.is_dir():
-        msg = f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and DIR/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and "
+            f"DIR/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     out = []
     for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
         found = []
         for f in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            mask = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mask = mvtec.mask_path(root, sub.name, f.stem)
             if mask.is_file():
                 found.append((f, mask, f"{sub.name}/{f.name}"))
         if fraction < 1.0 and found:
@@ -202,7 +206,10 @@ def load_hard_defects(path: str | Path, color: str = "gray", fraction: float = 1
             continue
         out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=sha256_file(f)))
     if not out:
-        msg = f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: {path}/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: "
+            f"{path}/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     return out
 
@@ -211,14 +218,17 @@ def synthetic_frames(
     n: int, *, width: int = 256, height: int = 256, seed: int = 0, color: str = "gray"
 ) -> list[np.ndarray]:
     """n good frames from the synthetic camera (inspectd.daemon.cameras.synthetic), defect rate 0."""
-    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=0.0))
-    return [to_color(gen.render_good(i).image, color) for i in range(n)]
+    frames = [gen.render_good(i).image for i in range(n)]
+    return [to_color(f, color) for f in frames if f is not None]
 
 
 def synthetic_description(width: int, height: int, seed: int) -> str:
-    return f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, defect_rate 0)"
+    return (
+        f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, "
+        f"defect_rate 0)"
+    )
 
 
 # --- samples -----------------------------------------------------------------------------------------------------
@@ -233,7 +243,7 @@ def random_affine(rng: np.random.Generator, hw: tuple[int, int], cfg: AugmentCon
     dx = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * w
     dy = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * h
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    m[:, 2] += (dx, dy)
+    m[:, 2] += np.array((dx, dy))
     return m
 
 
@@ -393,7 +403,7 @@ class TrainingSet:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A hard-defect sample: the same rotation/shift for image and mask, in tile mode a crop that contains
         defect pixels, illumination on the input; the target is the input with the defect pixels set to
-        hard_value (seed 001: 0), so such defects reconstruct dark and stand out."""
+        hard_value (0 by default), so such defects reconstruct dark and stand out."""
         item = self.hard[int(rng.integers(len(self.hard))) if index is None else index]
         image, mask = item.image, item.mask
         m = random_affine(rng, image.shape[:2], self.augment)
@@ -435,7 +445,8 @@ class TrainingSet:
 
 
 def holdout_order(n: int, seed: int) -> list[int]:
-    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files order): the
+    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files
+    order): the
     first held_out_count are held out for calibration, the rest trained on. `inspectd ensemble` recomputes a
     member's held-out images from its manifest's training.seed and held_out_count."""
     return [int(i) for i in np.random.default_rng([seed, 99]).permutation(n)]
@@ -481,7 +492,7 @@ def load_mvtec_test(
             if sub.name == "good":
                 goods.append(img)
                 continue
-            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mpath = mvtec.mask_path(root, sub.name, f.stem)
             mask = _read_mask(mpath, img.shape[:2])
             defects.append(img)
             masks.append(mask)

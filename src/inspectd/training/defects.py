@@ -1,4 +1,4 @@
-"""Synthetic defects painted onto good training images (seed 001).
+"""Synthetic defects painted onto good training images.
 
 Per image a shape and its parameters are drawn at random. The main shape is a thin, elongated ellipse: long semi-axis
 a > short semi-axis b and a > a minimum length. The ellipse is unrolled in polar coordinates, r(phi) =
@@ -37,7 +37,7 @@ class DefectConfig:
     """Shape distribution and sizes. Lengths are fractions of the image's shorter side."""
 
     shape_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)  # ellipse, rectangle, triangle
-    n_points: int = 16  # polygon vertices sampled on the ellipse (the seed fixes 16)
+    n_points: int = 16  # polygon vertices sampled on the ellipse (the method fixes 16)
     min_long: float = 0.06  # the ellipse's long semi-axis a exceeds this (a "length threshold")
     max_long: float = 0.25  # ... and stays below this
     min_aspect: float = 0.08  # b / a lies in [min_aspect, max_aspect] with max_aspect < 1: a > b, thin
@@ -45,7 +45,7 @@ class DefectConfig:
     min_side: float = 0.03  # rectangle sides and triangle radius
     max_side: float = 0.15
     grey_range: tuple[int, int] = (0, 255)  # inclusive range of the fill value
-    texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = the seed's grey fill only
+    texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = one-grey polygon fill only
     texture_scale: float = 3.0  # texture defects' shapes are this much larger (capped at half the shorter side)
     band_prob: float = 0.0  # share of texture defects drawn as a band from one image edge (see random_band)
 
@@ -54,7 +54,10 @@ class DefectConfig:
             msg = f"shape_weights must be {len(SHAPES)} non-negative numbers for {SHAPES}, got {self.shape_weights}"
             raise ValueError(msg)
         if not 0 < self.min_long < self.max_long <= 0.5:
-            msg = f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, {self.max_long}"
+            msg = (
+                f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, "
+                f"{self.max_long}"
+            )
             raise ValueError(msg)
         if not 0 < self.min_aspect <= self.max_aspect < 1:
             msg = f"need 0 < min_aspect <= max_aspect < 1 (b < a), got {self.min_aspect}, {self.max_aspect}"
@@ -189,6 +192,7 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
         min_side=min(0.49, cfg.min_side * k),
         max_side=min(0.5, cfg.max_side * k),
     )
+    kinds: tuple[str, ...]
     if cfg.band_prob > 0 and rng.random() < cfg.band_prob:
         shape, kinds = random_band(rng, h, w, cfg.n_points), BAND_TEXTURES
     else:

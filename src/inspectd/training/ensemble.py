@@ -1,4 +1,4 @@
-"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (DESIGN.md §3).
+"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (docs/model-directory.md).
 
 Why: on magnetic tile no single autoencoder finds both kinds of defect. A native-resolution model (the default
 recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fray*, which need a quarter-scale
@@ -15,7 +15,7 @@ manifest.json is the first member's, with `ensemble` (combine rule; each model's
 the combined map. The divisor puts the models' maps on one scale: by default (`--normalize good-score`) the 90th
 percentile of that model's image scores on the good images no member trained on, so 1.0 is "as high as a good part
 goes" for each model (on magnetic tile this scored better than `--normalize threshold`, each model's own calibrated
-pixel threshold: docs/results-magnetic-tile.md, "Both models as one ensemble"). The thresholds are calibrated here
+pixel threshold: docs/results/magnetic-tile.md, "Both models as one ensemble"). The thresholds are calibrated here
 through the daemon's Inspector on the good images that *no* member trained on: each member's held-out images are
 recomputed from its manifest (training.seed, held_out_count and the data digest), and the calibration uses their
 intersection. The members' hard-defect files are recorded as trained on, so
@@ -26,7 +26,6 @@ No torch: this only copies, checks and calibrates.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import sys
 import tempfile
@@ -37,9 +36,11 @@ from typing import IO, Literal
 
 import numpy as np
 
+from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
 
 STDERR = sys.stderr
@@ -181,15 +182,13 @@ def build_ensemble(
         divisors = [good_score(path, goods, quantile) for path, _ in loaded]
     say(
         "divisors: "
-        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors, strict=False))
         + (
             f" (q{quantile:g} of each model's image score on those images)"
             if normalize == "good-score"
             else " (each model's pixel threshold)"
         )
     )
-
-    from inspectd.evaluation.evaluate import trained_files
 
     trained = {f["sha256"]: f for _, m in loaded for f in trained_files(m.training) if isinstance(f, dict)}
     first_path, first = loaded[0]
@@ -230,7 +229,8 @@ def build_ensemble(
         Manifest.model_validate(raw).write(tmp)
         load_manifest(tmp)  # the members as the daemon will check them
 
-        defect_images, defect_masks = [], []
+        defect_images: list[np.ndarray] = []
+        defect_masks: list[np.ndarray] = []
         desc = f"{len(goods)} good images of {data} held out by every member"
         if calibrate_with_test:
             t_goods, defect_images, defect_masks = D.load_mvtec_test(Path(data), color, exclude=frozenset(trained))
@@ -240,7 +240,7 @@ def build_ensemble(
             )
         say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
         calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
-        calib.write_thresholds(tmp, calibration, calibrated_at=_utc_now())
+        calib.write_thresholds(tmp, calibration, calibrated_at=utc_now())
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -275,10 +275,6 @@ def _facts(rel: str, m: Manifest, divide_by: float) -> dict:
         "command": t.get("command", ""),
         "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale},
     }
-
-
-def _utc_now() -> str:  # inspectd.training.onnx_export.utc_now's format, without importing torch
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _slug(name: str) -> str:

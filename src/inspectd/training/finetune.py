@@ -1,4 +1,4 @@
-"""Fine-tuning an existing model (seed 002): continue from a parent model directory, stop at a loss threshold
+"""Fine-tuning an existing model: continue from a parent model directory, stop at a loss threshold
 chosen by the sample count.
 
 - Weights come from the parent's own model.onnx, so any model directory can be continued and nothing beyond
@@ -7,7 +7,7 @@ chosen by the sample count.
   `training.model` facts give the architecture). Then it checks that PyTorch reproduces the parent's ONNX output
   (max abs difference <= 1e-4): the fine-tune continues exactly the function the line runs, or refuses.
 - Stop rule: training stops when the loss (mean of the last `stop_window` batches) is at or below a threshold that
-  depends on the number of training samples. Seed 002's table, the default: 100-500 samples -> 0.1-0.3,
+  depends on the number of training samples. The standard table, the default: 100-500 samples -> 0.1-0.3,
   500-5000 -> 0.01-0.1, 5000-10000 -> 0.001-0.01. The bands meet at their ends, so the default is the line through
   (100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001), interpolated in log(count) and log(threshold) and held
   flat beyond its ends: fewer samples, a higher threshold (less fitting of a small set). The iteration cap (and
@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import Manifest, load_manifest
 from inspectd.training.model import ConvAutoencoder, ModelConfig
 
 DEFAULT_LOSS_TABLE: tuple[tuple[int, float], ...] = ((100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001))
@@ -77,7 +79,7 @@ class Parent:
     """A model directory to continue from: its manifest and its weights as a BatchNorm-free autoencoder."""
 
     path: Path
-    manifest: object  # inspectd.core.manifest.Manifest
+    manifest: Manifest
     model_config: ModelConfig
     state_dict: dict
     parity_max_abs_diff: float
@@ -152,8 +154,6 @@ def load_parent(model_dir: str | Path) -> Parent:
     """Read a parent model directory; ValueError with a clear message when it cannot be continued."""
     from torch import nn
 
-    from inspectd.core.errors import ModelError
-    from inspectd.core.manifest import load_manifest
     from inspectd.training.onnx_export import ParityError, check_parity
 
     model_dir = Path(model_dir)
@@ -186,8 +186,9 @@ def load_parent(model_dir: str | Path) -> Parent:
         msg = f"--init {model_dir}: model.onnx does not have the layers its manifest's training.model describes"
         raise ValueError(msg)
     with torch.no_grad():
-        for layer, (_, w, b) in zip(layers, convs):
+        for layer, (_, w, b) in zip(layers, convs, strict=False):
             layer.weight.copy_(torch.from_numpy(w))
+            assert layer.bias is not None  # the exported convolutions all have a bias
             layer.bias.copy_(torch.from_numpy(b))
     model.eval()
     samples = np.random.default_rng(0).random(model.input_shape(2), dtype=np.float32)

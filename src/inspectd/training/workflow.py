@@ -11,18 +11,22 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 
-from inspectd.core.manifest import PreprocessSpec, ScoreSpec, SsimSpec
+from inspectd.core.clock import utc_now
+from inspectd.core.manifest import Manifest, PreprocessSpec, ScoreSpec, SsimSpec, load_manifest
+from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
+from inspectd.evaluation.scoring import calibrate_variants
 from inspectd.training import data as D
 from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
 from inspectd.training.model import ConvAutoencoder, ModelConfig, count_parameters
-from inspectd.training.onnx_export import utc_now, write_model_dir
-from inspectd.training.train import STDERR, TrainConfig, train
+from inspectd.training.onnx_export import write_model_dir
+from inspectd.training.train import STDERR, ProgressStream, TrainConfig, train
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
 SYNTHETIC_EVAL_SEED = 1234
@@ -69,7 +73,7 @@ class TrainJob:
     init: Path | None = None  # fine-tune: continue from this model directory (inspectd/training/finetune.py)
     loss_table: tuple[tuple[int, float], ...] | None = None  # stop rule: sample count -> loss threshold
     stop_loss: float | None = None  # stop rule: a fixed loss threshold instead of the table
-    hard_defects: Path | None = None  # seed 001's hard-defect set: DIR/test/<class>/* + ground_truth masks
+    hard_defects: Path | None = None  # the hard-defect set: DIR/test/<class>/* + ground_truth masks
     hard_prob: float = 0.1  # share of samples drawn from the hard-defect set (when given)
     hard_fraction: float = 1.0  # share of each defect class of hard_defects used (data.hard_defect_files)
     ssim: SsimSpec = field(default_factory=SsimSpec)  # the daemon's difference map; the SSIM loss uses its window
@@ -102,7 +106,10 @@ class JobResult:
         c = self.calibration
         lines = [
             f"model:        {self.model_dir}",
-            f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss {self.final_loss:.5f}",
+            (
+                f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss "
+                f"{self.final_loss:.5f}"
+            ),
             f"onnx parity:  max abs diff {self.parity_max_abs_diff:.2e} (onnxruntime CPU vs PyTorch)",
             f"thresholds:   pixel {c.pixel:.4f}, min_region_area {c.min_region_area} px",
             f"calibration:  {c.n_good} held-out good images, {c.good_pass_rate:.1%} pass"
@@ -154,7 +161,6 @@ def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
 def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> dict:
     """The manifest's training.hard_defects: this run's labelled defect files (image and sha256), plus those a
     fine-tuning parent was trained on (`inherited_files`), so `inspectd evaluate` leaves out both."""
-    from inspectd.evaluation.evaluate import trained_files
 
     inherited = trained_files(parent.manifest.training) if parent is not None else []
     if not hard and not inherited:
@@ -172,7 +178,7 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
     return {"hard_defects": facts}
 
 
-def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
+def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
     def say(text: str) -> None:
@@ -180,11 +186,14 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
             print(text, file=log, flush=True)
 
     parent = None
-    if job.init is not None:  # fine-tuning (seed 002): the parent's architecture, colour and preprocessing
+    if job.init is not None:  # fine-tuning: the parent's architecture, colour and preprocessing
         from inspectd.training.finetune import load_parent
 
         parent = load_parent(job.init)
         pp = parent.manifest.preprocess
+        if pp.color == "rgb":  # only anomalib models take RGB, and load_parent refuses those already
+            msg = f"--init {job.init}: an RGB model cannot be continued (expected an autoencoder from `inspectd train`)"
+            raise ValueError(msg)
         job = replace(
             job,
             model=parent.model_config,
@@ -297,7 +306,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         **({"data_files": _data_facts(job.data)} if job.data is not None else {}),
     }
     name = job.name or job.out.resolve().name
-    manifest, parity = write_model_dir(
+    _manifest, parity = write_model_dir(
         model,
         job.out,
         samples,
@@ -352,21 +361,19 @@ def evaluate_synthetic(
     defect_rate: float = SYNTHETIC_EVAL_DEFECT_RATE,
 ) -> calib.Confusion:
     """Confusion of the model's calibrated verdicts on frames 0..n-1 of the synthetic evaluation stream."""
-    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(
         SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=defect_rate, color=color)
     )
     captures = [gen.render(i) for i in range(n)]
     inspector = calib.open_inspector(model_dir)
-    return calib.evaluate(inspector, (c.image for c in captures), (bool(c.truth) for c in captures))
+    images = [c.image for c in captures if c.image is not None]  # the synthetic camera always renders one
+    return calib.evaluate(inspector, images, (bool(c.truth) for c in captures))
 
 
 def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:
     """Thresholds for the other difference maps of the same model (`inspectd evaluate --score`), calibrated by the
     same rule on the same images, in the manifest's training facts (the daemon uses only the manifest's own)."""
-    from inspectd.core.manifest import Manifest, load_manifest
-    from inspectd.evaluation.scoring import calibrate_variants
 
     variants = calibrate_variants(model_dir, goods, defect_images, defect_masks, data=data)
     raw = load_manifest(model_dir).model_dump(mode="json")
@@ -375,7 +382,6 @@ def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, 
 
 
 def _record_evaluation(model_dir: Path, confusion: calib.Confusion, n: int, src: SyntheticSource) -> None:
-    from inspectd.core.manifest import Manifest, load_manifest
 
     manifest = load_manifest(model_dir)
     raw = manifest.model_dump(mode="json")
