@@ -202,7 +202,18 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         print(f"inspectd: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     atexit.register(feedback.close)  # every exit path; the normal one closes it below (idempotent)
-    dispatcher = Dispatcher([*([plc] if plc is not None else []), LogSink(cfg.logging.verdicts), *feedback.sinks])
+    from inspectd.daemon.metrics import Metrics
+
+    metrics = Metrics() if cfg.http is not None else None
+    # the PLC first (time-critical), the metrics histograms last
+    dispatcher = Dispatcher(
+        [
+            *([plc] if plc is not None else []),
+            LogSink(cfg.logging.verdicts),
+            *feedback.sinks,
+            *([metrics.sink] if metrics is not None else []),
+        ]
+    )
     pipeline = Pipeline(
         camera,
         cfg.camera,
@@ -216,6 +227,8 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         numba_threads=budget.numba,
     )
     dispatcher.attach(DaemonControls(pipeline, mark_good=feedback.mark_good))
+    daemon_status = _daemon_status(cfg, pipeline, dispatcher, camera, plc, feedback, inspector, budget)
+    feedback.ops["status"] = daemon_status.control_op  # the control socket's status: the same picture as /metrics
     feedback.start()
     from inspectd.daemon.reload import ModelReloader
 
@@ -223,12 +236,27 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
         cfg,
         pipeline,
         intra_op_threads=budget.onnxruntime,
-        on_swapped=lambda new: feedback.set_model(
-            model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold
-        ),
+        on_swapped=lambda new: _model_swapped(new, feedback, daemon_status),
     )
     feedback.ops["reload"] = reloader.handle
     install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"), on_reload=reloader.request)
+    http = None
+    if cfg.http is not None and metrics is not None:  # /metrics, /healthz, /readyz, the station
+        from inspectd.daemon.web import serve
+        from inspectd.daemon.web.server import HttpError
+
+        metrics.watch(daemon_status)
+        try:
+            http = serve(cfg.http, status=daemon_status, metrics=metrics, feedback=feedback, line=cfg.line)
+        except ConfigError as exc:
+            log.error("http_refused", error=str(exc))
+            print(f"inspectd: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        except HttpError as exc:
+            log.error("http_start_failed", error=str(exc))
+            print(f"inspectd: http: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        atexit.register(http.close)
     log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
     pipeline.start()
     if cfg.camera.trigger == "software":
@@ -239,6 +267,7 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     last_status = time.monotonic()
     last_frames = 0
     while not pipeline.stop_event.wait(0.2) and pipeline.running:
+        daemon_status.tick()
         now = time.monotonic()
         if now - last_status >= cfg.service.status_interval_s:
             frames = dispatcher.emitted
@@ -261,6 +290,8 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     drained = pipeline.wait(cfg.pipeline.drain_timeout_s)
     gaps = dispatcher.flush()
     dispatcher.close()
+    if http is not None:
+        http.close()  # before the marker closes: no station mark arrives after it
     feedback.close()  # control socket, queued marks, then the sender's bounded flush
     summary = dispatcher.summary()
     if not drained:
@@ -269,3 +300,40 @@ def _run(cfg, config_path: Path, max_frames: int) -> int:
     notifier.close()
     crashed = pipeline.stop_reason == "acquisition crashed"
     return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
+
+
+def _model_swapped(new, feedback, daemon_status) -> None:
+    """After a hot reload: rejects stored from now on, and the status, name the new model."""
+    m = new.manifest
+    feedback.set_model(model_sha256=m.identity, model_name=m.name, pixel_threshold=new.pixel_threshold)
+    daemon_status.set_model(name=m.name, sha256=m.identity)
+
+
+def _daemon_status(cfg, pipeline, dispatcher, camera, plc, feedback, inspector, budget):
+    """The one picture of the daemon that the control socket, /metrics, /healthz and /readyz report."""
+    import numba
+    import onnxruntime
+
+    from inspectd.daemon.status import DaemonStatus
+
+    m, info = inspector.manifest, inspector.detector.info
+    return DaemonStatus(
+        pipeline=pipeline,
+        dispatcher=dispatcher,
+        camera=camera.describe(),
+        plc=plc,
+        plc_mode=cfg.plc.mode if cfg.plc is not None else "server",
+        feedback=feedback,
+        info={
+            "model": {"name": m.name, "sha256": m.identity, "kind": m.kind, "preprocess": m.preprocess.mode},
+            "runtime": {
+                "onnxruntime": onnxruntime.__version__,
+                "providers": ",".join(info.obtained),
+                "on_gpu": info.on_gpu,
+                "onnxruntime_threads": budget.onnxruntime,
+                "numba": numba.__version__,
+                "numba_threads": budget.numba,
+            },
+        },
+        frame_age_limit_s=cfg.http.frame_age_limit_s if cfg.http is not None else None,
+    )

@@ -21,6 +21,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from inspectd.core.errors import ConfigError
 from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.daemon.cameras import CAMERA_TYPES
+from inspectd.daemon.web.config import HttpConfig
 from inspectd.feedback.control import ControlConfig
 from inspectd.feedback.rejects import RejectsConfig
 from inspectd.feedback.sender import FeedbackConfig
@@ -139,6 +140,9 @@ class Config(StrictModel):
         None, description="spool and collector for marked rejects (needs `rejects:`); absent = marks are refused"
     )
     control: ControlConfig | None = Field(None, description="the control socket of `inspectd mark`; absent = none")
+    http: HttpConfig | None = Field(
+        None, description="the HTTP endpoint: /metrics, /healthz, /readyz and the recheck station; absent = none"
+    )
 
     @model_validator(mode="after")
     def _plc_trigger_needs_plc(self) -> Config:
@@ -147,6 +151,13 @@ class Config(StrictModel):
             raise ValueError(msg)
         if self.camera.trigger == "plc" and self.plc.mode == "client" and self.plc.client.read_address is None:
             msg = "camera.trigger is plc, but plc.client.read_address is null (where the PLC's triggers are read)"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _station_needs_rejects(self) -> Config:
+        if self.http is not None and self.http.station is not None and self.rejects is None:
+            msg = "there is an `http.station` section but no `rejects:` section (the station shows stored rejects)"
             raise ValueError(msg)
         return self
 

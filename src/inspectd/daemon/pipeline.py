@@ -167,6 +167,10 @@ class Pipeline:
         self.stop_reason: str | None = None
         self._seq = 0
         self._camera_open = False
+        # the camera's last word, for health checks (inspectd/daemon/status.py): when it last delivered an image
+        # (time.monotonic()) and, when its newest read failed, why (None after a good read)
+        self.last_image_at: float | None = None
+        self.last_read_error: str | None = None
         self._inference_failures = 0
         self._stages = _Stages(inspector)
         # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
@@ -211,6 +215,18 @@ class Pipeline:
         finish with the inspector that prepared them (each frame is inspected wholly by one model)."""
         self._stages = _Stages(inspector)
         self.inspector = inspector
+
+    @property
+    def camera_open(self) -> bool:
+        return self._camera_open
+
+    def stalled(self) -> str | None:
+        """The processing stage that has been working on one frame for longer than stall_s, or None."""
+        now = time.monotonic()
+        for name, t in list(self._busy_since.items()):
+            if t is not None and now - t >= self.stall_s:
+                return name
+        return None
 
     def queue_depth(self) -> int:
         """Frames admitted but not yet answered that wait in a queue (not those a stage is working on)."""
@@ -339,6 +355,7 @@ class Pipeline:
             raise
         except Exception as exc:  # CameraError, or a driver's own exception: error verdict, then reopen
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_read_error = f"camera: {exc}"
             self._error(self._next_seq(), item_id, f"camera: {exc}", t0=t0)
             _acknowledge(on_taken)
             self._lose_camera(exc)
@@ -346,8 +363,10 @@ class Pipeline:
         _acknowledge(on_taken)
         seq = self._next_seq()
         if capture.image is None:
-            self._error(seq, item_id, f"bad frame: {capture.error or 'no image'}", capture.source, t0)
+            self.last_read_error = f"bad frame: {capture.error or 'no image'}"
+            self._error(seq, item_id, self.last_read_error, capture.source, t0)
             return
+        self.last_image_at, self.last_read_error = t0, None
         frame = Frame(seq=seq, capture=capture, t_acquired=t0, wall_time=time.time(), item_id=item_id)
         if self.block_on_full:
             self.frames.put(frame)  # the worker always drains, so this returns
@@ -400,8 +419,7 @@ class Pipeline:
 
     def _healthy(self) -> bool:
         """No stage has been working on one frame for longer than stall_s."""
-        now = time.monotonic()
-        return all(t is None or now - t < self.stall_s for t in list(self._busy_since.values()))
+        return self.stalled() is None
 
     def _score_loop(self) -> None:
         if self.numba_threads > 0:

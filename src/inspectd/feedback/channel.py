@@ -117,13 +117,22 @@ class Feedback:
 
     def handle(self, request: dict) -> dict:
         op = request.get("op")
+        if isinstance(op, str) and op in self.ops:  # the daemon's own ops (reload; status with the pipeline's state)
+            return self.ops[op](request)
         if op == "status":
             return {"ok": True, **self.status()}
-        if isinstance(op, str) and op in self.ops:
-            return self.ops[op](request)
         if op != "mark":
             known = ", ".join(["mark", "status", *self.ops])
             return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}
+        seq, rid, mark = request.get("seq"), request.get("reject_id"), request.get("mark")
+        if (seq is None) == (rid is None) or not isinstance(seq if rid is None else rid, int if rid is None else str):
+            return {"ok": False, "error": "give an integer seq or a string reject_id", "kind": "invalid"}
+        return self.mark(mark=mark, source="cli", seq=seq, reject_id=rid)
+
+    def mark(self, *, mark, source: str, seq: int | None = None, reject_id: str | None = None) -> dict:
+        """A mark from a control client (`inspectd mark` over the socket, the recheck station's page): the
+        Marker's answer, or {"ok": false, "error", "kind"}; never raises. The PLC's register 21 goes through the
+        same Marker (mark_good)."""
         if self.marker is None:
             missing = "rejects: and feedback: sections" if self.store is None else "feedback: section"
             return {
@@ -131,11 +140,8 @@ class Feedback:
                 "error": f"marking is not configured: the daemon's config has no {missing}",
                 "kind": "unavailable",
             }
-        seq, rid, mark = request.get("seq"), request.get("reject_id"), request.get("mark")
-        if (seq is None) == (rid is None) or not isinstance(seq if rid is None else rid, int if rid is None else str):
-            return {"ok": False, "error": "give an integer seq or a string reject_id", "kind": "invalid"}
         try:
-            return self.marker.mark(mark=mark, source="cli", seq=seq, reject_id=rid)
+            return self.marker.mark(mark=mark, source=source, seq=seq, reject_id=reject_id)
         except MarkError as exc:
             return {"ok": False, "error": str(exc), "kind": exc.kind}
 
@@ -149,7 +155,12 @@ class Feedback:
         if self.store is not None:
             out["rejects"] = self.store.stats()
         if self.spool is not None:
-            out["spool"] = {"depth": self.spool.depth, "bytes": self.spool.nbytes, "evicted": self.spool.evicted}
+            out["spool"] = {
+                "depth": self.spool.depth,
+                "bytes": self.spool.nbytes,
+                "evicted": self.spool.evicted,
+                "oldest_age_s": self.spool.oldest_age_s(),
+            }
         if self.sender is not None:
             s = self.sender.stats
             out["sender"] = {
