@@ -8,13 +8,24 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev browser bench clean
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) browser
 	$(PY) -m pytest
+
+# Debian's chromium + chromium-driver for the web page tests (tests/support/browser.py); apt as root, nothing
+# when both are there. Without root (and no sudo) it says so and those tests skip with that reason.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium + chromium-driver (apt) for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromium-driver missing and no root: the browser tests will skip"; fi
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
@@ -27,9 +38,10 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon
+# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon. report: matplotlib for
+# `inspectd evaluate --report`
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev]'
+	$(PIP) install --quiet -e '.[train,dev,report]'
 	touch $@
 
 clean:

@@ -168,9 +168,9 @@ class Pipeline:
         self._seq = 0
         self._camera_open = False
         # the camera's last word, for health checks (inspectd/daemon/status.py): when it last delivered an image
-        # (time.monotonic()) and, when its newest read failed, why (None after a good read)
+        # (time.monotonic()) and, when its newest open or read failed, why (None after a good image)
         self.last_image_at: float | None = None
-        self.last_read_error: str | None = None
+        self.last_camera_error: str | None = None
         self._inference_failures = 0
         self._stages = _Stages(inspector)
         # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
@@ -266,6 +266,7 @@ class Pipeline:
             self.camera.open()
         except Exception as exc:  # CameraError, or a driver's own exception: a fault to retry, not a crash
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_camera_error = f"camera cannot open: {exc}"
             self._set_state(State.CAMERA_FAULT, error=str(exc))
             log.warning("camera_open_failed", error=str(exc), retry_in_s=round(backoff, 2))
             self.stop_event.wait(backoff)
@@ -355,7 +356,7 @@ class Pipeline:
             raise
         except Exception as exc:  # CameraError, or a driver's own exception: error verdict, then reopen
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
-            self.last_read_error = f"camera: {exc}"
+            self.last_camera_error = f"camera: {exc}"
             self._error(self._next_seq(), item_id, f"camera: {exc}", t0=t0)
             _acknowledge(on_taken)
             self._lose_camera(exc)
@@ -363,10 +364,10 @@ class Pipeline:
         _acknowledge(on_taken)
         seq = self._next_seq()
         if capture.image is None:
-            self.last_read_error = f"bad frame: {capture.error or 'no image'}"
-            self._error(seq, item_id, self.last_read_error, capture.source, t0)
+            self.last_camera_error = f"bad frame: {capture.error or 'no image'}"
+            self._error(seq, item_id, self.last_camera_error, capture.source, t0)
             return
-        self.last_image_at, self.last_read_error = t0, None
+        self.last_image_at, self.last_camera_error = t0, None
         frame = Frame(seq=seq, capture=capture, t_acquired=t0, wall_time=time.time(), item_id=item_id)
         if self.block_on_full:
             self.frames.put(frame)  # the worker always drains, so this returns

@@ -88,7 +88,7 @@ class DaemonStatus:
             return Check(True, "ok")
         detail = {
             State.STARTING: "starting (camera not open yet)",
-            State.CAMERA_FAULT: f"camera fault: {p.last_read_error or 'the camera is not open'}",
+            State.CAMERA_FAULT: f"camera fault: {p.last_camera_error or 'the camera is not open'}",
             State.INFERENCE_FAULT: "inference fault: repeated inspection failures",
             State.STOPPING: f"stopping ({p.stop_reason})",
         }
@@ -102,8 +102,8 @@ class DaemonStatus:
         stage = p.stalled()
         if stage is not None:
             return Check(False, f"the {stage} stage has been on one frame for more than {p.stall_s:g} s")
-        if p.last_read_error is not None:
-            return Check(False, f"the camera's newest read failed: {p.last_read_error}")
+        if p.last_camera_error is not None:
+            return Check(False, f"the camera's newest read failed: {p.last_camera_error}")
         if self.free_run:
             age = self._frame_age()
             if age is None and time.monotonic() - self._t0 > self.frame_age_limit_s:
@@ -141,7 +141,7 @@ class DaemonStatus:
                 "trigger": p.cam_cfg.trigger,
                 "open": p.camera_open,
                 "last_image_age_s": None if age is None else round(age, 3),
-                "last_error": p.last_read_error,
+                "last_error": p.last_camera_error,
             },
             "plc": None,
             "model": self.model,

@@ -121,8 +121,10 @@ class Station:
             last_sig = None
             last_sent = 0.0
             while not self.closing.is_set():
-                state = self._state(request)
-                sig = (state["unlocked"], [(r["id"], (r["mark"] or {}).get("mark")) for r in state["rejects"]])
+                # no `unlocked` here: this stream's cookie is the one it was opened with, older than a later
+                # unlock; the page learns the lock from its own login and mark answers
+                state = {k: v for k, v in self._state(request).items() if k != "unlocked"}
+                sig = [(r["id"], (r["mark"] or {}).get("mark")) for r in state["rejects"]]
                 now = time.monotonic()
                 if sig != last_sig:
                     last_sig, last_sent = sig, now

@@ -22,7 +22,7 @@ function markText(m) {
 
 function apply(update) {
   state.rejects = update.rejects;
-  state.unlocked = update.unlocked;
+  if ("unlocked" in update) state.unlocked = update.unlocked;
   state.marking = update.marking;
   const ids = state.rejects.map((r) => r.id);
   if (state.follow || !ids.includes(state.selected)) {
