@@ -8,16 +8,23 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test install install-dev browser bench clean
+.PHONY: demo test lint install install-dev browser bench clean
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: $(DEV_STAMP) browser
+test: lint browser
 	$(PY) -m pytest
 
+# ruff (lint + format), mypy, and the import-linter layer contracts in pyproject.toml
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
 # Debian's chromium + chromium-driver for the web page tests (tests/support/browser.py); apt as root, nothing
-# when both are there. Without root (and no sudo) it says so and those tests skip with that reason.
+# when both are there. Without root (and no sudo) it says so and those tests skip with that reason (fail on CI).
 browser:
 	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -38,8 +45,8 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon. report: matplotlib for
-# `inspectd evaluate --report`
+# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon. report: matplotlib
+# for `inspectd evaluate --report`
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
 	$(PIP) install --quiet -e '.[train,dev,report]'
 	touch $@

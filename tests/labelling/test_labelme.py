@@ -42,7 +42,7 @@ def test_polygons_to_mask_to_polygons_within_a_pixel():
     mask = polygons_to_mask(polygons, (60, 80))
     back = mask_to_polygons(mask)
     assert len(back) == 2
-    for original, found in zip(polygons, back):  # largest first, as given
+    for original, found in zip(polygons, back, strict=False):  # largest first, as given
         contour = np.asarray(found, np.float32).reshape(-1, 1, 2)
         for x, y in original:  # every original vertex lies on (or within a pixel of) the recovered outline
             assert abs(cv2.pointPolygonTest(contour, (x, y), True)) <= 1.0

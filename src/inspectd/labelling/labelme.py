@@ -63,7 +63,7 @@ def to_labelme(
 ) -> dict:
     """A LabelMe document for one image: one polygon shape per region (description = the region's score if given)."""
     h, w = mask.shape[:2]
-    shapes = []
+    shapes: list[dict] = []
     for i, pts in enumerate(mask_to_polygons(mask)):
         desc = f"prelabel score {scores[i]:.4f}" if scores and i < len(scores) else ""
         shapes.append(

@@ -28,7 +28,7 @@ def test_a_missing_secret_file_is_created_with_a_random_pin_readable_by_the_owne
 @pytest.mark.parametrize("content", ["", "12", "has space", "x" * 300])
 def test_an_unusable_secret_file_is_a_config_error_that_says_what_is_expected(tmp_path, content):
     (tmp_path / "pin").write_text(content)
-    with pytest.raises(ConfigError, match="expected one PIN or token of 4..256 characters"):
+    with pytest.raises(ConfigError, match=r"expected one PIN or token of 4\.\.256 characters"):
         load_secret(StationConfig(secret_file=tmp_path / "pin"))
 
 

@@ -10,7 +10,6 @@ import os
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from selenium.webdriver.common.keys import Keys
