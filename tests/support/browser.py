@@ -57,16 +57,16 @@ def console_errors(browser) -> list[dict]:
     return [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
 
 
-def screenshot(browser, path: Path, *, max_width: int = 1400) -> Path:
-    """A PNG of the viewport, downscaled to at most max_width pixels and compressed hard (docs/img stays small)."""
-    import cv2
-    import numpy as np
+def screenshot(browser, path: Path, *, max_width: int = 1100) -> Path:
+    """A PNG of the viewport for docs/img: downscaled to at most max_width pixels and reduced to a 128-colour
+    palette (Pillow, which matplotlib brings), so the committed pictures stay small."""
+    import io
 
-    png = browser.get_screenshot_as_png()
-    image = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
-    if image.shape[1] > max_width:
-        scale = max_width / image.shape[1]
-        image = cv2.resize(image, (max_width, round(image.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    if image.width > max_width:
+        image = image.resize((max_width, round(image.height * max_width / image.width)), Image.Resampling.LANCZOS)
     path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), image, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    image.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
