@@ -52,3 +52,14 @@ def test_pipeline_bench_smoke_reports_both_models(tmp_path):
             assert _number(m[key]), (key, m)
         assert m["frames"] == 24 and m["errors"] == 0 and m["gaps"] == 0
         assert m["threads"]["onnxruntime"] >= 1 and m["threads"]["numba"] >= 1
+
+
+def test_endpoint_bench_smoke_runs_the_daemon_with_and_without_http_under_load(tmp_path):
+    report = _run_bench("endpoint.py", tmp_path / "endpoint.json")
+    assert _number(report["emit"]["emit_us"]) and _number(report["emit"]["emit_us_while_scraping"])
+    assert report["emit"]["scrapes_during"] > 0
+    for mode in ("off", "on"):
+        (run,) = report["daemon"][mode]
+        assert run["frames"] == 30 and all(_number(run[k]) for k in ("fps", "latency_ms_p50", "latency_ms_p99"))
+    load = report["daemon"]["on"][0]["load"]
+    assert load["scrapes"] > 0 and load["events_bytes"] > 0
