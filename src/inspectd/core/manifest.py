@@ -1,4 +1,4 @@
-"""The model-artifact contract (DESIGN.md §3): a model is a directory with model.onnx and manifest.json.
+"""The model-artifact contract (docs/model-directory.md): a model is a directory with model.onnx and manifest.json.
 
 The manifest records everything the daemon needs and nothing it must guess. export/ writes it with
 `Manifest.write()`; the daemon reads it with `load_manifest()` and refuses anything inconsistent.

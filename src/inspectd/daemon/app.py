@@ -161,6 +161,7 @@ class App:
         """/metrics, /healthz, /readyz and the recheck station (`http:`), in a thread of this process."""
         if self.cfg.http is None or self.metrics is None:
             return None
+        # imported only when configured: a line PC without `http:` never loads Starlette and uvicorn
         from inspectd.daemon.web import serve
         from inspectd.daemon.web.server import HttpError
 

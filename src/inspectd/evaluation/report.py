@@ -18,9 +18,12 @@ import shutil
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
 
 from inspectd.evaluation.plots import draw_all, require_matplotlib
+from inspectd.feedback.rejects import render_overlay
+from inspectd.inspection.decide import find_regions
 
 PANEL_HEIGHT = 240
 PANELS = (
@@ -66,10 +69,7 @@ class ReportWriter:
         self.rows: list[dict] = []
 
     def add(self, index: int, item, image, recon, score_map, decision, truth, record: dict) -> None:
-        from inspectd.evaluation.evaluate import kept_region_mask
-        from inspectd.feedback.rejects import render_overlay
-
-        pred = kept_region_mask(score_map, self.pixel_threshold, self.min_region_area)
+        pred = find_regions(score_map, self.pixel_threshold, self.min_region_area).mask()
         predicted = _tint(image, pred, (0, 0, 255))
         for r in decision.regions:
             cv2.rectangle(predicted, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), (0, 255, 255), 1)
@@ -138,8 +138,6 @@ class ReportWriter:
 
 
 def _page(summary: dict, plots: dict, rows: list[dict], *, n_all: int) -> str:
-    import jinja2
-
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(ASSETS)), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )

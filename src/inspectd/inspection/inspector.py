@@ -10,10 +10,11 @@ Two ways to call it:
   pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
   inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
 
-An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
-member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
-every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or mean) before the one
-decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
+An ensemble model directory (manifest ``ensemble``, docs/model-directory.md) holds more models: the Inspector
+then runs one member Inspector per model in the same three stages (each its own preprocessing, session and SSIM
+kernel), divides every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or
+mean) before the one decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this
+directory's own model's.
 
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
@@ -28,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import load_members
 from inspectd.core.types import Decision
 from inspectd.inspection.decide import Decider, reduce_map, smooth_map
 from inspectd.inspection.detector import DEFAULT_PROVIDERS, Detector
@@ -78,8 +81,6 @@ class Inspector:
 
     def _open_members(self) -> list[tuple[Inspector, float]]:
         """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
-        from inspectd.core.errors import ModelError
-        from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
         assert ens is not None  # called only for an ensemble manifest

@@ -2,7 +2,7 @@
 `inspectd ensemble`: combine trained model directories into one (inspectd/training/ensemble.py, no torch).
 
 Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
-daemon's CLI stays importable without it. Also runnable alone: `python -m inspectd.training.cli train ...`.
+daemon's CLI stays importable without it. `python -m inspectd train ...` runs it without the console script.
 
 Exit codes: 0 done; 2 bad arguments or data; 1 training/export failed.
 """
@@ -13,6 +13,8 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
+
+from inspectd.core.manifest import ScoreSpec, SsimSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -35,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train, export and calibrate an autoencoder model directory",
-        description="Train a convolutional autoencoder on good images (with synthetic defects, seed 001), export "
+        description="Train a convolutional autoencoder on good images (repair training with synthetic defects), export "
         "model.onnx, check onnxruntime against PyTorch, calibrate thresholds on held-out good images through "
         "the daemon's own code path and write manifest.json.",
     )
@@ -120,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         metavar="P",
         help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
-        "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)",
+        "rougher, brighter/darker) instead of the one-grey polygon fill (default 0)",
     )
     t.add_argument(
         "--band-defects",
@@ -146,7 +148,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
+        help="the hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
         "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask",
     )
     t.add_argument(
@@ -180,7 +182,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image score from the (smoothed) map (default max)",
     )
 
-    f = p.add_argument_group("fine-tuning (seed 002)")
+    f = p.add_argument_group("fine-tuning")
     f.add_argument(
         "--init",
         type=Path,
@@ -194,7 +196,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--loss-table",
         default=None,
         metavar="N:LOSS,...",
-        help="sample count -> loss threshold, interpolated (default: the seed's 100:0.3,500:0.1,5000:0.01,"
+        help="sample count -> loss threshold, interpolated (default: the standard table 100:0.3,500:0.1,5000:0.01,"
         "10000:0.001); also turns the stop rule on without --init",
     )
     f.add_argument("--loss-threshold", type=float, default=None, help="stop at this loss instead of the table's value")
@@ -391,7 +393,6 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 
 def build_job(args: argparse.Namespace):
-    from inspectd.core.manifest import ScoreSpec, SsimSpec
     from inspectd.training.defects import DefectConfig
     from inspectd.training.finetune import parse_loss_table
     from inspectd.training.model import ModelConfig
@@ -486,16 +487,3 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(result.summary())
     return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inspectd.training.cli")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

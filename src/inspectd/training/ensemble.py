@@ -1,4 +1,4 @@
-"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (DESIGN.md §3).
+"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (docs/model-directory.md).
 
 Why: on magnetic tile no single autoencoder finds both kinds of defect. A native-resolution model (the default
 recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fray*, which need a quarter-scale
@@ -40,6 +40,7 @@ from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
 
 STDERR = sys.stderr
@@ -188,8 +189,6 @@ def build_ensemble(
             else " (each model's pixel threshold)"
         )
     )
-
-    from inspectd.evaluation.evaluate import trained_files
 
     trained = {f["sha256"]: f for _, m in loaded for f in trained_files(m.training) if isinstance(f, dict)}
     first_path, first = loaded[0]
