@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -181,8 +182,6 @@ class Spool:
 
     def oldest_age_s(self) -> float | None:
         """Seconds since the oldest waiting record was written; None when the spool is empty."""
-        import time
-
         with self._lock:
             oldest = next(iter(self._index), None)
         if oldest is None:
