@@ -106,6 +106,7 @@ def test_the_page_shows_a_new_reject_within_2_s_with_its_frame_heat_map_and_regi
     assert wait_until(lambda: _queue(b) and _queue(b)[0]["seq"] == v["seq"], 2.0), "the new reject is not shown"
     shown_after = time.monotonic() - v["t0"]
     assert shown_after < 2.0, f"shown {shown_after:.2f} s after the trigger"
+    print(f"reject seq {v['seq']} shown on the page {shown_after:.3f} s after its trigger")  # pytest -s shows it
     top = _queue(b)[0]
     assert top["selected"] and top["badge"] == "open"
     assert b.find_element("id", "f-seq").text == str(v["seq"])
