@@ -128,7 +128,7 @@ class ResultBook:
         )
 
     def block(self) -> list[int]:
-        """The client-mode status block (32 words); see the README for the layout."""
+        """The client-mode status block (32 words); see docs/plc.md for the layout."""
         words = [0] * CLIENT_BLOCK_WORDS
         words[OFF_HEARTBEAT] = self.heartbeat
         words[OFF_STATE] = self.state

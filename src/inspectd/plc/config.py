@@ -1,4 +1,4 @@
-"""The `plc:` section: the Modbus TCP link to the PLC that drives the reject gate (README "The PLC").
+"""The `plc:` section: the Modbus TCP link to the PLC that drives the reject gate (docs/plc.md).
 
 Server mode (the PLC polls inspectd) uses the register map of docs/plc.md, every address configurable; client
 mode (inspectd writes into the PLC) writes one contiguous status block and polls one request block. Config models
