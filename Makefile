@@ -45,10 +45,11 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon. report: matplotlib
-# for `inspectd evaluate --report`
+# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon; genicam: the GenTL
+# consumer and the simulated producer (viky.cti) the genicam camera tests run against; report: matplotlib for
+# `inspectd evaluate --report`
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev,report]'
+	$(PIP) install --quiet -e '.[train,dev,genicam,report]'
 	touch $@
 
 clean:

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "inspectd.collector.cli",
     "inspectd.training.cli",
     "inspectd.evaluation.cli",
+    "inspectd.interop.cli",
     "inspectd.labelling.cli",
 )
 

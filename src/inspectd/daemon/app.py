@@ -249,6 +249,9 @@ class App:
         if not drained:
             log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
         print(json.dumps(self.dispatcher.summary()), flush=True)
+        if pipeline.config_error is not None:  # the camera refused its configuration: restarting cannot help
+            print(f"inspectd: {pipeline.config_error}", file=sys.stderr)
+            return EXIT_CONFIG
         crashed = pipeline.stop_reason == "acquisition crashed"
         return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
 

@@ -42,7 +42,7 @@ from typing import Literal
 
 import structlog
 
-from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.errors import CameraError, ConfigError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
 from inspectd.daemon.cameras.base import CameraConfigBase
@@ -171,6 +171,8 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.state = State.STARTING
         self.stop_reason: str | None = None
+        # the camera refused its configuration (an unknown GenICam node...): reopening cannot help; exit 2
+        self.config_error: str | None = None
         self._seq = 0
         self._camera_open = False
         # the camera's last word, for health checks (inspectd/daemon/status.py): when it last delivered an image
@@ -270,6 +272,11 @@ class Pipeline:
         """Try to open the camera; returns the next backoff (0 when open)."""
         try:
             self.camera.open()
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("camera_refused", error=str(exc))
+            self.stop("camera configuration refused")
+            return backoff
         except Exception as exc:  # CameraError, or a driver's own exception: a fault to retry, not a crash
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
             self.last_camera_error = f"camera cannot open: {exc}"
