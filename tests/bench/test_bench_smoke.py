@@ -54,6 +54,17 @@ def test_pipeline_bench_smoke_reports_both_models(tmp_path):
         assert m["threads"]["onnxruntime"] >= 1 and m["threads"]["numba"] >= 1
 
 
+def test_endpoint_bench_smoke_runs_the_daemon_with_and_without_http_under_load(tmp_path):
+    report = _run_bench("endpoint.py", tmp_path / "endpoint.json")
+    assert _number(report["emit"]["emit_us"]) and _number(report["emit"]["emit_us_while_scraping"])
+    assert report["emit"]["scrapes_during"] > 0
+    for mode in ("off", "on"):
+        (run,) = report["daemon"][mode]
+        assert run["frames"] == 30 and all(_number(run[k]) for k in ("fps", "latency_ms_p50", "latency_ms_p99"))
+    load = report["daemon"]["on"][0]["load"]
+    assert load["scrapes"] > 0 and load["events_bytes"] > 0
+
+
 def test_genicam_rate_bench_smoke_reports_camera_harvesters_and_daemon(tmp_path):
     import pytest
 

@@ -25,6 +25,7 @@ from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.daemon.cameras import CAMERA_TYPES, CameraConfigBase
 from inspectd.daemon.checks import check_paths
 from inspectd.daemon.pipeline import Overrun
+from inspectd.daemon.web.config import HttpConfig
 from inspectd.feedback.config import ControlConfig, FeedbackConfig, RejectsConfig
 from inspectd.inspection.detector import DEFAULT_PROVIDERS
 from inspectd.plc.config import PlcConfig
@@ -144,6 +145,9 @@ class Config(StrictModel):
         None, description="spool and collector for marked rejects (needs `rejects:`); absent = marks are refused"
     )
     control: ControlConfig | None = Field(None, description="the control socket of `inspectd mark`; absent = none")
+    http: HttpConfig | None = Field(
+        None, description="the HTTP endpoint: /metrics, /healthz, /readyz and the recheck station; absent = none"
+    )
 
     @model_validator(mode="after")
     def _plc_trigger_needs_plc(self) -> Config:
@@ -153,6 +157,13 @@ class Config(StrictModel):
         client = self.plc.client if self.plc is not None and self.plc.mode == "client" else None
         if self.camera.trigger == "plc" and client is not None and client.read_address is None:
             msg = "camera.trigger is plc, but plc.client.read_address is null (where the PLC's triggers are read)"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _station_needs_rejects(self) -> Config:
+        if self.http is not None and self.http.station is not None and self.rejects is None:
+            msg = "there is an `http.station` section but no `rejects:` section (the station shows stored rejects)"
             raise ValueError(msg)
         return self
 

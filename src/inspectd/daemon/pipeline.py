@@ -185,6 +185,10 @@ class Pipeline:
         self.config_error: str | None = None
         self._seq = 0
         self._camera_open = False
+        # the camera's last word, for health checks (inspectd/daemon/status.py): when it last delivered an image
+        # (time.monotonic()) and, when its newest open or read failed, why (None after a good image)
+        self.last_image_at: float | None = None
+        self.last_camera_error: str | None = None
         self._inference_failures = 0
         self._stages = _Stages(inspector)
         # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
@@ -235,6 +239,20 @@ class Pipeline:
         self._stages = _Stages(inspector)
         self.inspector = inspector
 
+    @property
+    def camera_open(self) -> bool:
+        return self._camera_open
+
+    def stalled(self) -> str | None:
+        """The stage that has been working on one frame for longer than stall_s (the camera: longer than its call's
+        bound plus stall_s), or None."""
+        now = time.monotonic()
+        for name, t in list(self._busy_since.items()):
+            limit = self.stall_s + (self.camera.longest_call_s if name == "camera" else 0.0)
+            if t is not None and now - t >= limit:
+                return name
+        return None
+
     def queue_depth(self) -> int:
         """Frames admitted but not yet answered that wait in a queue (not those a stage is working on)."""
         return self.frames.qsize() + self._to_infer.qsize() + self._to_score.qsize()
@@ -278,6 +296,7 @@ class Pipeline:
             return backoff
         except Exception as exc:  # CameraError, or a driver's own exception: a fault to retry, not a crash
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_camera_error = f"camera cannot open: {exc}"
             self._set_state(State.CAMERA_FAULT, error=str(exc))
             log.warning("camera_open_failed", error=str(exc), retry_in_s=round(backoff, 2))
             self.stop_event.wait(backoff)
@@ -368,6 +387,7 @@ class Pipeline:
             raise
         except Exception as exc:  # CameraError, or a driver's own exception: error verdict, then reopen
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_camera_error = f"camera: {exc}"
             self._error(self._next_seq(), item_id, f"camera: {exc}", t0=t0)
             _acknowledge(on_taken)
             self._lose_camera(exc)
@@ -375,12 +395,14 @@ class Pipeline:
         _acknowledge(on_taken)
         seq = self._next_seq()
         if capture.image is None:
-            self._error(seq, item_id, f"bad frame: {capture.error or 'no image'}", capture.source, t0)
+            self.last_camera_error = f"bad frame: {capture.error or 'no image'}"
+            self._error(seq, item_id, self.last_camera_error, capture.source, t0)
             return
         why = self._size_refusal(capture.image)
         if why is not None:
             self._error(seq, item_id, f"bad frame: {why}", capture.source, t0)
             return
+        self.last_image_at, self.last_camera_error = t0, None
         frame = Frame(seq=seq, capture=capture, t_acquired=t0, wall_time=time.time(), item_id=item_id)
         if self.block_on_full:
             self.frames.put(frame)  # the worker always drains, so this returns
@@ -441,12 +463,7 @@ class Pipeline:
         """No stage has been working on one frame for longer than stall_s, and the acquisition thread has not been
         in one camera call for longer than the call's bound plus stall_s (BoundedCamera makes that impossible
         unless acquisition itself is stuck)."""
-        now = time.monotonic()
-        for name, t in list(self._busy_since.items()):
-            limit = self.stall_s + (self.camera.longest_call_s if name == "camera" else 0.0)
-            if t is not None and now - t >= limit:
-                return False
-        return True
+        return self.stalled() is None
 
     def _camera_call(self, fn: Callable[[], Any]) -> Any:
         self._busy_since["camera"] = time.monotonic()

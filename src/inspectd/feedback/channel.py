@@ -150,10 +150,10 @@ class Feedback:
 
     def handle(self, request: dict) -> dict:
         op = request.get("op")
+        if isinstance(op, str) and op in self.ops:  # the daemon's own ops (reload; status with the pipeline's state)
+            return self.ops[op](request)
         if op == "status":
             return {"ok": True, **self.status()}
-        if isinstance(op, str) and op in self.ops:
-            return self.ops[op](request)
         if op != "mark":
             known = ", ".join(["mark", "status", *self.ops])
             return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}
@@ -176,7 +176,12 @@ class Feedback:
         if self.store is not None:
             out["rejects"] = self.store.stats()
         if self.spool is not None:
-            out["spool"] = {"depth": self.spool.depth, "bytes": self.spool.nbytes, "evicted": self.spool.evicted}
+            out["spool"] = {
+                "depth": self.spool.depth,
+                "bytes": self.spool.nbytes,
+                "evicted": self.spool.evicted,
+                "oldest_age_s": self.spool.oldest_age_s(),
+            }
         if self.sender is not None:
             s = self.sender.stats
             out["sender"] = {

@@ -172,6 +172,23 @@ class RejectStore:
                     return entry
         return None
 
+    def recent(self, limit: int) -> list[StoredReject]:
+        """The newest `limit` stored rejects, newest first (copies: a later mark does not change them)."""
+        with self._lock:
+            out: list[StoredReject] = []
+            for entry in reversed(self._index.values()):
+                if len(out) >= limit:
+                    break
+                out.append(StoredReject(entry.id, entry.seq, entry.plc_seq, entry.wall_time, entry.nbytes, entry.meta))
+            return out
+
+    def file_of(self, reject_id: str, which: str) -> Path | None:
+        """The path of a stored reject's `image` or `overlay` PNG; None when there is no such reject or file."""
+        with self._lock:
+            entry = self._index.get(reject_id)
+            name = entry.meta.get(which) if entry is not None and which in ("image", "overlay") else None
+        return self.dir / name if name else None
+
     def read_image(self, entry: StoredReject) -> bytes:
         with self._lock:
             return (self.dir / entry.meta["image"]).read_bytes()

@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -204,6 +205,17 @@ class Spool:
             if not self._index:
                 self._added.wait(timeout)
             return bool(self._index)
+
+    def oldest_age_s(self) -> float | None:
+        """Seconds since the oldest waiting record was written; None when the spool is empty."""
+        with self._lock:
+            oldest = next(iter(self._index), None)
+        if oldest is None:
+            return None
+        try:
+            return max(0.0, time.time() - self._path(oldest).stat().st_mtime)
+        except OSError:  # acknowledged and removed meanwhile
+            return None
 
     @property
     def depth(self) -> int:

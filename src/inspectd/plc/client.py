@@ -61,6 +61,11 @@ class ModbusClientSink:
     def link_state(self) -> str:
         return "up" if self._link_up else "down"
 
+    @property
+    def clients(self) -> int:
+        """1 while inspectd's connection to the PLC is up, else 0 (the same field as server mode's)."""
+        return 1 if self._link_up else 0
+
     def start(self) -> None:
         self.requests.start()
         self._thread = threading.Thread(target=self._run, name="plc-client", daemon=True)

@@ -220,6 +220,12 @@ class ModbusServerSink:
     def link_state(self) -> str:
         return "up" if self._server is not None and self._server.link_up else "down"
 
+    @property
+    def clients(self) -> int:
+        """PLC connections open now."""
+        server = self._server
+        return len(server.active_connections) if server is not None else 0
+
     def start(self, timeout_s: float = 10.0) -> None:
         _check_bind(self.cfg.host, self.cfg.port)
         self.requests.start()
