@@ -5,7 +5,8 @@ check -> fix the flagged labels (LabelMe or masks) -> import -> check again, unt
 `check --accepted DIR` writes the labels it accepts in MVTec ground_truth layout for seed 001's hard-defect training.
 torch is imported only by train-checker; check runs the exported checkers with onnxruntime.
 
-Exit codes: 0 done (check: nothing flagged); 3 check flagged labels; 2 bad arguments or data; 1 failure.
+Exit codes: 0 done (check: nothing flagged); 3 check flagged labels, or import skipped some files (listed);
+2 bad arguments or data; 1 failure.
 """
 
 from __future__ import annotations
@@ -38,15 +39,31 @@ def _prelabel(a: argparse.Namespace) -> int:
 
 
 def _import(a: argparse.Namespace) -> int:
-    from inspectd.labelling.dataset import import_labels
+    from inspectd.labelling.importer import REPORT_FILE, import_labels
+    from inspectd.labelling.labelme import LabelMapping
 
     try:
-        ids = import_labels(a.labels, a.images, a.out, default_class=a.defect_class)
+        mapping = LabelMapping.parse(a.map or (), a.exclude_label or ())
+        report = import_labels(a.labels, a.out, images=a.images, default_class=a.defect_class, mapping=mapping)
     except (FileNotFoundError, ValueError, OSError) as exc:
         return _err(str(exc))
+    ids = report.written
     good = sum(i.startswith("good/") for i in ids)
-    print(f"imported {len(ids)} labels into {a.out} ({len(ids) - good} defective, {good} defect-free)")
-    return EXIT_OK
+    for f, note in report.notes:
+        print(f"note: {f}: {note}")
+    for f, why in report.skipped:
+        print(f"skipped: {f}: {why}", file=sys.stderr)
+    print(
+        f"imported {len(ids)} labels into {a.out} ({len(ids) - good} defective, {good} defect-free)"
+        + (
+            f"; SKIPPED {len(report.skipped)} file(s), listed above and in {a.out / REPORT_FILE}"
+            if report.skipped
+            else ""
+        )
+    )
+    if not ids:
+        return EXIT_USAGE
+    return EXIT_FLAGGED if report.skipped else EXIT_OK
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -160,13 +177,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--min-area", type=int, default=None, help="default: the manifest's min_region_area")
     q.set_defaults(func=_prelabel)
 
-    q = lsub.add_parser("import", help="reviewed LabelMe JSON or mask PNGs -> MVTec layout")
+    q = lsub.add_parser(
+        "import",
+        help="reviewed LabelMe JSON or mask PNGs -> MVTec layout (exit 3 when some files were skipped)",
+    )
     q.add_argument(
         "--labels", type=Path, required=True, help="LabelMe *.json and/or *_mask.png (class sub-folders kept)"
     )
-    q.add_argument("--images", type=Path, required=True, help="where the images are (matched by file stem)")
+    q.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="where the images are (matched by file stem) when a JSON's imagePath does not lead to its image",
+    )
     q.add_argument("--out", type=Path, required=True, help="MVTec-layout folder to write (images are symlinked)")
-    q.add_argument("--class", dest="defect_class", default="defect", help="class of labels not in a sub-folder")
+    q.add_argument(
+        "--class",
+        dest="defect_class",
+        default="defect",
+        help='class of mask PNGs not in a class sub-folder and of LabelMe shapes labelled "defect" (the pre-label\'s)',
+    )
+    q.add_argument(
+        "--map",
+        action="append",
+        metavar="LABEL=CLASS",
+        help="LabelMe label -> defect class (repeatable); other labels are their own class",
+    )
+    q.add_argument(
+        "--exclude-label",
+        action="append",
+        metavar="LABEL",
+        help="LabelMe label that is no defect and draws nothing (repeatable; __ignore__ always is)",
+    )
     q.set_defaults(func=_import)
 
     q = lsub.add_parser("train-checker", help="train N supervised checker models on disjoint folds, export to ONNX")
