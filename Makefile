@@ -8,13 +8,18 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test install install-dev bench clean
+.PHONY: demo test install install-dev bench clean browser
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: $(DEV_STAMP)
+test: $(DEV_STAMP) browser
 	$(PY) -m pytest
+
+# the review page's tests look at it in a real headless Chromium (Debian's); installed once, where apt is at hand
+browser:
+	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)

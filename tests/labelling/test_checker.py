@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+
+from inspectd.labelling.labelme import read_labelme_mask
 
 from tests.support.helpers import REPO, cli_env, run_cli
 
@@ -128,8 +131,21 @@ def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_p
         assert set(f) >= {"image", "reason", "iou", "probability"} and re.fullmatch(r"(good|spot)/\d{3}", f["image"])
     page = (report / "index.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(srcs) == 3 * len(doc["flagged"]) and all((report / s).is_file() for s in srcs)
+    assert len(srcs) == 4 * len(doc["flagged"]) and all((report / s).is_file() for s in srcs)
     assert doc["flagged"][0]["image"] in page
+    fixes = re.findall(r'<a class="fix" href="([^"]+)"', page)  # one LabelMe file to fix per flagged image
+    assert len(fixes) == len(doc["flagged"])
+    for href, f in zip(fixes, doc["flagged"], strict=True):
+        cls, stem = f["image"].split("/")
+        assert href == f"labelme/{cls}/{stem}.json"
+        image = cv2.imread(str(mvtec_dir / "test" / cls / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        truth = cv2.imread(str(mvtec_dir / "ground_truth" / cls / f"{stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+        truth = np.zeros_like(image) if truth is None else truth
+        doc_fix = json.loads((report / href).read_text())
+        assert (report / href).parent.joinpath(doc_fix["imagePath"]).resolve() == (
+            mvtec_dir / "test" / cls / f"{stem}.png"
+        ).resolve()
+        np.testing.assert_array_equal(read_labelme_mask(report / href), truth)  # the label as it is now
     accepted = {p.stem for p in (tmp_path / "accepted" / "test").rglob("*.png")}
     assert accepted == {f"{i:03d}" for i in range(20)} - {f["image"].split("/")[1] for f in doc["flagged"]}
 

@@ -144,7 +144,7 @@ def _check(a: argparse.Namespace) -> int:
     if a.report:
         from inspectd.labelling.report import write_report
 
-        page = write_report(a.report, worst_first(results), checked=len(results))
+        page = write_report(a.report, worst_first(results), checked=len(results), data=a.data)
         print(f"review page: {page}")
     if a.accepted:
         for r in results:

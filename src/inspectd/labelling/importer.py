@@ -37,15 +37,27 @@ from inspectd.labelling.labelme import (
 REPORT_FILE = "import.json"
 
 
+def label_sources(data: str | Path) -> dict[str, Path]:
+    """{image id: the label file it was imported from} of an MVTec folder written by import ({} when none is
+    recorded or the record is unreadable: the review page then writes LabelMe files of its own)."""
+    try:
+        doc = json.loads((Path(data) / REPORT_FILE).read_text())
+        return {str(k): Path(v) for k, v in dict(doc.get("sources", {})).items()}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return {}
+
+
 @dataclass
 class ImportReport:
     written: list[str] = field(default_factory=list)  # image ids "<class>/<stem>"
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (label file, why)
     notes: list[tuple[str, str]] = field(default_factory=list)  # (label file, what was done about it)
+    sources: dict[str, str] = field(default_factory=dict)  # image id -> the label file it was imported from
 
     def as_dict(self) -> dict:
         return {
             "written": self.written,
+            "sources": self.sources,
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "notes": [{"file": f, "note": n} for f, n in self.notes],
         }
@@ -192,9 +204,15 @@ def import_labels(
         if cls != "good":
             write_mask(out, image_id, label.mask)
         report.written.append(image_id)
+        report.sources[image_id] = str(f.resolve())
     if not found_any:
         msg = f"no LabelMe JSON or mask PNG under {src}"
         raise FileNotFoundError(msg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / REPORT_FILE).write_text(json.dumps(report.as_dict(), indent=1) + "\n")
+    doc = report.as_dict()
+    # earlier imports into the same folder keep their sources (a re-import of fixed labels adds to them)
+    doc["sources"] = {**{k: str(v) for k, v in label_sources(out).items()}, **report.sources}
+    tmp = out / f".{REPORT_FILE}.tmp"
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(out / REPORT_FILE)
     return report
