@@ -125,8 +125,9 @@ class MemberSpec(_Strict):
 
 
 class EnsembleSpec(_Strict):
-    """Several autoencoders judge each frame together (e.g. a native-resolution model for small defects and a
-    quarter-scale one for large ones). Each model's frame-sized difference map is divided by its divisor, which puts
+    """Several models judge each frame together (e.g. a native-resolution autoencoder for small defects and a
+    quarter-scale one for large ones, or an autoencoder's anomaly map and a classifier's supervised defect map).
+    Each model's frame-sized map (difference map or defect probability) is divided by its divisor, which puts
     the maps on one scale (`inspectd ensemble` chooses it: a quantile of that model's image scores on good images
     it never trained on, or its own pixel threshold); the maps are combined pixel by pixel (max: a defect any model
     sees counts; mean) and the manifest's thresholds apply to the combination."""
@@ -172,8 +173,11 @@ class Manifest(_Strict):
 
     @property
     def pixel_limit(self) -> float:
-        """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), an ensemble's more."""
-        return 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
+        """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), 1 for a classifier's
+        defect probability, an ensemble's more."""
+        if self.ensemble is not None:
+            return MAX_ENSEMBLE_PIXEL
+        return 1.0 if self.kind == "classifier" else 2.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -194,8 +198,11 @@ class Manifest(_Strict):
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
             msg = f"thresholds.pixel {self.thresholds.pixel} is above {self.pixel_limit:g} ({what})"
             raise ValueError(msg)
-        if self.ensemble is not None and self.kind != "autoencoder":
-            msg = f"an ensemble combines autoencoders' difference maps; this model's kind is {self.kind!r}"
+        if self.kind == "classifier" and self.output.shape[1:] != (1, *self.input.hw):
+            msg = (
+                f"a classifier's output {list(self.output.shape)} must be one defect-probability map of its input's "
+                f"size [N, 1, {self.input.hw[0]}, {self.input.hw[1]}]"
+            )
             raise ValueError(msg)
         if self.preprocess.mode == "tile" and self.preprocess.tile_overlap >= min(self.input.hw):
             msg = f"tile_overlap {self.preprocess.tile_overlap} must be smaller than the tile {self.input.hw}"

@@ -8,6 +8,7 @@ means REJECT. The image score (for logs, the PLC register and calibration) is a 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -70,8 +71,11 @@ class Decider:
         self.reduction = reduction
         self.max_regions = int(max_regions)
 
-    def decide(self, score_map: np.ndarray) -> Decision:
+    def decide(self, score_map: np.ndarray, parts: Sequence[tuple[str, np.ndarray]] = ()) -> Decision:
         """float HxW difference map -> Decision(code, score, regions largest first, defect_area of all regions).
+
+        parts: (name, map) of the maps `score_map` combines (an ensemble's divided maps, same shape); each region
+        records in `found_by` the names whose map is above the pixel threshold somewhere inside it.
 
         Raises ValueError for a map that is not 2-D and non-empty, or that holds NaN/inf (the pipeline turns it
         into an ERROR verdict).
@@ -101,12 +105,16 @@ class Decider:
         defect_area = int(stats[kept, cv2.CC_STAT_AREA].sum())
         # largest first; equal areas keep label (raster) order
         order = kept[np.argsort(-stats[kept, cv2.CC_STAT_AREA], kind="stable")]
-        regions = tuple(self._region(m, labels, stats, int(label)) for label in order[: self.max_regions])
+        regions = tuple(self._region(m, labels, stats, int(label), parts) for label in order[: self.max_regions])
         return Decision(code=Code.REJECT, score=score, regions=regions, defect_area=defect_area)
 
-    @staticmethod
-    def _region(m: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int) -> Region:
+    def _region(
+        self, m: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int, parts: Sequence[tuple[str, np.ndarray]]
+    ) -> Region:
         x, y, w, h, area = (int(v) for v in stats[label, :5])
         inside = labels[y : y + h, x : x + w] == label
         peak = float(m[y : y + h, x : x + w][inside].max())
-        return Region(x=x, y=y, w=w, h=h, area=area, peak=peak)
+        found_by = tuple(
+            name for name, part in parts if (part[y : y + h, x : x + w][inside] > self.pixel_threshold).any()
+        )
+        return Region(x=x, y=y, w=w, h=h, area=area, peak=peak, found_by=found_by)

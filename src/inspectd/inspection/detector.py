@@ -45,7 +45,8 @@ def _dims(shape) -> list:
 
 
 class Detector:
-    """Runs the autoencoder: NCHW float32 batch in, reconstruction (same shape) out."""
+    """Runs one model: NCHW float32 batch in, its output (an autoencoder's reconstruction, same shape; a
+    classifier's defect-probability map, N x 1 x H x W) out."""
 
     def __init__(
         self,
@@ -153,7 +154,8 @@ class Detector:
         t0 = time.perf_counter()
         for _ in range(runs):
             out = self.run(batch)
-        if out.shape != batch.shape or not np.isfinite(out).all():
-            msg = f"warm-up output has shape {out.shape} (expected {batch.shape}) or non-finite values: the model is broken"
+        want = (batch.shape[0], *self.manifest.output.shape[1:])
+        if out.shape != want or not np.isfinite(out).all():
+            msg = f"warm-up output has shape {out.shape} (expected {want}) or non-finite values: the model is broken"
             raise ModelError(msg)
         return time.perf_counter() - t0

@@ -10,10 +10,14 @@ Two ways to call it:
   pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
   inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
 
-An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models: the Inspector then runs one
-member Inspector per model in the same three stages (each its own preprocessing, session and SSIM kernel), divides
-every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or mean) before the one
-decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this directory's own model's.
+A model of kind ``classifier`` (a supervised segmentation model) outputs its defect-probability map itself: its
+map is that output, stitched to the frame like an SSIM map (no reconstruction, no SSIM), in [0, 1].
+
+An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models, of either kind: the Inspector
+then runs one member Inspector per model in the same three stages (each its own preprocessing, session and SSIM
+kernel), divides every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or
+mean) before the one decision, at the ensemble's thresholds; each region records which models' divided maps found
+it (``Region.found_by``). Everything else (reconstruction, timings) is this directory's own model's.
 
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
@@ -68,7 +72,12 @@ class Inspector:
         m = detector.manifest
         self.manifest = m
         self.preprocessor = Preprocessor(m.preprocess, m.input)
+        self.is_classifier = m.kind == "classifier"
         self.ssim = SsimKernel(window=m.ssim.window, size=m.ssim.size, sigma=m.ssim.sigma, k1=m.ssim.k1, k2=m.ssim.k2)
+        # the name each map goes by in Region.found_by: this model's own (an ensemble's manifest is named after
+        # the ensemble; the first model's name is in its training facts)
+        models = ((m.training or {}).get("ensemble") or {}).get("models") or [{}]
+        self.map_name = str(models[0].get("name") or m.name) if m.ensemble is not None else m.name
         self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
         self.min_region_area = m.thresholds.min_region_area if min_region_area is None else int(min_region_area)
         self.decider = Decider(self.pixel_threshold, self.min_region_area, m.score.reduction)
@@ -134,27 +143,30 @@ class Inspector:
             raise ValueError(msg)
         timings = pending.timings_ms
         t0 = time.perf_counter()
-        score_map, recon, parts = self._map(pending, model_scores=model_scores)
+        score_map, recon, parts, maps = self._map(pending, model_scores=model_scores)
         t1 = time.perf_counter()
-        decision = self.decider.decide(score_map)
+        decision = self.decider.decide(score_map, maps)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
 
     def _map(
         self, pending: Pending, *, model_scores: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
-        """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
-        an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
-        map divided by its divisor (manifest ensemble.divide_by)."""
+    ) -> tuple[np.ndarray, np.ndarray | None, list[float] | None, list[tuple[str, np.ndarray]]]:
+        """(the map the decision reads, this model's reconstructions (None for a classifier), each model's image
+        score when asked for and an ensemble, else None, and (name, divided map) of each model of an ensemble, else
+        []): this model's map, or for an ensemble the combination of every model's map divided by its divisor
+        (manifest ensemble.divide_by)."""
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
-            return score_map, recon, None
+            return score_map, recon, None, []
         if len(pending.members) != len(self.members) or any(p.output is None for p in pending.members):
             msg = "finish() needs a Pending prepared and inferred by this Inspector (its ensemble members are missing)"
             raise ValueError(msg)
-        combined = score_map / np.float32(ens.divide_by)
+        own = score_map / np.float32(ens.divide_by)
+        maps = [(self.map_name, own)]
+        combined = own.copy()
         reduction = self.manifest.score.reduction
         parts = [reduce_map(combined, reduction)] if model_scores else None
         for (member, divide_by), part in zip(self.members, pending.members):
@@ -163,6 +175,7 @@ class Inspector:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"
                 raise ValueError(msg)
             other /= np.float32(divide_by)
+            maps.append((member.map_name, other))
             if parts is not None:
                 parts.append(reduce_map(other, reduction))
             if ens.combine == "max":
@@ -171,11 +184,19 @@ class Inspector:
                 combined += other
         if ens.combine == "mean":
             combined /= np.float32(len(self.members) + 1)
-        return combined, recon, parts
+        return combined, recon, parts, maps
 
-    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
-        manifest's score.smooth_sigma says (decide.smooth_map)."""
+    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(frame-sized map, per-tile reconstructions in [0, 1] or None for a classifier); the map is
+        post-processed as the manifest's score.smooth_sigma says (decide.smooth_map)."""
+        if self.is_classifier:  # the output is the defect probability itself, one channel per tile
+            out = np.asarray(output)
+            if out.ndim != 4 or out.shape[1] != 1:
+                msg = f"classifier output has shape {out.shape}, expected N x 1 x H x W (a defect-probability map)"
+                raise ValueError(msg)
+            probs = np.clip(out[:, 0].astype(np.float32), 0.0, 1.0)
+            stitched = self.preprocessor.stitch(probs, prepared.layout)
+            return smooth_map(stitched, self.manifest.score.smooth_sigma), None
         recon = self.preprocessor.to_unit(output)
         ref = prepared.reference
         layout = prepared.layout
@@ -199,11 +220,10 @@ class Inspector:
     def warmup(self) -> float:
         """First inference and every JIT kernel, on a frame of the model's own size; returns seconds."""
         t0 = time.perf_counter()
-        self.detector.warmup()
-        self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
-        for member, _ in self.members:
-            member.detector.warmup()
-            member.ssim.warmup(member.preprocessor.channels)
+        for insp in (self, *(member for member, _ in self.members)):
+            insp.detector.warmup()
+            if not insp.is_classifier:
+                insp.ssim.warmup(insp.preprocessor.channels)  # compiled, or loaded from the Numba cache
         c, h, w = self.manifest.input.shape[1:]
         frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
         self.inspect(frame)

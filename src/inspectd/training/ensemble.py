@@ -5,6 +5,11 @@ recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fr
 tile's context (the hard-defect recipe), and that model in turn loses the small ones. The daemon runs both on every
 frame and rejects on what either sees.
 
+A supervised classifier (`inspectd train-supervised`, kind classifier) joins an ensemble like any member: the
+daemon then rejects on what the anomaly map or the defect map sees, and each region records which map found it.
+A classifier's divisor is always its own calibrated pixel threshold (its map is a probability: 1.0 after division
+is "the classifier calls it defect"), whatever --normalize says for the autoencoders.
+
 The output directory is a model directory of its own, so everything that takes one (the daemon, reload,
 `inspectd evaluate`, calibration) takes it unchanged:
 
@@ -79,9 +84,6 @@ def _member(path: Path) -> Manifest:
         raise ValueError(f"--member {path}: {exc}") from exc
     if m.ensemble is not None:
         msg = f"--member {path} is itself an ensemble; give its models as members instead"
-        raise ValueError(msg)
-    if m.kind != "autoencoder":
-        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines autoencoders"
         raise ValueError(msg)
     if m.thresholds.method == "uncalibrated":
         msg = f"--member {path} has uncalibrated thresholds; calibrate it (`inspectd train` does) before combining it"
@@ -177,13 +179,15 @@ def build_ensemble(
         say(warning)
     goods = [D.read_image(f, color) for f in goods_files]
     divisors = [m.thresholds.pixel for _, m in loaded]
-    if normalize == "good-score":
-        divisors = [good_score(path, goods, quantile) for path, _ in loaded]
+    if normalize == "good-score":  # a classifier's map is a calibrated probability: its own threshold scales it
+        divisors = [
+            good_score(path, goods, quantile) if m.kind == "autoencoder" else m.thresholds.pixel for path, m in loaded
+        ]
     say(
         "divisors: "
         + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
         + (
-            f" (q{quantile:g} of each model's image score on those images)"
+            f" (q{quantile:g} of each autoencoder's image score on those images, a classifier's pixel threshold)"
             if normalize == "good-score"
             else " (each model's pixel threshold)"
         )
