@@ -71,10 +71,16 @@ def _train(a: argparse.Namespace) -> int:
     from inspectd.labelling.checker import CheckerConfig
     from inspectd.labelling.dataset import scan, train_good
     from inspectd.labelling.training import TrainSettings, train_checkers
+    from inspectd.training.backbone import BackboneError
 
     try:
         items = scan(a.data)
-        config = CheckerConfig(a.size, a.size, base_width=a.base_width, image_pool=a.image_pool)
+        if a.encoder == "scratch":
+            config = CheckerConfig(a.size or 128, a.size or 128, base_width=a.base_width, image_pool=a.image_pool)
+        else:
+            from inspectd.training.segmentation import SegConfig
+
+            config = SegConfig(a.size or 256, a.size or 256, encoder=a.encoder)
         settings = TrainSettings(
             iterations=a.iterations,
             minutes=a.minutes,
@@ -104,8 +110,11 @@ def _train(a: argparse.Namespace) -> int:
             jobs=a.jobs,
             extra_good=extra,
             exclude=exclude,
+            max_good=a.max_good or None,
         )
     except ValueError as exc:
+        return _err(str(exc))
+    except BackboneError as exc:
         return _err(str(exc))
     left = f", {len(exclude)} flagged image(s) left out of training" if exclude else ""
     print(f"wrote {len(dirs)} checker(s) to {a.out}{left}")
@@ -217,8 +226,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="writes checker_<k>/ (model.onnx, manifest.json), folds.json"
     )
     q.add_argument("--folds", type=int, default=2, help="number of checkers, one per disjoint fold (1 allowed)")
-    q.add_argument("--size", type=int, default=128, help="checker input HxW (multiple of 8)")
-    q.add_argument("--base-width", type=int, default=12)
+    q.add_argument(
+        "--encoder",
+        choices=("efficientnet-lite0", "scratch"),
+        default="efficientnet-lite0",
+        help="the checkers' network: the frozen pretrained EfficientNet-Lite0 encoder with a trained light decoder "
+        "(default), or the small U-Net trained from scratch",
+    )
+    q.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="checker input HxW (default 256 for the pretrained encoder, a multiple of 32; 128 for scratch, of 8)",
+    )
+    q.add_argument(
+        "--max-good",
+        type=int,
+        default=300,
+        help="pretrained encoder: use at most this many DATA/train/good images, evenly spaced (0 = all; 300)",
+    )
+    q.add_argument("--base-width", type=int, default=12, help="scratch: channels of the first level")
     q.add_argument(
         "--image-pool",
         choices=("mean", "max"),

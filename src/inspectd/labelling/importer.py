@@ -143,6 +143,18 @@ def _png_label(f: Path, stem: str, by_stem: dict[str, Path], src: Path, default_
     return _Label(np.where(mask > 0, 255, 0).astype(np.uint8), cls, image)
 
 
+def _label_stem(f: Path, photos: set[Path]) -> str | None:
+    """The image stem a label file names, or None when `f` is no label file (one of the images, another file)."""
+    suffix = f.suffix.lower()
+    if suffix == ".json":
+        return f.stem
+    if suffix == ".png" and f.name.endswith(MASK_SUFFIX):
+        return f.name[: -len(MASK_SUFFIX)]
+    if suffix == ".png" and f.resolve() not in photos:
+        return f.stem
+    return None
+
+
 def import_labels(
     src: str | Path,
     out: str | Path,
@@ -169,15 +181,10 @@ def import_labels(
     candidates = [f for f in sorted(src.rglob("*")) if f.is_file() and not f.name.startswith(".")]
     found_any = False
     for f in candidates:
-        suffix = f.suffix.lower()
-        if suffix == ".json":
-            stem = f.stem
-        elif suffix == ".png" and f.name.endswith(MASK_SUFFIX):
-            stem = f.name[: -len(MASK_SUFFIX)]
-        elif suffix == ".png" and f.resolve() not in photos:
-            stem = f.stem
-        else:
+        stem = _label_stem(f, photos)
+        if stem is None:
             continue  # an image (of --images), or no label file
+        suffix = f.suffix.lower()
         found_any = True
         try:
             if stem in done:
@@ -198,7 +205,7 @@ def import_labels(
         image_id = f"{cls}/{stem}"
         if label.image is not None:
             link_image(label.image, out, image_id)
-        else:
+        elif label.embedded is not None:
             write_png(out / "test" / cls / f"{stem}.png", label.embedded)
             report.notes.append((str(f), "image taken from its imageData"))
         if cls != "good":

@@ -118,7 +118,7 @@ def encode_mask(mask: np.ndarray) -> str:
 def _points(shape: dict) -> list[tuple[float, float]]:
     pts = shape.get("points")
     try:
-        return [(float(x), float(y)) for x, y in pts]
+        return [(float(x), float(y)) for x, y in pts]  # type: ignore[union-attr]
     except (TypeError, ValueError) as exc:
         msg = f"its points {str(pts)[:60]} are not a list of [x, y] pairs"
         raise LabelMeError(msg) from exc
@@ -278,7 +278,7 @@ def polygons_to_mask(polygons: list[list[list[float]]], shape: tuple[int, int]) 
 
 def _region_shape(region: np.ndarray, label: str, desc: str) -> dict:
     """One region as a polygon when LabelMe draws that polygon back to exactly these pixels, else a mask shape."""
-    base = {"label": label, "group_id": None, "description": desc, "flags": {}, "mask": None}
+    base: dict = {"label": label, "group_id": None, "description": desc, "flags": {}, "mask": None}
     pts = mask_to_polygons(region)[0]
     if len(pts) > 2 and np.array_equal(shape_mask({"shape_type": "polygon", "points": pts}, region.shape), region):
         return {**base, "points": pts, "shape_type": "polygon"}

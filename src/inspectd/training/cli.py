@@ -1,5 +1,6 @@
 """`inspectd train`: train an autoencoder, export it to ONNX, calibrate its thresholds, write the model directory;
-`inspectd ensemble`: combine trained model directories into one (inspectd/training/ensemble.py, no torch).
+`inspectd ensemble`: combine trained model directories into one (inspectd/training/ensemble.py, no torch);
+`inspectd train-supervised`: the supervised defect-segmentation model, kind classifier (training/supervised.py).
 
 Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
 daemon's CLI stays importable without it. Also runnable alone: `python -m inspectd.training.cli train ...`.
@@ -208,6 +209,78 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_train)
     register_ensemble(sub)
+    register_supervised(sub)
+
+
+def register_supervised(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-supervised",
+        help="train a supervised defect-segmentation model (kind classifier) from labelled defects",
+        description="Train the supervised stage (inspectd/training/supervised.py): the frozen pretrained "
+        "EfficientNet-Lite0 encoder with a light decoder, on DIR/train/good (defect-free) and the labelled defects "
+        "of --defects (DIR/test/<class>/* with ground_truth masks: accepted labels, confirmed defects), exported "
+        "as a classifier model directory the daemon runs alone or in an ensemble with an autoencoder.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="MVTec tree whose train/good/* are defect-free")
+    p.add_argument("--out", type=Path, required=True, help="the model directory to write (must not exist)")
+    p.add_argument(
+        "--defects",
+        type=Path,
+        default=None,
+        help="MVTec tree of labelled defects (test/<class>/* + ground_truth/; its test/good/* join as defect-free); "
+        "default --data",
+    )
+    p.add_argument("--init", type=Path, default=None, help="continue this classifier (written by train-supervised)")
+    p.add_argument("--size", type=int, default=256, help="model input HxW, a multiple of 32 (256)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of train/good held out for calibration (0.2)")
+    p.add_argument("--good-share", type=float, default=0.3, help="share of each batch from defect-free images")
+    p.add_argument("--max-good", type=int, default=0, help="use at most this many train/good images (0 = all)")
+    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the decoder's training")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
+    p.set_defaults(func=cmd_supervised)
+
+
+def cmd_supervised(args: argparse.Namespace) -> int:
+    from inspectd.core.errors import ModelError
+    from inspectd.training.backbone import BackboneError
+    from inspectd.training.onnx_export import ParityError
+    from inspectd.training.segtrain import DecoderSettings
+    from inspectd.training.supervised import SupervisedJob, run_supervised
+
+    try:
+        job = SupervisedJob(
+            data=args.data,
+            out=args.out,
+            defects=args.defects,
+            size=args.size,
+            holdout=args.holdout,
+            good_share=args.good_share,
+            max_good=args.max_good or None,
+            init=args.init,
+            name=args.name,
+            command=shlex.join(["inspectd", *sys.argv[1:]]),
+            decoder=DecoderSettings(
+                iterations=args.iterations,
+                minutes=args.minutes,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                threads=args.threads,
+            ),
+        )
+        run_supervised(job)
+    except (ValueError, FileNotFoundError, BackboneError, ModelError) as exc:
+        print(f"inspectd train-supervised: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"inspectd train-supervised: export failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def register_ensemble(sub: argparse._SubParsersAction) -> None:
