@@ -477,3 +477,49 @@ def test_refinement_changes_only_the_threshold_free_rules_not_the_calibrated_pre
         assert np.array_equal(predicted > 0, mean > 0.3)
         np.testing.assert_array_equal(prob_map, refine_map(gray, mean, cfg))
     assert np.count_nonzero(refine_map(gray, mean, RuleConfig()) > 0.3) != np.count_nonzero(mean > 0.3)
+
+
+def test_pretrained_checkers_share_one_encoder_cache_and_export_whole_networks(mvtec_dir, tmp_path):
+    """The default checkers: frozen EfficientNet-Lite0 encoder + a decoder per fold, each exported whole (ONNX
+    parity checked), fold-disjoint, with the encoder's weight sha256 in the manifest; `label check` runs them."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the pretrained backbone is in the train extra")
+    from inspectd.core.manifest import load_manifest
+
+    out = tmp_path / "ck"
+    proc = run_cli(
+        "label",
+        "train-checker",
+        "--data",
+        str(mvtec_dir),
+        "--out",
+        str(out),
+        "--folds",
+        "2",
+        "--size",
+        "64",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    members = []
+    for k in range(2):
+        m = load_manifest(out / f"checker_{k}")
+        t = m.training
+        assert m.kind == "classifier" and m.input.shape == (None, 1, 64, 64)
+        assert t["encoder"]["sha256"].startswith("579344248a93") and t["encoder"]["frozen"] is True
+        assert (
+            t["export"]["parity"]["max_abs_diff"] <= 1e-4 and t["checker"]["config"]["encoder"] == "efficientnet-lite0"
+        )
+        members.append(set(t["checker"]["members"]))
+    assert not members[0] & members[1] and len(members[0] | members[1]) == 20
+    check = run_cli(
+        "label", "check", "--data", str(mvtec_dir), "--checkers", str(out), "--json", str(tmp_path / "c.json")
+    )
+    assert check.returncode in (0, 3), check.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["checked"] == 20
+    bad = run_cli("label", "train-checker", "--data", str(mvtec_dir), "--out", str(tmp_path / "x"), "--size", "100")
+    assert bad.returncode == 2 and "multiple of 32" in bad.stderr
