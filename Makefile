@@ -8,18 +8,25 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test install install-dev bench clean browser
+.PHONY: demo test lint install install-dev bench clean browser
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: $(DEV_STAMP) browser
+test: lint browser
 	$(PY) -m pytest
 
 # the review page's tests look at it in a real headless Chromium (Debian's); installed once, where apt is at hand
 browser:
 	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+# ruff (lint + format), mypy, and the import-linter layer contracts in pyproject.toml
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
@@ -32,7 +39,7 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PIP) install --quiet -e .
 	touch $@
 
-# torch==2.13.0 (CPU build) for export/ and calibration/ tests; never needed by the daemon
+# torch==2.13.0 (CPU build) for the training and labelling tests; never needed by the daemon
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
 	$(PIP) install --quiet -e '.[train,dev]'
 	touch $@

@@ -28,9 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from inspectd.core import logs
-from inspectd.core.types import Code, Verdict
+from inspectd.core.types import Code, Verdict, plc_seq
 from inspectd.plc import PlcConfig, build_plc_sink
-from inspectd.plc.book import wrap_seq
 
 
 def _free_port() -> int:
@@ -74,7 +73,7 @@ def run(items: int, poll_ms: float, rate_hz: float, settle_s: float = 1.0) -> di
             t0 = time.perf_counter()
             sink.emit(v)
             t1 = time.perf_counter()
-            t_emit[wrap_seq(seq)] = t0
+            t_emit[plc_seq(seq)] = t0
             emit_cost.append(t1 - t0)
             sink.heartbeat()
         done.set()

@@ -4,7 +4,8 @@ For each model (the demo model, models/demo, and a 256x256-input autoencoder), i
 
 1. `--frames` frames of the synthetic fabric camera (256x256 gray, a quarter with defects) are written as PNG to a
    temporary folder;
-2. the daemon's real parts are built as ``inspectd run`` builds them: thread budget (inspectd.daemon.pipeline.thread_budget,
+2. the daemon's real parts are built as ``inspectd run`` builds them: thread budget
+(inspectd.daemon.pipeline.thread_budget,
    automatic unless `--onnxruntime-threads` / `--numba-threads`), Detector (CPU), Inspector, warm-up, the folder
    camera unthrottled (rate_hz 0), the log sink (JSON rendered, written to /dev/null), Dispatcher, Pipeline;
 3. a bare onnxruntime loop (the same Detector session, so the same session options and threads) runs over the same
@@ -59,7 +60,8 @@ def build_autoencoder(
     seed: int = 0,
     name: str | None = None,
 ) -> Path:
-    """inspectd/training/model.py's ConvAutoencoder as an ONNX graph (BatchNorm folded into the convolutions), random weights.
+    """inspectd/training/model.py's ConvAutoencoder as an ONNX graph (BatchNorm folded into the convolutions), random
+    weights.
 
     Encoder: per stage a 4x4 stride-2 conv and a 3x3 conv, LeakyReLU(0.2); a 1x1 conv to `latent` channels.
     Decoder: a 1x1 conv back, then per stage a 3x3 conv and a 4x4 stride-2 transposed conv; a 3x3 conv and a sigmoid.

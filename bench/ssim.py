@@ -5,7 +5,8 @@ each thread count (1, and all usable cores), the three are timed interleaved, ro
 noise hits them alike; the median call time gives megapixels per second. The window is skimage's default for
 sigma 1.5 (Gaussian, 11 taps), scipy's reflect border for all three.
 
-- inspectd: ``inspectd.inspection.ssim.SsimKernel("gaussian", 11, 1.5).difference(a, b)``, with ``numba.set_num_threads(n)``.
+- inspectd: ``inspectd.inspection.ssim.SsimKernel("gaussian", 11, 1.5).difference(a, b)``, with
+``numba.set_num_threads(n)``.
 - OpenCV: the SSIM map as an engineer writes it with OpenCV (below, :func:`opencv_difference`): five
   ``cv2.GaussianBlur`` in float32 with the same 11x11 window and sigma (mu_x, mu_y, E[x^2], E[y^2], E[xy]) and the
   formula in numpy; ``cv2.setNumThreads(n)``, so OpenCV gets the same threads as inspectd.
@@ -39,8 +40,8 @@ import cv2  # noqa: E402
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 
-from inspectd.daemon.pipeline import usable_cores
-from inspectd.inspection.ssim import SsimKernel, set_num_threads
+from inspectd.daemon.pipeline import usable_cores  # noqa: E402
+from inspectd.inspection.ssim import SsimKernel, set_num_threads  # noqa: E402
 
 SIZE, SIGMA, K1, K2, DATA_RANGE = 11, 1.5, 0.01, 0.03, 1.0
 C1, C2 = (K1 * DATA_RANGE) ** 2, (K2 * DATA_RANGE) ** 2

@@ -113,7 +113,10 @@ class EncoderProbe:
 
         manifest = load_manifest(model_dir)
         if manifest.preprocess.mode != "tile":
-            msg = f"the encoder probe needs a tiled model (preprocess.mode tile), {model_dir} has {manifest.preprocess.mode!r}"
+            msg = (
+                f"the encoder probe needs a tiled model (preprocess.mode tile), {model_dir} has "
+                f"{manifest.preprocess.mode!r}"
+            )
             raise ValueError(msg)
         self.pre = Preprocessor(manifest.preprocess, manifest.input)
         self.model = model_from_checkpoint(checkpoint)
@@ -181,7 +184,7 @@ def measure(
         good = np.array([s for c, s in scored if c == "good"])
         normal = np.concatenate([v[~t] for _, v, t in pixels.get(cue, [])] or [np.empty(0, np.float32)])
 
-        def pair(cls_filter: Callable[[str], bool]) -> dict:
+        def pair(cls_filter: Callable[[str], bool], scored=scored, cue=cue, good=good, normal=normal) -> dict:
             bad = np.array([s for c, s in scored if c != "good" and cls_filter(c)])
             defect = [v[t] for c, v, t in pixels.get(cue, []) if c != "good" and cls_filter(c)]
             defect = np.concatenate(defect) if defect else np.empty(0, np.float32)

@@ -1,4 +1,5 @@
-"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface, woven
+"""An MVTec-layout data set rendered by the synthetic camera (inspectd.daemon.cameras.synthetic): a second surface,
+woven
 fabric, to check that a training recipe works untuned beyond magnetic tile, and a tiny tree for tests.
 
     DIR/train/good/*.png                      render_good(n) of the training seed
@@ -18,6 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from inspectd.core import mvtec
 
 TRAIN_SEED = 7  # the demo model's training stream
 TEST_SEED = 4321  # neither the training stream nor the demo stream (1234)
@@ -64,7 +67,7 @@ def write_synthetic_tree(
             if cap.truth_mask is not None and cap.truth_mask.any():
                 save(root / "test" / kinds[0] / f"{n:06d}.png", cap.image)
                 save(
-                    root / "ground_truth" / kinds[0] / f"{n:06d}_mask.png",
+                    mvtec.mask_path(root, kinds[0], f"{n:06d}"),
                     np.where(cap.truth_mask > 0, 255, 0).astype(np.uint8),
                 )
                 found += 1

@@ -1,6 +1,7 @@
 """The `inspectd` console script: one entry point, subcommands contributed by each package.
 
-daemon/ contributes run, check-config and mark; collector/ contributes collect; export/ contributes train and ensemble (torch is imported only when train runs).
+daemon/ contributes run, check-config and mark; collector/ contributes collect; export/ contributes train and
+ensemble (torch is imported only when train runs).
 This dispatcher lives outside daemon/ so that daemon/ never imports export/ or calibration/.
 """
 

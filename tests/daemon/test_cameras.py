@@ -256,9 +256,9 @@ def test_folder_returns_an_error_capture_for_an_undecodable_file_and_continues(t
     write_png(tmp_path / "01.png", gray(1))
     (tmp_path / "02.png").write_bytes(b"")
     (tmp_path / "03.png").write_bytes(b"this is not a PNG at all" * 10)
-    ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
+    _ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8))
     (tmp_path / "04.png").write_bytes(png.tobytes()[: len(png) // 2])
-    ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
+    _ok, jpg = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8))
     (tmp_path / "05.jpg").write_bytes(jpg.tobytes()[:-2])  # only the end-of-image marker missing
     write_png(tmp_path / "06.png", gray(6))
     cam = FolderCamera(FolderCameraConfig(path=tmp_path))
@@ -424,7 +424,7 @@ def test_opencv_camera_read_times_out_when_no_frame_arrives(monkeypatch):
         def __init__(self, *args):
             pass
 
-        def isOpened(self):
+        def isOpened(self):  # noqa: N802  (cv2.VideoCapture names it)
             return True
 
         def set(self, *args):
@@ -452,7 +452,13 @@ def test_opencv_camera_read_times_out_when_no_frame_arrives(monkeypatch):
 
     # close() from another thread wakes a waiting read() at once
     errors = []
-    waiter = threading.Thread(target=lambda: errors.append(pytest.raises(CameraError, cam.read, 10.0)))
+
+    def wait_for_read() -> None:
+        with pytest.raises(CameraError) as info:
+            cam.read(10.0)
+        errors.append(info)
+
+    waiter = threading.Thread(target=wait_for_read)
     t0 = time.monotonic()
     waiter.start()
     time.sleep(0.05)

@@ -98,7 +98,7 @@ def test_config_is_immutable():
 
 def test_missing_model_directory_is_a_config_error(tmp_path):
     cfg = parse_config("camera:\n  type: synthetic\nmodel:\n  path: nowhere\n", base_dir=tmp_path)
-    with pytest.raises(ConfigError, match="model.path: model directory .*nowhere does not exist"):
+    with pytest.raises(ConfigError, match=r"model.path: model directory .*nowhere does not exist"):
         check_runtime(cfg)
 
 

@@ -40,7 +40,7 @@ def _assert_one_verdict_each_in_order(verdicts, n):
 
 def test_every_frame_gets_one_verdict_in_order(inspector):
     cam = ScriptedCamera(live=False, total=40, defect_every=4)
-    pipe, disp, verdicts = _run(cam, inspector)
+    pipe, _disp, verdicts = _run(cam, inspector)
     _assert_one_verdict_each_in_order(verdicts, 40)
     assert pipe.stop_reason == "end of stream"
     codes = [v.code for v in verdicts]
@@ -49,7 +49,7 @@ def test_every_frame_gets_one_verdict_in_order(inspector):
 
 
 def test_max_frames_stops_after_exactly_n_verdicts(inspector):
-    pipe, disp, verdicts = _run(ScriptedCamera(), inspector, max_frames=25)
+    _pipe, disp, verdicts = _run(ScriptedCamera(), inspector, max_frames=25)
     _assert_one_verdict_each_in_order(verdicts, 25)
     assert disp.summary()["frames"] == 25
 
@@ -57,7 +57,7 @@ def test_max_frames_stops_after_exactly_n_verdicts(inspector):
 def test_overrun_of_a_live_camera_gives_error_verdicts_not_drops(inspector):
     slow = SlowInspector(inspector, 0.03)
     cam = ScriptedCamera(live=True, read_delay_s=0.002)
-    pipe, disp, verdicts = _run(cam, slow, cfg=_Cfg(rate_hz=500), max_frames=60, queue_size=2)
+    _pipe, disp, verdicts = _run(cam, slow, cfg=_Cfg(rate_hz=500), max_frames=60, queue_size=2)
     _assert_one_verdict_each_in_order(verdicts, 60)
     errors = [v for v in verdicts if v.code is Code.ERROR]
     assert errors, "a camera 15x faster than inspection must overrun the queue"
@@ -82,7 +82,7 @@ def test_replay_source_blocks_instead_of_overrunning(inspector):
 def test_camera_read_failure_gives_error_verdict_and_reopens(inspector):
     cam = ScriptedCamera(live=False, fail_reads={5, 6}, total=20)
     cfg = _Cfg(rate_hz=0, reconnect={"initial_s": 0.01, "max_s": 0.05})
-    pipe, _, verdicts = _run(cam, inspector, cfg=cfg)
+    _pipe, _, verdicts = _run(cam, inspector, cfg=cfg)
     _assert_one_verdict_each_in_order(verdicts, 20)
     errors = [v for v in verdicts if v.code is Code.ERROR]
     assert len(errors) == 2 and all("scripted read failure" in v.error for v in errors)
@@ -93,7 +93,7 @@ def test_camera_that_cannot_open_is_retried_with_backoff_and_recovers(inspector)
     cam = ScriptedCamera(live=False, fail_opens=3, total=5)
     cfg = _Cfg(rate_hz=0, reconnect={"initial_s": 0.02, "max_s": 0.08})
     t0 = time.monotonic()
-    pipe, _, verdicts = _run(cam, inspector, cfg=cfg)
+    _pipe, _, verdicts = _run(cam, inspector, cfg=cfg)
     elapsed = time.monotonic() - t0
     assert cam.open_attempts == 4
     assert elapsed >= 0.02 + 0.04 + 0.08 - 0.01  # doubling backoff, capped at max_s

@@ -1,4 +1,5 @@
-"""`inspectd ensemble` (inspectd/training/ensemble.py): trained model directories -> one calibrated ensemble directory that
+"""`inspectd ensemble` (inspectd/training/ensemble.py): trained model directories -> one calibrated ensemble
+directory that
 `inspectd evaluate` and the daemon take like any model. Real CLI subprocesses and tiny models trained by export/
 (the train extra)."""
 
@@ -87,7 +88,7 @@ def test_the_ensemble_directory_holds_both_models_each_scaled_by_its_good_images
     # the divisor: the 90th percentile of each model's own image scores on the good images no member trained on
     files, _ = common_held_out([(p, load_manifest(p)) for p in members], separable_tree)
     goods = [read_image(f, "gray") for f in files]
-    for path, divisor in zip(members, (m.ensemble.divide_by, spec.divide_by)):
+    for path, divisor in zip(members, (m.ensemble.divide_by, spec.divide_by), strict=False):
         insp = open_inspector(path)
         want = np.quantile([insp.inspect(g).decision.score for g in goods], 0.9)
         assert divisor == pytest.approx(want, rel=1e-5)
@@ -207,7 +208,7 @@ def test_the_combined_map_is_the_max_of_the_members_own_maps_over_their_divisors
     img = read_image(next((separable_tree / "test" / "spot").iterdir()), "gray")
     m = load_manifest(ensemble)
     divisors = (m.ensemble.divide_by, m.ensemble.members[0].divide_by)
-    maps = [open_inspector(p).score_map(img) / d for p, d in zip(members, divisors)]
+    maps = [open_inspector(p).score_map(img) / d for p, d in zip(members, divisors, strict=False)]
     np.testing.assert_allclose(open_inspector(ensemble).score_map(img), np.maximum(*maps), rtol=1e-5, atol=1e-6)
 
 

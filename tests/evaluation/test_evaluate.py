@@ -83,7 +83,7 @@ def test_the_same_model_is_scored_three_ways_each_with_its_own_calibrated_thresh
 
 
 def test_the_report_shows_every_image_most_anomalous_first_and_its_pictures_exist(evaluated):
-    result, report, _ = evaluated
+    _result, report, _ = evaluated
     page = (report / "index.html").read_text()
     sources = re.findall(r"<img src='([^']+)'", page)
     assert len(sources) == 12

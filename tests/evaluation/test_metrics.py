@@ -30,11 +30,11 @@ def test_the_histogram_pixel_auroc_matches_the_exact_rank_auroc():
     rng = np.random.default_rng(1)
     maps = [rng.gamma(2.0, 0.05, (40, 50)).astype(np.float32) for _ in range(6)]
     truths = [np.zeros((40, 50), bool) for _ in range(6)]
-    for m, t in zip(maps[3:], truths[3:]):
+    for m, t in zip(maps[3:], truths[3:], strict=False):
         t[10:20, 10:25] = True
         m[t] += rng.uniform(0.0, 0.3, t.sum()).astype(np.float32)
     h = PixelHistogram()
-    for m, t in zip(maps, truths):
+    for m, t in zip(maps, truths, strict=False):
         h.add(PixelHistogram.bins(m), t)
     got, bound = h.auroc()
     exact = auroc(np.concatenate([m.ravel() for m in maps]), np.concatenate([t.ravel() for t in truths]))

@@ -9,9 +9,10 @@ import time
 
 import cv2
 
-from inspectd.core.types import Code
+from inspectd.core.types import Code, plc_seq
 from inspectd.feedback import rejects as R
-from inspectd.feedback.rejects import RejectsConfig, RejectStore, plc_seq
+from inspectd.feedback.config import RejectsConfig
+from inspectd.feedback.rejects import RejectStore
 from tests.support.collector import SHA, reject
 
 

@@ -9,12 +9,14 @@ import pytest
 
 from inspectd.daemon.controls import DaemonControls
 from inspectd.feedback.channel import Feedback
+from inspectd.feedback.config import RejectsConfig
 from inspectd.feedback.control import ControlError, request
 from inspectd.feedback.marking import Marker, MarkError
 from inspectd.feedback.protocol import encode_record, parse_record
-from inspectd.feedback.rejects import RejectsConfig, RejectStore
+from inspectd.feedback.rejects import RejectStore
 from inspectd.feedback.spool import Spool
-from tests.support.collector import SHA, reject, wait_until
+from tests.support.collector import SHA, reject
+from tests.support.net import wait_until
 
 
 @pytest.fixture
@@ -56,7 +58,7 @@ def test_a_mark_cannot_be_changed_and_the_error_names_the_earlier_one(parts):
     store, spool = parts
     marker = Marker(store, spool)
     marker.mark(mark="good", source="plc", seq=1)
-    with pytest.raises(MarkError, match="already marked good .* by plc") as exc:
+    with pytest.raises(MarkError, match=r"already marked good .* by plc") as exc:
         marker.mark(mark="bad", source="cli", seq=1)
     assert exc.value.kind == "conflict" and spool.depth == 1
     bad = marker.mark(mark="bad", source="cli", seq=3)
@@ -155,7 +157,7 @@ def test_a_mark_that_cannot_be_spooled_fails_clearly_and_can_be_made_again(parts
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spool_module, "write_atomic", full)
-    with pytest.raises(MarkError, match="could not be written .*No space left") as exc:
+    with pytest.raises(MarkError, match=r"could not be written .*No space left") as exc:
         marker.mark(mark="good", source="cli", seq=2)
     assert exc.value.kind == "failed" and store.find(seq=2).mark is None and spool.depth == 0
     monkeypatch.undo()

@@ -7,11 +7,13 @@ import time
 
 import zmq
 
+from inspectd.feedback.config import FeedbackConfig
 from inspectd.feedback.protocol import ACK_TAG, RECORD_TAG
-from inspectd.feedback.sender import FeedbackConfig, Sender
+from inspectd.feedback.sender import Sender
 from inspectd.feedback.spool import Spool
 from tests.collector.test_collector import Running
-from tests.support.collector import free_port, meta_lines, record, wait_until
+from tests.support.collector import meta_lines, record
+from tests.support.net import free_port, wait_until
 
 
 def _cfg(endpoint: str, tmp_path, **kw) -> FeedbackConfig:

@@ -53,7 +53,7 @@ def test_modified_onnx_file_is_refused_by_hash(tmp_path):
 def test_missing_manifest_is_refused(tmp_path):
     model = make_blur_model(tmp_path / "m")
     (model / "manifest.json").unlink()
-    with pytest.raises(ModelError, match="manifest.json is missing"):
+    with pytest.raises(ModelError, match=r"manifest.json is missing"):
         Detector(model)
 
 

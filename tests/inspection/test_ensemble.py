@@ -100,7 +100,7 @@ def test_a_replaced_member_is_refused_with_the_reason(tmp_path, pair):
     other = make_blur_model(tmp_path / "other", size=(48, 48), mode="tile", tile_overlap=8, scale=0.5)
     shutil.rmtree(ens / "members" / "1")
     shutil.copytree(other, ens / "members" / "1")  # a valid model directory, but not the one calibrated with
-    with pytest.raises(ModelError, match="ensemble.members\\[0\\].*replaced; rebuild the ensemble"):
+    with pytest.raises(ModelError, match=r"ensemble.members\[0\].*replaced; rebuild the ensemble"):
         load_manifest(ens)
 
 
@@ -109,7 +109,7 @@ def test_a_member_file_corrupted_on_disk_is_refused(tmp_path, pair):
     ens = make_ensemble_dir(tmp_path / "ens", fine, [(coarse, 0.2)], primary_divide_by=0.3)
     with open(ens / "members" / "1" / "model.onnx", "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ModelError, match="members\\[0\\].*sha256.*changed or corrupted"):
+    with pytest.raises(ModelError, match=r"members\[0\].*sha256.*changed or corrupted"):
         load_manifest(ens)
 
 
@@ -122,7 +122,7 @@ def test_members_outside_the_directory_missing_or_nested_are_refused(tmp_path, p
     with pytest.raises(ModelError, match="leaves the model directory"):
         load_manifest(ens)
     _rewrite(ens, members=[{"dir": "members/9", "sha256": sha, "divide_by": 0.2}])
-    with pytest.raises(ModelError, match="members\\[0\\].*does not exist"):
+    with pytest.raises(ModelError, match=r"members\[0\].*does not exist"):
         load_manifest(ens)
     inner = make_ensemble_dir(tmp_path / "inner", fine, [(coarse, 0.2)], primary_divide_by=0.3)
     shutil.copytree(inner, ens / "members" / "nested")
@@ -173,8 +173,9 @@ def test_the_daemon_runs_an_ensemble_and_logs_each_model_it_loaded(tmp_path, pai
 
 
 def test_a_reload_swaps_in_an_ensemble_whose_member_changed_although_its_primary_did_not(tmp_path, pair):
-    from tests.support.collector import Daemon, free_port
+    from tests.support.collector import Daemon
     from tests.support.collector import daemon_config as feedback_config
+    from tests.support.net import free_port
 
     fine, coarse = pair
     live = make_ensemble_dir(tmp_path / "live", fine, [(coarse, 0.2)], primary_divide_by=0.3)

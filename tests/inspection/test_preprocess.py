@@ -1,4 +1,5 @@
-"""inspectd.inspection.preprocess: manifest-driven resize/tile preprocessing and stitching score maps back to the frame."""
+"""inspectd.inspection.preprocess: manifest-driven resize/tile preprocessing and stitching score maps back to the "
+"frame."""
 
 from __future__ import annotations
 
@@ -149,7 +150,7 @@ def test_invalid_frames_raise_value_error_naming_the_problem(image, match):
 
 
 def test_channel_mismatch_between_color_and_input_is_rejected():
-    with pytest.raises(ValueError, match="3 channels but preprocess.color is 'gray'"):
+    with pytest.raises(ValueError, match=r"3 channels but preprocess.color is 'gray'"):
         Preprocessor(PreprocessSpec(color="gray"), TensorSpec(name="x", shape=(1, 3, 8, 8)))
 
 
@@ -333,5 +334,5 @@ def test_a_constant_score_map_stays_constant_through_a_scaled_stitch():
 
 
 def test_scale_in_resize_mode_is_a_manifest_error():
-    with pytest.raises(ValueError, match="scale 0.5 needs mode 'tile'"):
+    with pytest.raises(ValueError, match=r"scale 0.5 needs mode 'tile'"):
         PreprocessSpec(color="gray", mode="resize", scale=0.5)

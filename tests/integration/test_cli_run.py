@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import signal
@@ -158,20 +159,16 @@ def test_sd_notify_ready_watchdog_status_and_stopping_reach_the_notify_socket(tm
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())
-            except TimeoutError:
-                pass
             text = "\n".join(messages)
             if "READY=1" in text and text.count("WATCHDOG=1") >= 3 and "STATUS=" in text:
                 break
         proc.send_signal(signal.SIGTERM)
         end = time.monotonic() + 30
         while time.monotonic() < end and "STOPPING=1" not in "\n".join(messages):
-            try:
+            with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())
-            except TimeoutError:
-                pass
         assert proc.wait(30) == 0
     finally:
         if proc.poll() is None:

@@ -13,17 +13,9 @@ import pytest
 import zmq
 
 from inspectd.feedback.protocol import ACK_TAG, NACK_TAG, RECORD_TAG, encode_record
-from tests.support.collector import (
-    Daemon,
-    collector,
-    daemon_config,
-    free_port,
-    meta_lines,
-    png,
-    record,
-    wait_until,
-)
+from tests.support.collector import Daemon, collector, daemon_config, meta_lines, png, record
 from tests.support.helpers import make_blur_model, run_cli, verify_systemd_unit
+from tests.support.net import free_port, wait_until
 
 
 @pytest.fixture(scope="module")

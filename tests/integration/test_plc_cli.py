@@ -14,7 +14,8 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from tests.support.helpers import daemon_config, make_blur_model, parse_json_lines, popen_cli, synthetic_camera
-from tests.support.plc import StandInPlc, free_port, plc_client, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.plc import StandInPlc, plc_client
 
 CODES = {"pass": 1, "reject": 2, "error": 3}
 

@@ -65,7 +65,7 @@ def test_max_pooled_image_head_scores_a_defect_the_same_in_a_crop_and_in_a_large
     for pool in ("mean", "max"):
         net = CheckerNet(CheckerConfig(64, 64, base_width=4, image_pool=pool)).eval()
         feats = []
-        net.image_head.register_forward_hook(lambda _m, args, _out: feats.append(args[0][0, :-1].clone()))
+        net.image_head.register_forward_hook(lambda _m, args, _out, feats=feats: feats.append(args[0][0, :-1].clone()))
         with torch.no_grad():
             net(crop)
             net(whole)
@@ -232,13 +232,13 @@ def test_training_folds_in_parallel_processes_gives_the_same_checkers_as_one_aft
     serial = train_checkers(scan(mvtec_dir), tmp_path / "serial", jobs=1, **kw)
     parallel = train_checkers(scan(mvtec_dir), tmp_path / "parallel", jobs=2, **kw)
     x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
-    for a, b in zip(serial, parallel):
+    for a, b in zip(serial, parallel, strict=False):
         ma, mb = load_manifest(a), load_manifest(b)
         assert ma.training["checker"]["members"] == mb.training["checker"]["members"]
         assert ma.training["final_loss"] == mb.training["final_loss"]
         ra = ort.InferenceSession(str(a / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
         rb = ort.InferenceSession(str(b / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"image": x})
-        for u, v in zip(ra, rb):
+        for u, v in zip(ra, rb, strict=False):
             np.testing.assert_allclose(u, v, atol=1e-6)
     assert (tmp_path / "parallel" / "folds.json").read_text() == (tmp_path / "serial" / "folds.json").read_text()
 

@@ -11,7 +11,8 @@ from inspectd.core.types import Code
 from inspectd.daemon.pipeline import State
 from inspectd.plc import PlcConfig, build_plc_sink
 from inspectd.plc.book import FLAG_READY, FLAG_REJECT, FLAG_TOGGLE
-from tests.support.plc import FakeControls, StandInPlc, code_for, free_port, verdict, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.plc import FakeControls, StandInPlc, code_for, verdict
 
 WRITE, READ = 100, 150  # where the stand-in PLC keeps inspectd's status block and its own request registers
 

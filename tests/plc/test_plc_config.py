@@ -45,7 +45,7 @@ def test_no_plc_section_means_no_plc_link():
 
 
 def test_plc_trigger_without_a_plc_section_is_a_config_error():
-    with pytest.raises(ConfigError, match="camera.trigger is plc, but there is no `plc:` section"):
+    with pytest.raises(ConfigError, match=r"camera.trigger is plc, but there is no `plc:` section"):
         parse_config(CAMERA + "  trigger: plc\n")
     cfg = parse_config(CAMERA + "  trigger: plc\nplc:\n  mode: server\n")
     assert cfg.camera.trigger == "plc"

@@ -11,7 +11,8 @@ import pytest
 from inspectd.core.types import Code
 from inspectd.daemon.pipeline import State
 from inspectd.plc import PlcConfig, PlcError, build_plc_sink
-from tests.support.plc import FakeControls, code_for, free_port, plc_client, verdict, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.plc import FakeControls, code_for, plc_client, verdict
 
 
 @pytest.fixture

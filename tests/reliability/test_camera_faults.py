@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from tests.support.helpers import draw_item, make_blur_model, run_cli
-from tests.support.plc import free_port, plc_client, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.plc import plc_client
 from tests.support.reliability import assert_accounted, config, plc_section, plc_view, run_daemon, verdicts
 
 

@@ -12,8 +12,9 @@ import zmq
 import zmq.auth
 
 from inspectd.feedback.protocol import encode_record
-from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, record, wait_until
+from tests.support.collector import Daemon, collector, daemon_config, meta_lines, record
 from tests.support.helpers import make_blur_model, run_cli
+from tests.support.net import free_port, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +89,8 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
                 "  log_interval_s: 1\n",
                 (
                     "  log_interval_s: 1\n  curve:\n"
-                    f"    server_public_key: {keys / 'collector.key'}\n    client_secret_key: {keys / 'line-1.key_secret'}\n"
+                    f"    server_public_key: {keys / 'collector.key'}\n"
+                    f"    client_secret_key: {keys / 'line-1.key_secret'}\n"
                 ),
             )
         )

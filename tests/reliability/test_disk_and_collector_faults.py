@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, wait_until
+from tests.support.collector import Daemon, collector, daemon_config, meta_lines
 from tests.support.helpers import make_blur_model
+from tests.support.net import free_port, wait_until
 from tests.support.plc import plc_client
 from tests.support.reliability import assert_accounted, plc_section, plc_view
 

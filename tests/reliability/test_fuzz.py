@@ -43,8 +43,8 @@ BASE["rejects"]["dir"] = "/tmp/x/rejects"
 def _paths(node, prefix=()):
     if isinstance(node, dict):
         for k, v in node.items():
-            yield prefix + (k,)
-            yield from _paths(v, prefix + (k,))
+            yield (*prefix, k)
+            yield from _paths(v, (*prefix, k))
 
 
 KEY_PATHS = sorted(
@@ -104,7 +104,10 @@ def test_fuzz_config_values_give_a_config_error_or_a_valid_config(path, value, d
     st.text(max_size=300)
     | st.sampled_from(
         [
-            "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nmodel: {providers: *c}\n",
+            (
+                "a: &a [1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b]\nmodel: "
+                "{providers: *c}\n"
+            ),
             "camera: {type: synthetic}\ncamera: {type: folder}\n",
             "- 1\n- 2\n",
             "camera: !!python/object:os.system x\n",
@@ -232,7 +235,7 @@ frames = st.lists(
 def test_fuzz_zeromq_messages_are_answered_and_the_collector_keeps_serving(collector_server, message):
     from inspectd.feedback.protocol import ACK_TAG, NACK_TAG
 
-    c, dealer, thread = collector_server
+    _c, dealer, thread = collector_server
     dealer.send_multipart(message)
     assert dealer.poll(5000), "no answer within 5 s"
     reply = dealer.recv_multipart()
@@ -244,7 +247,7 @@ def test_after_the_zeromq_fuzz_a_valid_record_is_stored(collector_server):
     from inspectd.feedback.protocol import ACK_TAG, encode_record
     from tests.support.collector import record
 
-    c, dealer, thread = collector_server
+    _c, dealer, _thread = collector_server
     dealer.send_multipart(encode_record(*record("after-fuzz")))
     assert dealer.poll(5000) and dealer.recv_multipart() == [ACK_TAG, b"after-fuzz"]
 
@@ -255,7 +258,7 @@ def test_after_the_zeromq_fuzz_a_valid_record_is_stored(collector_server):
 @pytest.fixture(scope="module")
 def modbus_server():
     from inspectd.plc import PlcConfig, build_plc_sink
-    from tests.support.plc import free_port
+    from tests.support.net import free_port
 
     sink = build_plc_sink(PlcConfig(server={"port": free_port(), "linger_s": 0, "max_clients": 8}))
     sink.start()

@@ -15,7 +15,8 @@ import pytest
 
 from inspectd.plc import PlcConfig, build_plc_sink
 from tests.support.helpers import make_blur_model
-from tests.support.plc import free_port, plc_client, wait_until
+from tests.support.net import free_port, wait_until
+from tests.support.plc import plc_client
 from tests.support.reliability import assert_accounted, config, plc_section, plc_view, run_daemon
 
 

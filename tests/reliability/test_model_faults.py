@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.collector import Daemon, daemon_config, free_port, wait_until
+from tests.support.collector import Daemon, daemon_config
 from tests.support.helpers import make_blur_model, run_cli
+from tests.support.net import free_port, wait_until
 from tests.support.plc import plc_client
 from tests.support.reliability import assert_accounted, config, plc_section, plc_view, wait_verdicts
 

@@ -13,8 +13,9 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from inspectd.feedback.control import ControlError
-from tests.support.collector import Daemon, collector, daemon_config, free_port, meta_lines, wait_until
+from tests.support.collector import Daemon, collector, daemon_config, meta_lines
 from tests.support.helpers import make_blur_model
+from tests.support.net import free_port, wait_until
 from tests.support.plc import plc_client
 from tests.support.reliability import assert_accounted, plc_section, plc_view
 
@@ -63,7 +64,7 @@ def test_sigkill_at_random_points_and_restart_loses_no_confirmed_mark_and_no_ver
         for round_ in range(3):
             d = Daemon(cfg)
             client = plc_client(modbus, timeout=1)
-            assert wait_until(lambda: plc_view(client)["ready"], 10)
+            assert wait_until(lambda client=client: plc_view(client)["ready"], 10)
             work = _Work(d, rng)
             time.sleep(rng.uniform(0.3, 1.5))  # a random point in the middle of it all
             d.kill()

@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.support.collector import Proc, wait_until
+from tests.support.collector import Proc
 from tests.support.helpers import daemon_config
+from tests.support.net import wait_until
 
 CODES = {"pass": 1, "reject": 2, "error": 3}
 

@@ -49,8 +49,8 @@ def test_a_hard_defect_sample_has_target_0_inside_its_mask_and_the_input_elsewhe
 def test_without_augmentation_the_hard_sample_is_a_crop_of_the_image_and_mask_at_the_same_place():
     hard = _hard()
     ds = TrainingSet(stripes(2, size=64), TILE, augment=AugmentConfig.off(), hard=[hard], hard_prob=1.0)
-    inp, target, mask = ds.sample_one(np.random.default_rng(3))
-    ys, xs = np.nonzero(hard.mask)
+    inp, _target, mask = ds.sample_one(np.random.default_rng(3))
+    _ys, _xs = np.nonzero(hard.mask)
     hits = [
         (y, x)
         for y in range(0, 80 - 32 + 1)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import structlog
 
+from inspectd.core.clock import iso_utc
 from inspectd.core.durable import fsync_dir, remove_temp_files, write_atomic
 from inspectd.feedback.protocol import RecordMeta
-from inspectd.feedback.rejects import iso_utc
 
 log = structlog.get_logger("inspectd.collect")
 

@@ -1,7 +1,8 @@
 """The collector's ROUTER loop: receive, validate, store (fsync), then acknowledge.
 
 Every message is checked before anything is written: frame count, protocol tag, meta JSON against the record
-schema (inspectd/feedback/protocol.py), image size in bytes, PNG signature, pixel count, a full decode with OpenCV and its
+schema (inspectd/feedback/protocol.py), image size in bytes, PNG signature, pixel count, a full decode with OpenCV
+and its
 size and channels against the meta. A message that fails is refused: a nack `[b"inspectd.nack.v1", id, reason]`
 goes back (the sender moves that record aside instead of resending it forever), a warning is logged, and the loop
 goes on. ZeroMQ itself disconnects a peer that sends a frame beyond `max_image_bytes` + 1 MiB (ZMQ_MAXMSGSIZE), so

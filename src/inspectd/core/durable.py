@@ -8,6 +8,7 @@ removes at start (`remove_temp_files`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -45,10 +46,8 @@ def write_atomic(path: str | Path, data: bytes, *, fsync: bool = True, sync_dir:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
     if fsync and sync_dir:
         fsync_dir(path.parent)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import numpy as np
 import structlog
@@ -34,7 +35,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> str:
     stream = sys.stdout if stream is None else stream
     if fmt == "auto":
         fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
-    shared = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -42,7 +43,7 @@ def configure(level: str = "info", fmt: str = "auto", stream=None) -> str:
         structlog.processors.StackInfoRenderer(),
     ]
     if fmt == "json":
-        renderer = [
+        renderer: list[Any] = [
             structlog.processors.format_exc_info,
             _head_first,
             structlog.processors.JSONRenderer(sort_keys=False),

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from inspectd.core.errors import ModelError
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION: Literal[1] = 1
 MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its divisor)
 
 
@@ -192,7 +192,10 @@ class Manifest(_Strict):
             msg = f"input has {self.input.channels} channels but preprocess.color is {self.preprocess.color!r}"
             raise ValueError(msg)
         if self.kind == "autoencoder" and self.output.shape[1:] != self.input.shape[1:]:
-            msg = f"an autoencoder's output shape {list(self.output.shape)} must equal its input shape {list(self.input.shape)}"
+            msg = (
+                f"an autoencoder's output shape {list(self.output.shape)} must equal its input shape "
+                f"{list(self.input.shape)}"
+            )
             raise ValueError(msg)
         if self.thresholds.pixel > self.pixel_limit:
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"

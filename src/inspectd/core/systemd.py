@@ -77,7 +77,8 @@ def install_signal_handlers(on_stop: Callable[[str], None], on_reload: Callable[
         on_stop(signal.Signals(signum).name)
 
     def reload_handler(signum, _frame) -> None:
-        on_reload(signal.Signals(signum).name)  # must return at once: it only starts a thread
+        if on_reload is not None:
+            on_reload(signal.Signals(signum).name)  # must return at once: it only starts a thread
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)

@@ -22,6 +22,13 @@ class Code(enum.IntEnum):
     ERROR = 3  # the PLC treats it as reject: an item is bad until it has a positive OK
 
 
+def plc_seq(seq: int) -> int:
+    """The daemon's unbounded seq as the PLC sees it (holding register last_seq, the result ring, register 21):
+    1..65535, then 1 again; 0 means 'no result yet'. The one definition: a mark from register 21 finds its reject
+    only because the PLC link and the reject store agree on it."""
+    return (seq - 1) % 65535 + 1 if seq > 0 else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Capture:
     """One image as a camera delivers it, before the pipeline gives it a sequence number.

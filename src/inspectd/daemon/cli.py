@@ -1,17 +1,19 @@
-"""The daemon's subcommands: `run` and `check-config`.
+"""The daemon's subcommands: `run`, `check-config`, and the two that talk to a running daemon over its control
+socket, `mark` and `reload`.
 
-Exit codes: 0 = clean stop; 2 = bad configuration or model (restarting will not help: the systemd unit does not
-restart on 2); 1 = a runtime failure where a restart is the right answer.
+Exit codes: 0 = clean stop / done; 2 = bad configuration or model, or the daemon refused (restarting will not help:
+the systemd unit does not restart on 2); 1 = a runtime failure where a restart is the right answer.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import threading
-import time
 from pathlib import Path
+
+from inspectd.core.errors import ConfigError
+from inspectd.daemon.config import check_runtime, load_config
+from inspectd.feedback.control import ControlError, request
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -26,15 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--config", default="config.yaml", help="YAML config file (default: ./config.yaml)")
     c.set_defaults(func=cmd_check_config)
 
-    from inspectd.feedback.control import register as register_mark
-
-    register_mark(sub)  # `inspectd mark SEQ --good|--bad`: talks to the running daemon's control socket
+    register_control(sub)  # `inspectd mark SEQ --good|--bad`, `inspectd reload`: the running daemon's socket
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    from inspectd.core.errors import ConfigError
-    from inspectd.daemon.config import check_runtime, load_config
-
     try:
         cfg = load_config(args.config)
         check_runtime(cfg)
@@ -45,28 +42,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _stdin_triggers(pipeline) -> None:
-    """Software trigger from standard input: each line is one trigger, optionally carrying an item id."""
-    import structlog
-
-    log = structlog.get_logger("inspectd.trigger")
-    for line in sys.stdin:
-        text = line.strip()
-        try:
-            item_id = int(text) if text else 0
-        except ValueError:
-            log.warning("bad_trigger_line", line=text[:80], expected="an empty line or an integer item id")
-            continue
-        if not 0 <= item_id <= 65535:
-            log.warning("bad_trigger_line", line=text[:80], expected="item id 0..65535")
-            continue
-        pipeline.trigger(item_id)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
-    from inspectd.core.errors import ConfigError
-    from inspectd.daemon.config import load_config
-
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:
@@ -77,195 +53,90 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
 
     from inspectd.core import logs
+    from inspectd.daemon import app  # the whole runtime (onnxruntime, numba, pymodbus): only for `run`
 
     logs.configure(cfg.logging.level, cfg.logging.format)
-    return _run(cfg, Path(args.config), args.max_frames)
+    return app.run(cfg, Path(args.config), args.max_frames)
 
 
-def _run(cfg, config_path: Path, max_frames: int) -> int:
-    import structlog
-
-    from inspectd import __version__
-    from inspectd.core.errors import ModelError
-    from inspectd.core.systemd import Notifier, install_signal_handlers
-    from inspectd.daemon.cameras import build_camera
-    from inspectd.daemon.controls import DaemonControls
-    from inspectd.daemon.dispatch import Dispatcher
-    from inspectd.daemon.logsink import LogSink
-    from inspectd.daemon.pipeline import Pipeline, thread_budget
-    from inspectd.inspection import ssim
-    from inspectd.inspection._numba_env import ensure_numba_cache_dir
-    from inspectd.inspection.detector import Detector
-    from inspectd.inspection.inspector import Inspector
-
-    log = structlog.get_logger("inspectd")
-    log.info("starting", version=__version__, config=str(config_path.resolve()), line=cfg.line)
-    cache_dir = ensure_numba_cache_dir()
-    notifier = Notifier()
-    threads = cfg.pipeline.threads
-    budget = thread_budget(threads.onnxruntime, threads.numba)  # the rule: inspectd.daemon.pipeline.thread_budget
-    (log.warning if budget.oversubscribed else log.info)(
-        "threads", onnxruntime=budget.onnxruntime, numba=budget.numba, cores=budget.cores
+def register_control(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "mark",
+        help="mark a rejected item good (a false reject, sent for training) or bad (a confirmed defect)",
+        description="Talks to the running daemon's control socket (control.socket in the config). SEQ is the "
+        "verdict's seq from the daemon's log (or a reject id). The newest stored reject with that seq is marked; "
+        "marking it again the same way changes nothing.",
     )
+    p.add_argument("seq", metavar="SEQ", help="the reject's seq (as in the verdict log), or its reject id")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--good", dest="mark", action="store_const", const="good", help="a false reject: it was good")
+    which.add_argument("--bad", dest="mark", action="store_const", const="bad", help="a confirmed defect")
+    p.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
+    p.set_defaults(func=cmd_mark)
 
+    r = sub.add_parser(
+        "reload",
+        help="reload the running daemon's model from model.path (validated first; the old one stays on failure)",
+        description="Asks the running daemon, over its control socket, to load the model directory at model.path, "
+        "check it (manifest, sha256, shapes, warm-up) and swap it in between frames. Same as `systemctl reload "
+        "inspectd` / SIGHUP, but waits for the answer. Exit 0 reloaded (or unchanged), 2 refused or no daemon.",
+    )
+    r.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
+    r.set_defaults(func=cmd_reload)
+
+
+def _ask_daemon(args: argparse.Namespace, command: str, payload: dict, no_control: str, timeout: float) -> dict | None:
+    """Load the config, send one request to the daemon's control socket; the answer, or None after printing why."""
     try:
-        detector = Detector(
-            cfg.model.path,
-            providers=cfg.model.providers,
-            require_gpu=cfg.model.require_gpu,
-            intra_op_threads=budget.onnxruntime,
-        )
-    except ModelError as exc:
-        log.error("model_refused", path=str(cfg.model.path), error=str(exc))
-        print(f"inspectd: model.path: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    m = detector.manifest
-    info = detector.info
-    log.info(
-        "model_loaded",
-        path=str(cfg.model.path),
-        name=m.name,
-        sha256=m.identity,  # onnx.sha256, or an ensemble's identity (inspectd.core.manifest.Manifest.identity)
-        input=list(m.input.shape),
-        preprocess=m.preprocess.mode,
-        providers_requested=list(info.requested),
-        providers_obtained=list(info.obtained),
-        on_gpu=info.on_gpu,
-    )
-    if not info.on_gpu and any(p != "CPUExecutionProvider" for p in info.requested):
-        log.warning(
-            "gpu_not_used",
-            detail="onnxruntime fell back to the CPU; GPU providers were requested but could not be loaded",
-            available=list(info.available),
-        )
-    try:  # an ensemble opens its other models here, with the same providers
-        inspector = Inspector(
-            detector, pixel_threshold=cfg.model.pixel_threshold, min_region_area=cfg.model.min_region_area
-        )
-    except ModelError as exc:
-        log.error("model_refused", path=str(cfg.model.path), error=str(exc))
-        print(f"inspectd: model.path: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    for member, divide_by in inspector.members:
-        log.info(
-            "ensemble_member",
-            path=str(member.detector.model_dir),
-            name=member.manifest.name,
-            sha256=member.manifest.onnx.sha256,
-            preprocess=member.manifest.preprocess.mode,
-            scale=member.manifest.preprocess.scale,
-            divide_by=divide_by,
-            providers_obtained=list(member.detector.info.obtained),
-            on_gpu=member.detector.info.on_gpu,
-        )
-    t_jit = ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
-    t_warm = inspector.warmup()
-    log.info(
-        "warmed_up",
-        ssim_jit_s=round(t_jit, 3),
-        model_s=round(t_warm, 3),
-        numba_cache_dir=cache_dir,
-        pixel_threshold=inspector.pixel_threshold,
-        min_region_area=inspector.min_region_area,
-    )
-
-    camera = build_camera(cfg.camera)
-    plc = None
-    if cfg.plc is not None:  # the PLC link: started before the pipeline, the first (time-critical) sink
-        import atexit
-
-        from inspectd.plc import PlcError, build_plc_sink
-
-        plc = build_plc_sink(cfg.plc)
-        try:
-            plc.start()
-        except PlcError as exc:
-            log.error("plc_start_failed", error=str(exc))
-            print(f"inspectd: plc: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
-        atexit.register(plc.close)  # every exit path; the normal one closes it in dispatcher.close() (idempotent)
-    import atexit
-
-    from inspectd.core.errors import ConfigError
-    from inspectd.feedback.channel import Feedback, camera_name
-
-    try:  # the false-reject channel: reject store, spool + sender, control socket (each where configured)
-        feedback = Feedback.open(
-            cfg,
-            camera=camera_name(camera.describe()),
-            model_sha256=m.identity,
-            model_name=m.name,
-            pixel_threshold=inspector.pixel_threshold,
-        )
+        cfg = load_config(args.config)
     except ConfigError as exc:
-        log.error("feedback_refused", error=str(exc))
         print(f"inspectd: {exc}", file=sys.stderr)
+        return None
+    control = getattr(cfg, "control", None)
+    if control is None:
+        print(f"inspectd {command}: {args.config} has no `control:` section{no_control}", file=sys.stderr)
+        return None
+    try:
+        answer = request(control.socket, payload, timeout=timeout)
+    except ControlError as exc:
+        print(f"inspectd {command}: {exc}", file=sys.stderr)
+        return None
+    if not answer.get("ok"):
+        print(f"inspectd {command}: {answer.get('error', answer)}", file=sys.stderr)
+        return None
+    return answer
+
+
+def cmd_mark(args: argparse.Namespace) -> int:
+    payload: dict = {"op": "mark", "mark": args.mark}
+    if args.seq.isdigit():
+        payload["seq"] = int(args.seq)
+    else:
+        payload["reject_id"] = args.seq
+    no_control = ", so the daemon has no control socket (add control.socket, restart the daemon)"
+    answer = _ask_daemon(args, "mark", payload, no_control, timeout=15.0)
+    if answer is None:
         return EXIT_CONFIG
-    atexit.register(feedback.close)  # every exit path; the normal one closes it below (idempotent)
-    dispatcher = Dispatcher([*([plc] if plc is not None else []), LogSink(cfg.logging.verdicts), *feedback.sinks])
-    pipeline = Pipeline(
-        camera,
-        cfg.camera,
-        inspector,
-        dispatcher,
-        queue_size=cfg.pipeline.queue_size,
-        overrun=cfg.pipeline.overrun,
-        max_frames=max_frames,
-        drain_timeout_s=cfg.pipeline.drain_timeout_s,
-        notifier=notifier,
-        numba_threads=budget.numba,
+    state = "was already marked" if answer.get("already") else "marked"
+    print(
+        f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
+        f"record {answer['record_id']}; {answer['spool_depth']} record(s) waiting for the collector"
     )
-    dispatcher.attach(DaemonControls(pipeline, mark_good=feedback.mark_good))
-    feedback.start()
-    from inspectd.daemon.reload import ModelReloader
+    return EXIT_OK
 
-    reloader = ModelReloader(
-        cfg,
-        pipeline,
-        intra_op_threads=budget.onnxruntime,
-        on_swapped=lambda new: feedback.set_model(
-            model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold
-        ),
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    no_control = (
+        "; send SIGHUP instead (`systemctl reload inspectd`) and read the `model_reloaded` / "
+        "`model_reload_failed` log event"
     )
-    feedback.ops["reload"] = reloader.handle
-    install_signal_handlers(lambda name: pipeline.stop(f"signal {name}"), on_reload=reloader.request)
-    log.info("camera", trigger=cfg.camera.trigger, rate_hz=cfg.camera.rate_hz, **camera.describe())
-    pipeline.start()
-    if cfg.camera.trigger == "software":
-        threading.Thread(target=_stdin_triggers, args=(pipeline,), name="stdin-trigger", daemon=True).start()
-    notifier.ready(f"running, model {m.name}")
-    log.info("ready", max_frames=max_frames or None)
-
-    last_status = time.monotonic()
-    last_frames = 0
-    while not pipeline.stop_event.wait(0.2) and pipeline.running:
-        now = time.monotonic()
-        if now - last_status >= cfg.service.status_interval_s:
-            frames = dispatcher.emitted
-            fps = (frames - last_frames) / (now - last_status)
-            last_status, last_frames = now, frames
-            status = f"{fps:.1f} fps, {frames} frames, state {pipeline.state.name.lower()}"
-            notifier.status(status)
-            link = {"plc_link": plc.link_state} if plc is not None else {}
-            log.info(
-                "status",
-                fps=round(fps, 2),
-                frames=frames,
-                queue=pipeline.queue_depth(),
-                state=pipeline.state.name.lower(),
-                **link,
-            )
-
-    notifier.stopping()
-    log.info("stopping", reason=pipeline.stop_reason)
-    drained = pipeline.wait(cfg.pipeline.drain_timeout_s)
-    gaps = dispatcher.flush()
-    dispatcher.close()
-    feedback.close()  # control socket, queued marks, then the sender's bounded flush
-    summary = dispatcher.summary()
-    if not drained:
-        log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
-    print(json.dumps(summary), flush=True)
-    notifier.close()
-    crashed = pipeline.stop_reason == "acquisition crashed"
-    return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
+    answer = _ask_daemon(args, "reload", {"op": "reload"}, no_control, timeout=300.0)
+    if answer is None:
+        return EXIT_CONFIG
+    if answer.get("changed"):
+        print(
+            f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})"
+        )
+    else:
+        print(f"model unchanged: sha256 {answer.get('sha256')}")
+    return EXIT_OK

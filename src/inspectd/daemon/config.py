@@ -13,24 +13,25 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from inspectd.core.errors import ConfigError
 from inspectd.core.schema import ConfigPath, StrictModel
-from inspectd.daemon.cameras import CAMERA_TYPES
-from inspectd.feedback.control import ControlConfig
-from inspectd.feedback.rejects import RejectsConfig
-from inspectd.feedback.sender import FeedbackConfig
+from inspectd.daemon.cameras import CAMERA_TYPES, CameraConfigBase
+from inspectd.feedback.config import ControlConfig, FeedbackConfig, RejectsConfig
 from inspectd.inspection.detector import DEFAULT_PROVIDERS
 from inspectd.plc.config import PlcConfig
 
-CameraConfig = Annotated[
-    Union[tuple(cfg for cfg, _ in CAMERA_TYPES.values())],  # noqa: UP007 - built from the registry
-    Field(discriminator="type", description="the image source; `type:` selects one of the camera types"),
-]
+if TYPE_CHECKING:  # the checker sees the common base; pydantic sees the union of every registered type
+    CameraConfig = CameraConfigBase
+else:
+    CameraConfig = Annotated[
+        Union[tuple(cfg for cfg, _ in CAMERA_TYPES.values())],  # noqa: UP007 - built from the registry
+        Field(discriminator="type", description="the image source; `type:` selects one of the camera types"),
+    ]
 
 KNOWN_PROVIDERS = (
     "TensorrtExecutionProvider",
@@ -145,7 +146,8 @@ class Config(StrictModel):
         if self.camera.trigger == "plc" and self.plc is None:
             msg = "camera.trigger is plc, but there is no `plc:` section (the Modbus link that carries the triggers)"
             raise ValueError(msg)
-        if self.camera.trigger == "plc" and self.plc.mode == "client" and self.plc.client.read_address is None:
+        client = self.plc.client if self.plc is not None and self.plc.mode == "client" else None
+        if self.camera.trigger == "plc" and client is not None and client.read_address is None:
             msg = "camera.trigger is plc, but plc.client.read_address is null (where the PLC's triggers are read)"
             raise ValueError(msg)
         return self
@@ -182,15 +184,18 @@ def _line_map(text: str, source: str) -> dict[tuple, int]:
                 key = knode.value
                 line = knode.start_mark.line + 1
                 if key in seen:
-                    msg = f"{source}:{line}: {'.'.join(map(str, path + (key,)))}: duplicate key (first at line {seen[key]})"
+                    msg = (
+                        f"{source}:{line}: {'.'.join(map(str, (*path, key)))}: duplicate key (first at line "
+                        f"{seen[key]})"
+                    )
                     raise ConfigError(msg)
                 seen[key] = line
-                lines[path + (key,)] = line
-                walk(vnode, path + (key,))
+                lines[(*path, key)] = line
+                walk(vnode, (*path, key))
         elif isinstance(node, yaml.SequenceNode):
             for i, item in enumerate(node.value):
-                lines[path + (i,)] = item.start_mark.line + 1
-                walk(item, path + (i,))
+                lines[(*path, i)] = item.start_mark.line + 1
+                walk(item, (*path, i))
 
     walk(root, ())
     return lines
@@ -233,13 +238,14 @@ def _allowed_keys(model_cls: type, path: tuple, data: Any) -> list[str]:
             continue
         ann = field.annotation
         ann = next((a for a in getattr(ann, "__args__", ()) if hasattr(a, "model_fields")), ann)  # X | None
-        cls = ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
-        if cls is None:
+        found = ann if isinstance(ann, type) and hasattr(ann, "model_fields") else None
+        if found is None:
             return []
+        cls = found
     return sorted(getattr(cls, "model_fields", {}))
 
 
-def _format_error(err: dict, data: Any, lines: dict[tuple, int], source: str) -> str:
+def _format_error(err: Any, data: Any, lines: dict[tuple, int], source: str) -> str:
     path = _data_path(tuple(err["loc"]), data)
     line = None
     probe = path

@@ -1,6 +1,7 @@
 """The README's configuration reference, generated from the config models' field descriptions.
 
-`python -m inspectd.daemon.configdoc` prints it; a test checks that README.md holds exactly this text between the markers,
+`python -m inspectd.daemon.configdoc` prints it; a test checks that README.md holds exactly this text between the
+markers,
 so the documentation cannot drift from the schema.
 """
 
@@ -94,7 +95,12 @@ def _feedback_sections(head: str) -> list[str]:
         field = Config.model_fields[name]
         cls = next(a for a in typing.get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel))
         out += ["", f"### {title} (`{name}:`)", "", (cls.__doc__ or "").strip().splitlines()[0]]
-        out += [f"Absent (the default): {field.description.split('absent = ')[-1]}.", "", head, *_rows(cls, f"{name}.")]
+        out += [
+            f"Absent (the default): {(field.description or '').split('absent = ')[-1]}.",
+            "",
+            head,
+            *_rows(cls, f"{name}."),
+        ]
     return out
 
 

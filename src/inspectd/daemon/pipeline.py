@@ -432,13 +432,13 @@ class Pipeline:
                 work.error, work.failed_in = exc, "scoring"
             finally:
                 self._busy_since["scoring"] = None
-        if work.error is not None:
-            exc = work.error
+        if work.error is not None or result is None:
+            error = work.error if work.error is not None else RuntimeError("no result")
             self._inference_failures += 1
             if self._inference_failures >= 3:
-                self._set_state(State.INFERENCE_FAULT, error=repr(exc))
-            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(exc))
-            self._error(frame.seq, frame.item_id, f"inspection: {exc!r}", cap.source, frame.t_acquired)
+                self._set_state(State.INFERENCE_FAULT, error=repr(error))
+            log.error("inspection_failed", seq=frame.seq, source=cap.source, stage=work.failed_in, error=repr(error))
+            self._error(frame.seq, frame.item_id, f"inspection: {error!r}", cap.source, frame.t_acquired)
             return
         if self._inference_failures:
             self._inference_failures = 0

@@ -19,6 +19,8 @@ import time
 
 import structlog
 
+from inspectd.inspection.loading import load_inspector
+
 log = structlog.get_logger("inspectd.reload")
 
 
@@ -54,26 +56,12 @@ class ModelReloader:
             return self._reload(reason)
 
     def _reload(self, reason: str) -> dict:
-        from inspectd.inspection import ssim
-        from inspectd.inspection.detector import Detector
-        from inspectd.inspection.inspector import Inspector
-
         path = self.cfg.model.path
         old = self.current_sha256
         log.info("model_reload_started", reason=reason, path=str(path), sha256=old)
         t0 = time.monotonic()
         try:
-            detector = Detector(
-                path,
-                providers=self.cfg.model.providers,
-                require_gpu=self.cfg.model.require_gpu,
-                intra_op_threads=self.intra_op_threads,
-            )
-            new = Inspector(
-                detector, pixel_threshold=self.cfg.model.pixel_threshold, min_region_area=self.cfg.model.min_region_area
-            )
-            ssim.warmup([new.ssim], channels=new.preprocessor.channels)
-            new.warmup()  # raises ModelError on a wrong output shape or non-finite output
+            new = load_inspector(self.cfg.model, intra_op_threads=self.intra_op_threads).inspector
         except Exception as exc:  # ModelError, onnxruntime, numba, a half-copied directory: keep the running model
             self.failures += 1
             log.error(

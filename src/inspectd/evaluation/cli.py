@@ -90,7 +90,10 @@ def _f(v) -> str:
 
 def summary_text(r: dict) -> str:
     lines = [
-        f"model {r['model_name']} on {r['data']}: {r['n_images']} images ({r['n_good']} good, {r['n_defective']} defective)",
+        (
+            f"model {r['model_name']} on {r['data']}: {r['n_images']} images ({r['n_good']} good, {r['n_defective']} "
+            f"defective)"
+        ),
         *(
             [f"left out: {r['left_out_trained_on']['count']} images the model was trained on (hard-defect set)"]
             if r.get("left_out_trained_on", {}).get("count")
@@ -108,12 +111,13 @@ def summary_text(r: dict) -> str:
         names = [m.get("name", "?") for m in r.get("ensemble", {}).get("models", [])]
         lines.append(
             "models alone (image AUROC, same images): "
-            + ", ".join(f"{n} {_f(a)}" for n, a in zip(names, r["model_image_auroc"]))
+            + ", ".join(f"{n} {_f(a)}" for n, a in zip(names, r["model_image_auroc"], strict=False))
         )
     lines.append("class      n    image AUROC  pixel AUROC  rejected")
     for cls, c in r["per_class"].items():
         lines.append(
-            f"{cls:<10} {c['n']:<4} {_f(c.get('image_auroc')):<12} {_f(c.get('pixel_auroc')):<12} {_f(c.get('reject_rate'))}"
+            f"{cls:<10} {c['n']:<4} {_f(c.get('image_auroc')):<12} {_f(c.get('pixel_auroc')):<12} "
+            f"{_f(c.get('reject_rate'))}"
         )
     t = r["throughput"]
     lines.append(f"throughput {t['images_per_s']:.1f} images/s ({t['ms_per_image_mean']:.1f} ms mean per image)")

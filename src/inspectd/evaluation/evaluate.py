@@ -1,7 +1,8 @@
 """`inspectd evaluate`: a model directory over an MVTec-layout test tree, through the daemon's own code path.
 
 Every image is read as the daemon's folder camera reads it (inspectd.daemon.cameras.folder.decode) and inspected by
-inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing -> decide
+inspectd.inspection.inspector.Inspector: preprocess -> onnxruntime -> difference map -> stitch -> map post-processing
+-> decide
 at the manifest's calibrated thresholds. Nothing here re-implements a step of that path; only the metrics are new.
 No torch: onnxruntime does the inference, as on a line.
 
@@ -35,13 +36,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-import cv2
 import numpy as np
 
+from inspectd.core import mvtec
 from inspectd.evaluation import metrics
 from inspectd.evaluation.scoring import SCORES, native_score, variant_inspector
+from inspectd.inspection.decide import find_regions
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HIST_BINS = 1 << 18
@@ -74,7 +76,7 @@ def find_test_images(data: str | Path) -> list[TestImage]:
         for f in sorted(files, key=lambda p: natural_key(p.relative_to(test))):
             mask = None
             if sub.name != "good":
-                candidate = test.parent / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+                candidate = mvtec.mask_path(test.parent, sub.name, f.stem)
                 mask = candidate if candidate.is_file() else None
             out.append(TestImage(f, sub.name, mask))
     if not out:
@@ -188,13 +190,7 @@ class PixelHistogram:
 
 def kept_region_mask(score_map: np.ndarray, pixel: float, min_area: int) -> np.ndarray:
     """The pixels the decision calls defective: regions above `pixel` of at least `min_area` pixels (decide.py)."""
-    mask = np.ascontiguousarray(score_map > pixel).view(np.uint8)
-    if not mask.any():
-        return mask.astype(bool)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    keep = np.zeros(n, dtype=bool)
-    keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_area
-    return keep[labels]
+    return find_regions(score_map, pixel, min_area).mask()
 
 
 class _ScoreResults:
@@ -276,15 +272,15 @@ class _ScoreResults:
         for cls in sorted({r["class"] for r in recs}):
             sel = np.array([r["class"] in (cls, "good") for r in recs])
             mine = np.array([r["class"] == cls for r in recs])
-            entry = {
+            entry: dict[str, Any] = {
                 "n": int(mine.sum()),
                 "reject_rate": float(rejected[mine].mean()) if known else None,
                 "mean_score": float(scores[mine].mean()),
             }
             if cls != "good":
                 entry["image_auroc"] = metrics.auroc(scores[sel], y[sel])
-                h = self.hist_class.get(cls)
-                entry["pixel_auroc"] = h.merged(self.hist_good).auroc()[0] if h is not None else None
+                hist = self.hist_class.get(cls)
+                entry["pixel_auroc"] = hist.merged(self.hist_good).auroc()[0] if hist is not None else None
             per_class[cls] = entry
         out["per_class"] = per_class
         out["images_without_ground_truth"] = self.no_truth
@@ -356,7 +352,7 @@ def evaluate(
         t0 = time.perf_counter()
         pending = base.infer(base.prepare(image))
         t_shared = time.perf_counter() - t0
-        first = None
+        first: tuple | None = None
         for i, r in enumerate(runs):
             t1 = time.perf_counter()
             result = r.inspector.finish(pending, keep_reconstruction=(i == 0 and writer is not None), model_scores=True)
@@ -364,6 +360,7 @@ def evaluate(
             rec = r.add(item, result, truth, ms)
             if i == 0:
                 first = (result, rec, ms)
+        assert first is not None  # runs is never empty
         result, rec, ms = first
         per_image_ms.append(ms)
         infer_s += ms / 1e3
@@ -375,7 +372,7 @@ def evaluate(
 
     by_score = {r.score: r.summary() for r in runs}
     head = by_score[runs[0].score]
-    ms = np.array(per_image_ms)
+    per_ms = np.array(per_image_ms)
     out = {
         "model": str(model_dir),
         "model_name": manifest.name,
@@ -404,9 +401,9 @@ def evaluate(
         **{k: v for k, v in head.items() if k != "score"},
         "throughput": {
             "images_per_s": len(items) / max(infer_s, 1e-9),
-            "ms_per_image_mean": float(ms.mean()),
-            "ms_per_image_p50": float(np.percentile(ms, 50)),
-            "ms_per_image_p99": float(np.percentile(ms, 99)),
+            "ms_per_image_mean": float(per_ms.mean()),
+            "ms_per_image_p50": float(np.percentile(per_ms, 50)),
+            "ms_per_image_p99": float(np.percentile(per_ms, 99)),
             "onnxruntime_threads": threads or "default",
             "note": "prepare + infer + finish per image (file reading and metrics excluded); "
             + ("one inference shared by every --score variant, the time of the first" if len(runs) > 1 else ""),

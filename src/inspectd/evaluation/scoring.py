@@ -54,7 +54,9 @@ def kernel_for(score: str, manifest):
     if score == "l2":
         return L2Difference()
     if score in ("gaussian-ssim", "uniform-ssim"):
-        return SsimKernel(window=score.split("-")[0], size=s.size, sigma=s.sigma, k1=s.k1, k2=s.k2)
+        return SsimKernel(
+            window="gaussian" if score == "gaussian-ssim" else "uniform", size=s.size, sigma=s.sigma, k1=s.k1, k2=s.k2
+        )
     msg = f"unknown score {score!r}, expected one of {', '.join(SCORES)}"
     raise ValueError(msg)
 

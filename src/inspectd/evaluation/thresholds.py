@@ -1,7 +1,8 @@
 """Choose a model's pixel threshold and minimum region area from held-out images, on the daemon's own numbers.
 
 Score maps come from inspectd.inspection.inspector.Inspector (preprocess -> ONNX -> Gaussian-SSIM map, frame-sized), and
-regions are counted as inspectd.inspection.decide counts them (8-connected pixels strictly above the pixel threshold; a region
+regions are counted as inspectd.inspection.decide counts them (8-connected pixels strictly above the pixel threshold;
+a region
 of at least min_region_area pixels rejects the image). So a threshold chosen here means on a line what it meant
 during calibration.
 
@@ -25,10 +26,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from inspectd.core.manifest import Manifest, Thresholds, load_manifest
+from inspectd.inspection.decide import find_regions
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,7 @@ def score_maps(inspector, images: Iterable[np.ndarray]) -> list[np.ndarray]:
 
 def largest_region(score_map: np.ndarray, threshold: float) -> int:
     """Area (pixels) of the largest 8-connected region strictly above `threshold`; 0 when there is none."""
-    if float(score_map.max()) <= threshold:
-        return 0
-    mask = np.ascontiguousarray(score_map > threshold).view(np.uint8)
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-    return int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+    return find_regions(score_map, threshold, 1).largest_area
 
 
 def _quantile(maps: Sequence[np.ndarray], q: float, max_values: int = 4_000_000) -> float:
@@ -165,7 +162,7 @@ def calibrate_with_defects(
         msg = f"{len(defect_maps)} defective score maps but {len(defect_masks)} masks"
         raise ValueError(msg)
     truths = [np.asarray(m) > 0 for m in defect_masks]
-    for m, t in zip(defect_maps, truths):
+    for m, t in zip(defect_maps, truths, strict=False):
         if m.shape != t.shape:
             msg = f"a defect mask has shape {t.shape} but its score map {m.shape}: masks must be frame-sized"
             raise ValueError(msg)
@@ -174,20 +171,20 @@ def calibrate_with_defects(
     lo = _quantile(good_maps, 0.99)
     hi = max(float(m.max()) for m in list(good_maps) + list(defect_maps))
     best: tuple | None = None
-    for t in np.linspace(lo, hi, candidates, endpoint=False):
-        t = float(t)
-        g_areas = np.array([largest_region(m, t) for m in good_maps])
+    for candidate in np.linspace(lo, hi, candidates, endpoint=False):
+        level = float(candidate)
+        g_areas = np.array([largest_region(m, level) for m in good_maps])
         min_area = min(_min_area_for(g_areas, area_margin, min_area_floor), area_cap)
         good_pass = float(np.mean(g_areas < min_area))
-        d_areas = np.array([largest_region(m, t) for m in defect_maps])
+        d_areas = np.array([largest_region(m, level) for m in defect_maps])
         reject = float(np.mean(d_areas >= min_area))
-        tp = sum(int(np.count_nonzero((m > t) & y)) for m, y in zip(defect_maps, truths))
-        fp = sum(int(np.count_nonzero((m > t) & ~y)) for m, y in zip(defect_maps, truths))
-        fn = sum(int(np.count_nonzero((m <= t) & y)) for m, y in zip(defect_maps, truths))
+        tp = sum(int(np.count_nonzero((m > level) & y)) for m, y in zip(defect_maps, truths, strict=False))
+        fp = sum(int(np.count_nonzero((m > level) & ~y)) for m, y in zip(defect_maps, truths, strict=False))
+        fn = sum(int(np.count_nonzero((m <= level) & y)) for m, y in zip(defect_maps, truths, strict=False))
         f1 = 2 * tp / max(1, 2 * tp + fp + fn)
-        key = ((good_pass + reject) / 2, f1, t)
+        key = ((good_pass + reject) / 2, f1, level)
         if best is None or key > best[0]:
-            best = (key, t, min_area, good_pass, reject, f1)
+            best = (key, level, min_area, good_pass, reject, f1)
     assert best is not None
     (bacc, _, _), pixel, min_area, good_pass, reject, f1 = best
     method = (
@@ -300,7 +297,7 @@ def evaluate(inspector, images: Iterable[np.ndarray], truths: Iterable[bool]) ->
     from inspectd.core.types import Code
 
     counts = {"good_pass": 0, "good_reject": 0, "defect_reject": 0, "defect_pass": 0}
-    for image, truth in zip(images, truths):
+    for image, truth in zip(images, truths, strict=False):
         rejected = inspector.inspect(image).decision.code != Code.PASS
         key = ("defect_" if truth else "good_") + ("reject" if rejected else "pass")
         counts[key] += 1

@@ -77,7 +77,7 @@ class Feedback:
                     max_records=feedback.spool_max_records,
                     max_bytes=int(feedback.spool_max_mb * MIB),
                 )
-            sender = Sender(spool, feedback) if spool is not None else None
+            sender = Sender(spool, feedback) if spool is not None and feedback is not None else None
             return cls(store, spool, sender, control.socket if control is not None else None)
         except OSError as exc:
             if store is not None:
@@ -134,6 +134,8 @@ class Feedback:
         seq, rid, mark = request.get("seq"), request.get("reject_id"), request.get("mark")
         if (seq is None) == (rid is None) or not isinstance(seq if rid is None else rid, int if rid is None else str):
             return {"ok": False, "error": "give an integer seq or a string reject_id", "kind": "invalid"}
+        if mark not in ("good", "bad"):
+            return {"ok": False, "error": f"mark must be good or bad, got {mark!r}", "kind": "invalid"}
         try:
             return self.marker.mark(mark=mark, source="cli", seq=seq, reject_id=rid)
         except MarkError as exc:

@@ -1,4 +1,5 @@
-"""The running daemon's local control socket, and `inspectd mark`, its client.
+"""The running daemon's local control socket (server) and `request()`, the one client call (`inspectd mark`,
+`inspectd reload` in inspectd/daemon/cli.py use it).
 
 A UNIX stream socket at `control.socket` (file permissions decide who may mark: 0660, the daemon's group). One
 request per connection, one JSON object per line each way:
@@ -15,38 +16,19 @@ clear message for an unknown or expired seq, a conflicting earlier mark, or when
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import json
 import os
 import socket
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from pydantic import Field, field_validator
-
-from inspectd.core.schema import ConfigPath, StrictModel
 
 log = structlog.get_logger("inspectd.control")
 
 MAX_REQUEST = 64 * 1024
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-
-
-class ControlConfig(StrictModel):
-    """The local control socket that `inspectd mark` talks to."""
-
-    socket: ConfigPath = Field(description="UNIX socket path of the running daemon (e.g. /run/inspectd/control.sock)")
-
-    @field_validator("socket")
-    @classmethod
-    def _short(cls, value):
-        if len(os.fsencode(str(value))) > 100:
-            msg = "a UNIX socket path must be at most 100 bytes long; choose a shorter path"
-            raise ValueError(msg)
-        return value
 
 
 class ControlError(Exception):
@@ -93,10 +75,8 @@ class ControlServer:
         if self._thread.is_alive():
             self._thread.join(5.0)
         self._sock.close()
-        try:
+        with contextlib.suppress(OSError):
             self.path.unlink()
-        except OSError:
-            pass
 
     def _serve(self) -> None:
         while not self._stop.is_set():
@@ -187,92 +167,3 @@ def request(path: str | Path, payload: dict, *, timeout: float = 15.0) -> dict:
         msg = f"the daemon on {path} answered {answer!r}, expected a JSON object"
         raise ControlError(msg)
     return answer
-
-
-# --- `inspectd mark` ------------------------------------------------------------------------------------------
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "mark",
-        help="mark a rejected item good (a false reject, sent for training) or bad (a confirmed defect)",
-        description="Talks to the running daemon's control socket (control.socket in the config). SEQ is the "
-        "verdict's seq from the daemon's log (or a reject id). The newest stored reject with that seq is marked; "
-        "marking it again the same way changes nothing.",
-    )
-    p.add_argument("seq", metavar="SEQ", help="the reject's seq (as in the verdict log), or its reject id")
-    which = p.add_mutually_exclusive_group(required=True)
-    which.add_argument("--good", dest="mark", action="store_const", const="good", help="a false reject: it was good")
-    which.add_argument("--bad", dest="mark", action="store_const", const="bad", help="a confirmed defect")
-    p.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
-    p.set_defaults(func=cmd_mark)
-
-    r = sub.add_parser(
-        "reload",
-        help="reload the running daemon's model from model.path (validated first; the old one stays on failure)",
-        description="Asks the running daemon, over its control socket, to load the model directory at model.path, "
-        "check it (manifest, sha256, shapes, warm-up) and swap it in between frames. Same as `systemctl reload "
-        "inspectd` / SIGHUP, but waits for the answer. Exit 0 reloaded (or unchanged), 2 refused or no daemon.",
-    )
-    r.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
-    r.set_defaults(func=cmd_reload)
-
-
-def _ask_daemon(args: argparse.Namespace, command: str, payload: dict, no_control: str, timeout: float) -> dict | None:
-    """Load the config, send one request to the daemon's control socket; the answer, or None after printing why."""
-    from inspectd.core.errors import ConfigError
-    from inspectd.daemon.config import load_config
-
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"inspectd: {exc}", file=sys.stderr)
-        return None
-    control = getattr(cfg, "control", None)
-    if control is None:
-        print(f"inspectd {command}: {args.config} has no `control:` section{no_control}", file=sys.stderr)
-        return None
-    try:
-        answer = request(control.socket, payload, timeout=timeout)
-    except ControlError as exc:
-        print(f"inspectd {command}: {exc}", file=sys.stderr)
-        return None
-    if not answer.get("ok"):
-        print(f"inspectd {command}: {answer.get('error', answer)}", file=sys.stderr)
-        return None
-    return answer
-
-
-def cmd_mark(args: argparse.Namespace) -> int:
-    payload: dict = {"op": "mark", "mark": args.mark}
-    if args.seq.isdigit():
-        payload["seq"] = int(args.seq)
-    else:
-        payload["reject_id"] = args.seq
-    no_control = ", so the daemon has no control socket (add control.socket, restart the daemon)"
-    answer = _ask_daemon(args, "mark", payload, no_control, timeout=15.0)
-    if answer is None:
-        return EXIT_USAGE
-    state = "was already marked" if answer.get("already") else "marked"
-    print(
-        f"seq {answer['seq']} (PLC seq {answer['plc_seq']}, item {answer['item_id']}) {state} {answer['mark']}: "
-        f"record {answer['record_id']}; {answer['spool_depth']} record(s) waiting for the collector"
-    )
-    return EXIT_OK
-
-
-def cmd_reload(args: argparse.Namespace) -> int:
-    no_control = (
-        "; send SIGHUP instead (`systemctl reload inspectd`) and read the `model_reloaded` / "
-        "`model_reload_failed` log event"
-    )
-    answer = _ask_daemon(args, "reload", {"op": "reload"}, no_control, timeout=300.0)
-    if answer is None:
-        return EXIT_USAGE
-    if answer.get("changed"):
-        print(
-            f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})"
-        )
-    else:
-        print(f"model unchanged: sha256 {answer.get('sha256')}")
-    return EXIT_OK

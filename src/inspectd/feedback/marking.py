@@ -24,8 +24,9 @@ import time
 
 import structlog
 
+from inspectd.core.clock import iso_utc
 from inspectd.feedback.protocol import png_size
-from inspectd.feedback.rejects import RejectStore, StoredReject, iso_utc
+from inspectd.feedback.rejects import RejectStore, StoredReject
 from inspectd.feedback.spool import Spool
 
 log = structlog.get_logger("inspectd.marking")

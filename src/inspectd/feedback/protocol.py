@@ -109,7 +109,7 @@ def parse_record(frames: list[bytes], *, max_image_bytes: int) -> tuple[RecordMe
         meta = RecordMeta.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'meta'}: {e['msg']}" for e in exc.errors()[:5])
-        raise Refused(f"meta_json does not match the record schema: {problems}", rid) from exc
+        raise Refused(f"meta_json does not match the record schema: {problems}", str(rid or "")) from exc
     if len(image) > max_image_bytes:
         raise Refused(f"image is {len(image)} bytes (limit {max_image_bytes})", meta.id)
     try:

@@ -20,6 +20,7 @@ The id (`<line>-<UTC time>-<seq>-<random>`) is made when the reject is stored; a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import re
@@ -28,50 +29,21 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 import numpy as np
 import structlog
-from pydantic import Field
 
+from inspectd.core.clock import compact_utc, iso_utc
 from inspectd.core.durable import remove_temp_files, write_atomic
-from inspectd.core.schema import ConfigPath, StrictModel
-from inspectd.core.types import Code, Verdict
+from inspectd.core.types import Code, Verdict, plc_seq
+from inspectd.feedback.config import RejectsConfig
 
 log = structlog.get_logger("inspectd.rejects")
 
 MIB = 1024 * 1024
 _STOP = object()
-
-
-class RejectsConfig(StrictModel):
-    """The on-disk store of recent rejects that operators mark good or bad."""
-
-    dir: ConfigPath = Field(
-        description="directory of the reject store (created if missing); one PNG, overlay PNG and JSON per reject"
-    )
-    max_count: int = Field(1000, ge=1, le=1_000_000, description="most rejects kept; the oldest are deleted first")
-    max_mb: float = Field(
-        1024.0, gt=0, le=10_000_000, description="most MiB kept (all files); the oldest are deleted first"
-    )
-    overlay: bool = Field(True, description="also write a heat-map overlay PNG of the score map for operators")
-    queue_size: int = Field(
-        8,
-        ge=1,
-        le=256,
-        description="rejects waiting for the writer thread; beyond it a reject is not stored (logged, counted)",
-    )
-
-
-def plc_seq(seq: int) -> int:
-    """The seq as the PLC sees it in holding register last_seq: 1..65535, wrapping from 65535 to 1."""
-    return (seq - 1) % 65535 + 1
-
-
-def iso_utc(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def safe_name(text: str, limit: int = 40) -> str:
@@ -263,7 +235,7 @@ class RejectStore:
                 self._done()
 
     def _store(self, v: Verdict) -> None:
-        stamp = datetime.fromtimestamp(v.wall_time, timezone.utc).strftime("%Y%m%dT%H%M%S")
+        stamp = compact_utc(v.wall_time)
         rid = f"{self._line_tag}-{stamp}-{v.seq}-{secrets.token_hex(4)}"
         image = np.ascontiguousarray(v.image)
         files = {"image": f"{rid}.png"}
@@ -367,7 +339,5 @@ def _json(meta: dict) -> bytes:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass

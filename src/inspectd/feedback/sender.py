@@ -1,4 +1,5 @@
-"""The sender: a thread that moves spool records to the collector over ZeroMQ DEALER -> ROUTER (inspectd/feedback/protocol.py).
+"""The sender: a thread that moves spool records to the collector over ZeroMQ DEALER -> ROUTER
+(inspectd/feedback/protocol.py).
 
 - Up to `in_flight` records are out at once; each waits `ack_timeout_s` for its ack, then is resent after a
   backoff that doubles per attempt (`backoff_initial_s` .. `backoff_max_s`). A record is deleted from the spool
@@ -13,77 +14,18 @@
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from dataclasses import dataclass
 
 import structlog
 import zmq
-from pydantic import Field, field_validator, model_validator
 
-from inspectd.core.schema import ConfigPath, StrictModel
+from inspectd.feedback.config import CurveConfig, FeedbackConfig
 from inspectd.feedback.protocol import ACK_TAG, NACK_TAG, RECORD_TAG
 from inspectd.feedback.spool import Spool, SpoolError
 
 log = structlog.get_logger("inspectd.sender")
-
-_ENDPOINT = re.compile(r"^(tcp://[^\s:/]+:\d{1,5}|ipc://\S+)$")
-
-
-class CurveConfig(StrictModel):
-    """ZeroMQ CURVE towards a collector started with --curve-secret-key (docs/operations.md, 'Security')."""
-
-    server_public_key: ConfigPath = Field(
-        description="the collector's public key file (collector.key from `inspectd keygen`)"
-    )
-    client_secret_key: ConfigPath = Field(
-        description="this line PC's secret key file (NAME.key_secret, mode 0600); its NAME.key must be in the "
-        "collector's --curve-allowed-clients directory"
-    )
-
-
-class FeedbackConfig(StrictModel):
-    """Where marked rejects go: the local spool and the central collector (`inspectd collect`)."""
-
-    collector: str = Field(description="the collector's ZeroMQ endpoint, e.g. tcp://collector.plant:5561")
-    spool_dir: ConfigPath = Field(
-        description="directory of records waiting for the collector's ack (created if missing)"
-    )
-    spool_max_records: int = Field(
-        10_000, ge=1, le=10_000_000, description="most records kept; when full the oldest are deleted (logged)"
-    )
-    spool_max_mb: float = Field(
-        2048.0, gt=0, le=10_000_000, description="most MiB kept; when full the oldest are deleted (logged)"
-    )
-    in_flight: int = Field(32, ge=1, le=10_000, description="records sent and waiting for their ack at once")
-    ack_timeout_s: float = Field(10.0, gt=0, le=3600, description="a record without an ack after this long is resent")
-    backoff_initial_s: float = Field(
-        1.0, gt=0, le=3600, description="first wait before a resend or a reconnect attempt"
-    )
-    backoff_max_s: float = Field(60.0, gt=0, le=86400, description="longest wait between attempts (doubling backoff)")
-    flush_timeout_s: float = Field(
-        3.0, ge=0, le=300, description="at shutdown, how long to go on sending what is spooled"
-    )
-    log_interval_s: float = Field(
-        60.0, gt=0, le=86400, description="how often the spool depth is logged (event `spool`)"
-    )
-    curve: CurveConfig | None = Field(None, description="CURVE keys (encryption + authentication); null = plain TCP")
-
-    @field_validator("collector")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not _ENDPOINT.match(value):
-            msg = "expected a ZeroMQ endpoint such as tcp://host:5561 (or ipc:///path)"
-            raise ValueError(msg)
-        return value
-
-    @model_validator(mode="after")
-    def _order(self) -> FeedbackConfig:
-        if self.backoff_max_s < self.backoff_initial_s:
-            msg = f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})"
-            raise ValueError(msg)
-        return self
 
 
 @dataclass

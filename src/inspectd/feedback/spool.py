@@ -17,6 +17,7 @@ Records the collector refuses (malformed: resending cannot help) are moved to `r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -188,7 +189,5 @@ class Spool:
 
 
 def _unlink(path: Path) -> None:
-    try:
+    with contextlib.suppress(OSError):
         path.unlink()
-    except OSError:
-        pass

@@ -1,14 +1,18 @@
-"""Difference score map -> regions -> pass/reject (DESIGN.md §1, seed 001: scores above a threshold mark defects).
+"""Difference score map -> regions -> pass/reject: scores above a threshold mark defective regions.
 
 A pixel is defective when its score is strictly greater than the pixel threshold. Defective pixels are grouped
 into 8-connected regions; regions smaller than `min_region_area` pixels are noise and ignored. Any region left
 means REJECT. The image score (for logs, the PLC register and calibration) is a reduction of the whole map.
+
+`find_regions` is the one definition of that region rule: the decision, calibration (thresholds), evaluation
+(pixel metrics at the calibrated thresholds) and the labelling assistant's pre-labels all call it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -17,6 +21,47 @@ from inspectd.core.types import Code, Decision, Region
 
 REDUCTIONS = ("max", "p99", "p999", "mean")
 _QUANTILE = {"p99": 0.99, "p999": 0.999}
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The 8-connected regions of pixels strictly above a threshold, and which of them are large enough."""
+
+    labels: np.ndarray  # int32 HxW: 0 background, 1..n-1 a region (raster order)
+    stats: np.ndarray  # OpenCV's per-label [x, y, w, h, area]
+    kept: np.ndarray  # label ids of the regions of at least min_region_area pixels, largest first
+
+    @property
+    def largest_area(self) -> int:
+        """Area of the largest region above the threshold, kept or not (0 when there is none)."""
+        return int(self.stats[1:, cv2.CC_STAT_AREA].max()) if len(self.stats) > 1 else 0
+
+    @property
+    def defect_area(self) -> int:
+        return int(self.stats[self.kept, cv2.CC_STAT_AREA].sum())
+
+    def mask(self) -> np.ndarray:
+        """bool HxW: the pixels of the kept regions (what the decision calls defective)."""
+        keep = np.zeros(len(self.stats), dtype=bool)
+        keep[self.kept] = True
+        return keep[self.labels]
+
+
+_NO_STATS = np.zeros((1, 5), np.int32)
+
+
+def find_regions(score_map: np.ndarray, pixel_threshold: float, min_region_area: int) -> Regions:
+    """The region rule: pixels strictly above `pixel_threshold`, 8-connected, regions of >= `min_region_area`
+    pixels kept, largest first (equal areas in label, i.e. raster, order)."""
+    m = np.asarray(score_map)
+    if m.size == 0 or float(m.max()) <= pixel_threshold:  # nothing above: no labelling needed
+        return Regions(np.zeros(m.shape, np.int32), _NO_STATS, np.zeros(0, np.intp))
+    mask = np.ascontiguousarray(m > pixel_threshold).view(np.uint8)
+    _n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    kept = np.flatnonzero(areas >= min_region_area) + 1  # label ids (0 is the background)
+    order = kept[np.argsort(-stats[kept, cv2.CC_STAT_AREA], kind="stable")]
+    return Regions(labels, stats, order)
 
 
 def smooth_map(score_map: np.ndarray, sigma: float) -> np.ndarray:
@@ -96,17 +141,12 @@ class Decider:
         if peak <= self.pixel_threshold:  # fast path: nothing above the threshold, no labelling needed
             return Decision(code=Code.PASS, score=score, regions=(), defect_area=0)
 
-        mask = np.ascontiguousarray(m > self.pixel_threshold).view(np.uint8)
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8, ltype=cv2.CV_32S)
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        kept = np.flatnonzero(areas >= self.min_region_area) + 1  # label ids (0 is the background)
-        if kept.size == 0:
+        found = find_regions(m, self.pixel_threshold, self.min_region_area)
+        if found.kept.size == 0:
             return Decision(code=Code.PASS, score=score, regions=(), defect_area=0)
-        defect_area = int(stats[kept, cv2.CC_STAT_AREA].sum())
-        # largest first; equal areas keep label (raster) order
-        order = kept[np.argsort(-stats[kept, cv2.CC_STAT_AREA], kind="stable")]
-        regions = tuple(self._region(m, labels, stats, int(label), parts) for label in order[: self.max_regions])
-        return Decision(code=Code.REJECT, score=score, regions=regions, defect_area=defect_area)
+        kept = found.kept[: self.max_regions]
+        regions = tuple(self._region(m, found.labels, found.stats, int(label), parts) for label in kept)
+        return Decision(code=Code.REJECT, score=score, regions=regions, defect_area=found.defect_area)
 
     def _region(
         self, m: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int, parts: Sequence[tuple[str, np.ndarray]]

@@ -12,15 +12,16 @@ import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import structlog
 
-ort.set_default_logger_severity(4)  # its C++ logger writes provider failures to stderr; we log them ourselves
-
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import Manifest, load_manifest
+
+ort.set_default_logger_severity(4)  # its C++ logger writes provider failures to stderr; we log them ourselves
 
 log = structlog.get_logger("inspectd.detector")
 
@@ -60,11 +61,18 @@ class Detector:
         self.model_dir = Path(model_dir)
         self.manifest: Manifest = load_manifest(self.model_dir, verify_hash=verify_hash)
         # kept so that an ensemble's other models get sessions of the same kind (Inspector)
-        self.options = {"providers": tuple(providers), "require_gpu": require_gpu, "intra_op_threads": intra_op_threads}
+        self.options: dict[str, Any] = {
+            "providers": tuple(providers),
+            "require_gpu": require_gpu,
+            "intra_op_threads": intra_op_threads,
+        }
         available = tuple(ort.get_available_providers())
         wanted = tuple(p for p in providers if p in available)
         if not wanted:
-            msg = f"none of the configured providers {list(providers)} is available; this onnxruntime offers {list(available)}"
+            msg = (
+                f"none of the configured providers {list(providers)} is available; this onnxruntime offers "
+                f"{list(available)}"
+            )
             raise ModelError(msg)
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = max(0, int(intra_op_threads))
@@ -107,7 +115,10 @@ class Detector:
         inputs = self.session.get_inputs()
         outputs = self.session.get_outputs()
         if len(inputs) != 1:
-            msg = f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; expected exactly one ({m.input.name!r})"
+            msg = (
+                f"the model has {len(inputs)} inputs {[i.name for i in inputs]}; expected exactly one "
+                f"({m.input.name!r})"
+            )
             raise ModelError(msg)
         got_in = inputs[0]
         if got_in.name != m.input.name:
@@ -119,7 +130,10 @@ class Detector:
         self._check_shape("input", _dims(got_in.shape), list(m.input.shape))
         by_name = {o.name: o for o in outputs}
         if m.output.name not in by_name:
-            msg = f"the model has no output {m.output.name!r} (it has {sorted(by_name)}); the manifest disagrees with the graph"
+            msg = (
+                f"the model has no output {m.output.name!r} (it has {sorted(by_name)}); the manifest disagrees "
+                f"with the graph"
+            )
             raise ModelError(msg)
         self._check_shape("output", _dims(by_name[m.output.name].shape), list(m.output.shape))
 
@@ -127,7 +141,7 @@ class Detector:
         if len(graph) != len(manifest):
             msg = f"the model's {what} has rank {len(graph)} {graph}; the manifest says {manifest}"
             raise ModelError(msg)
-        for axis, (g, want) in enumerate(zip(graph, manifest)):
+        for axis, (g, want) in enumerate(zip(graph, manifest, strict=False)):
             # a dynamic graph dim accepts any manifest value; a fixed one must match exactly
             if g is not None and g != want and not (axis == 0 and want is None and g == 1):
                 msg = f"the model's {what} shape is {graph} but the manifest says {manifest} (axis {axis} differs)"

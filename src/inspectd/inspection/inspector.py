@@ -91,10 +91,11 @@ class Inspector:
         from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
+        assert ens is not None  # called only for an ensemble manifest
         out = []
         # where each member is, and that it still is one (cheap: its Detector below hashes its model.onnx)
         members = load_members(self.detector.model_dir, self.manifest, verify_hash=False)
-        for (path, _), spec in zip(members, ens.members):
+        for (path, _), spec in zip(members, ens.members, strict=False):
             member = Inspector(Detector(path, **self.detector.options))
             if member.manifest.onnx.sha256 != spec.sha256:  # replaced between the check and the session
                 msg = f"ensemble member {path} changed while loading (sha256 {member.manifest.onnx.sha256[:12]}…)"
@@ -131,7 +132,7 @@ class Inspector:
         """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
         t0 = time.perf_counter()
         pending.output = self.detector.run(pending.prepared.batch)
-        for (member, _), part in zip(self.members, pending.members):
+        for (member, _), part in zip(self.members, pending.members, strict=False):
             member.infer(part)
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
         return pending
@@ -157,6 +158,9 @@ class Inspector:
         score when asked for and an ensemble, else None, and (name, divided map) of each model of an ensemble, else
         []): this model's map, or for an ensemble the combination of every model's map divided by its divisor
         (manifest ensemble.divide_by)."""
+        if pending.output is None:
+            msg = "finish() needs a Pending that infer() has run"
+            raise ValueError(msg)
         score_map, recon = self._score(pending.prepared, pending.output)
         ens = self.manifest.ensemble
         if ens is None:
@@ -169,7 +173,8 @@ class Inspector:
         combined = own.copy()
         reduction = self.manifest.score.reduction
         parts = [reduce_map(combined, reduction)] if model_scores else None
-        for (member, divide_by), part in zip(self.members, pending.members):
+        for (member, divide_by), part in zip(self.members, pending.members, strict=False):
+            assert part.output is not None  # checked above
             other = member._score(part.prepared, part.output)[0]
             if other.shape != combined.shape:
                 msg = f"ensemble member {member.manifest.name!r} made a {other.shape} map for a {combined.shape} frame"

@@ -30,6 +30,7 @@ the reconstruction against `reference` = u clipped to [0, 1]. `to_unit` maps mod
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 import cv2
@@ -100,9 +101,9 @@ def axis_segments(starts: tuple[int, ...], tile: int, length: int) -> tuple[tupl
     Ranges are clipped to `length` (the unpadded frame), so padding never reaches the output.
     """
     cuts = [0]
-    cuts += [(a + b + tile + 1) // 2 for a, b in zip(starts, starts[1:])]
+    cuts += [(a + b + tile + 1) // 2 for a, b in itertools.pairwise(starts)]
     cuts.append(length)
-    return tuple((min(lo, length), min(hi, length)) for lo, hi in zip(cuts, cuts[1:]))
+    return tuple((min(lo, length), min(hi, length)) for lo, hi in itertools.pairwise(cuts))
 
 
 @functools.lru_cache(maxsize=_LAYOUT_CACHE_SIZE)
@@ -113,8 +114,8 @@ def _stitch_plan(layout: TileLayout) -> tuple[tuple[int, slice, slice, slice, sl
     xs = tuple(sorted({x for _, x in layout.origins}))
     index = {origin: k for k, origin in enumerate(layout.origins)}
     plan = []
-    for y0, (ylo, yhi) in zip(ys, axis_segments(ys, th, fh)):
-        for x0, (xlo, xhi) in zip(xs, axis_segments(xs, tw, fw)):
+    for y0, (ylo, yhi) in zip(ys, axis_segments(ys, th, fh), strict=False):
+        for x0, (xlo, xhi) in zip(xs, axis_segments(xs, tw, fw), strict=False):
             if yhi <= ylo or xhi <= xlo:
                 continue
             k = index.get((y0, x0))
@@ -337,5 +338,5 @@ class Preprocessor:
         for k, dy, dx, sy, sx in _stitch_plan(layout):
             out[dy, dx] = maps[k, sy, sx]
         if layout.native_hw is not None:  # preprocess.scale: back to the camera frame's pixels
-            out = cv2.resize(out, layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR)
+            return np.asarray(cv2.resize(out, layout.native_hw[::-1], interpolation=cv2.INTER_LINEAR), np.float32)
         return out

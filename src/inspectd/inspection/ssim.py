@@ -104,7 +104,7 @@ def _reflect(i: int, n: int) -> int:
     return m
 
 
-def _stripe(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # noqa: PLR0913 (one kernel, its buffers)
+def _stripe(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):
     """Fill rows [i0, i1) of `out` (see the module docstring); its body is generated per window size below."""
     raise NotImplementedError("only callable from Numba-compiled code")
 
@@ -232,14 +232,14 @@ def _stripe_source(k: int, ndim: int) -> str:
 
 
 @overload(_stripe, jit_options={"fastmath": _FASTMATH, "nogil": True})
-def _stripe_overload(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):  # noqa: PLR0913
+def _stripe_overload(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):
     namespace: dict = {}
     exec(_stripe_source(wts.count, x.ndim), {"np": np, "_reflect": _reflect}, namespace)
     return namespace["impl"]
 
 
 @njit(cache=True, parallel=True, fastmath=_FASTMATH, nogil=True)
-def _ssim_map(x, y, wts, c1, c2, pad, ring, out, difference, stripes):  # noqa: PLR0913 (one kernel, its buffers)
+def _ssim_map(x, y, wts, c1, c2, pad, ring, out, difference, stripes):
     """Fill `out` (H, W) with the (channel-mean) SSIM map of x, y (H, W or H, W, C), or 1 - it when `difference`.
 
     wts: the k window weights as a tuple (its length selects the generated loop body); pad, ring: per-stripe
@@ -387,12 +387,15 @@ def set_num_threads(n: int) -> int:
     """Set the calling thread's Numba thread count (clamped to 1..NUMBA_NUM_THREADS); returns the count set.
 
     Numba's count is per calling thread: call this in the thread that runs the kernels."""
-    n = int(min(max(1, n), numba.config.NUMBA_NUM_THREADS))
+    n = int(min(max(1, n), numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
     numba.set_num_threads(n)
     return n
 
 
-_DEFAULT_KERNELS = (("gaussian", 11, 1.5), ("uniform", 7, 1.5))
+_DEFAULT_KERNELS: tuple[tuple[Literal["gaussian", "uniform"], int, float], ...] = (
+    ("gaussian", 11, 1.5),
+    ("uniform", 7, 1.5),
+)
 
 
 def warmup(kernels: Iterable[SsimKernel] = (), channels: int | Iterable[int] = (1, 3)) -> float:

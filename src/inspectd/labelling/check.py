@@ -80,7 +80,7 @@ class ImageCheck:
     in_sample: bool
     predicted: np.ndarray | None = field(default=None, repr=False)  # kept for flagged images (the report)
     probability_map: np.ndarray | None = field(default=None, repr=False)  # float16, flagged images only
-    config: RuleConfig = RuleConfig()
+    config: RuleConfig = field(default_factory=RuleConfig)
 
     @property
     def severity(self) -> float:
@@ -127,7 +127,7 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     use = [c for c in checkers if item.id not in c.members]
     in_sample = not use
     use = use or list(checkers)
-    maps, probs = zip(*(c.predict(gray) for c in use))
+    maps, probs = zip(*(c.predict(gray) for c in use), strict=False)
     predicted, prob_map = rule_maps(gray, maps, [c.pixel_threshold for c in use], config)
     verdict = judge(label, predicted, probs, config, prob_map=prob_map)
     if not verdict.flagged:

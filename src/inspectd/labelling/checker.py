@@ -10,7 +10,8 @@ sigmoid outputs:
   `image_pool`; the maximum is the same on a training crop and on the whole input) and the map's global
   maximum logit (kept 4-D so it is a TensorSpec like every other output).
 
-Export: opset 17, dynamic batch, TorchScript exporter (as inspectd/training/onnx_export.py, for the same reasons), parity of
+Export: opset 17, dynamic batch, TorchScript exporter (as inspectd/training/onnx_export.py, for the same reasons),
+parity of
 onnxruntime vs PyTorch <= 1e-4 on both outputs, manifest kind "classifier" whose `output` is the map; the image
 output's name, the fold the checker trained on and the image ids of that fold are in `training["checker"]`.
 Thresholds: pixel = the map probability that makes a predicted region (chosen on the training fold),
@@ -107,7 +108,7 @@ class CheckerNet(nn.Module):
         # "max" answers "is there a defect anywhere" the same on a training crop and on the whole input; a mean
         # over a whole input that is larger than the crops is diluted by the extra clean area
         pooled = torch.amax(x, dim=(2, 3)) if self.config.image_pool == "max" else x.mean(dim=(2, 3))
-        for block, skip in zip(self.up, reversed(skips)):
+        for block, skip in zip(self.up, reversed(skips), strict=False):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
         pixel = self.head(x)

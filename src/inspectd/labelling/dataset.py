@@ -16,8 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-MASK_SUFFIX = "_mask.png"
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class LabelledImage:
 
 def mask_path_for(root: Path, image_id: str) -> Path:
     cls, stem = image_id.split("/", 1)
-    return Path(root) / "ground_truth" / cls / f"{stem}{MASK_SUFFIX}"
+    return mvtec.mask_path(root, cls, stem)
 
 
 def _is_image(f: Path) -> bool:

@@ -1,7 +1,8 @@
 """`inspectd label prelabel`: the first model of seed 000 (the unsupervised autoencoder) proposes defect labels.
 
 For every image under --images the daemon's own Inspector makes the frame-sized difference map; pixels above the
-model's calibrated pixel threshold, in 8-connected regions of at least its minimum region area (as inspectd/inspection/decide.py
+model's calibrated pixel threshold, in 8-connected regions of at least its minimum region area (as
+inspectd/inspection/decide.py
 counts them), are the pre-label. Written under --out, mirroring the images' sub-folders:
 
 - masks/<rel>/<stem>_mask.png   0/255, empty when no region
@@ -20,6 +21,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
+from inspectd.inspection.decide import find_regions
 from inspectd.labelling.dataset import IMAGE_EXTS, write_png
 from inspectd.labelling.labelme import to_labelme, write_labelme
 from inspectd.labelling.report import overlay
@@ -27,17 +30,9 @@ from inspectd.labelling.report import overlay
 
 def regions_mask(score_map: np.ndarray, pixel_threshold: float, min_region_area: int) -> tuple[np.ndarray, list[float]]:
     """(0/255 mask of the regions above threshold with >= min_region_area pixels, their peak scores largest first)."""
-    binary = np.ascontiguousarray(score_map > pixel_threshold).astype(np.uint8)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8, ltype=cv2.CV_32S)
-    mask = np.zeros(score_map.shape, np.uint8)
-    kept = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= min_region_area]
-    kept.sort(key=lambda k: -stats[k, cv2.CC_STAT_AREA])
-    peaks = []
-    for k in kept:
-        region = labels == k
-        mask[region] = 255
-        peaks.append(float(score_map[region].max()))
-    return mask, peaks
+    found = find_regions(score_map, pixel_threshold, min_region_area)
+    peaks = [float(score_map[found.labels == k].max()) for k in found.kept]
+    return found.mask().astype(np.uint8) * 255, peaks
 
 
 def find_images(directory: Path) -> list[Path]:
@@ -77,7 +72,7 @@ def prelabel(
             raise OSError(msg)
         score_map = inspector.score_map(frame)
         mask, peaks = regions_mask(score_map, inspector.pixel_threshold, inspector.min_region_area)
-        write_png(out / "masks" / rel.parent / f"{path.stem}_mask.png", mask)
+        write_png(out / "masks" / rel.parent / f"{path.stem}{mvtec.MASK_SUFFIX}", mask)
         json_path = out / "labelme" / rel.parent / f"{path.stem}.json"
         json_path.parent.mkdir(parents=True, exist_ok=True)
         write_labelme(

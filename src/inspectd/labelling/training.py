@@ -1,4 +1,5 @@
-"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and export
+"""`inspectd label train-checker`: train N checker models (inspectd/labelling/checker.py), one per disjoint fold, and
+export
 each to checkers/checker_<k>/ (model.onnx + manifest.json), plus checkers/folds.json.
 
 Inputs are resized to the checker's input (area interpolation); masks are resized the same way and used as soft
@@ -144,16 +145,16 @@ def train_one(
                 ms.append(masks[i, :, top : top + crop, left : left + crop])
             x, m = np.stack(xs), np.stack(ms)
             y = (m.max(axis=(1, 2, 3)) > 0.25).astype(np.float32)
-        x, m, y = (
+        xt, mt, yt = (
             torch.from_numpy(np.ascontiguousarray(x)),
             torch.from_numpy(np.ascontiguousarray(m)),
             torch.from_numpy(y),
         )
         if rng.random() < 0.5:
-            x, m = x.flip(3), m.flip(3)
+            xt, mt = xt.flip(3), mt.flip(3)
         if rng.random() < 0.5:
-            x, m = x.flip(2), m.flip(2)
-        loss = _loss(model, x, m, y, settings.pos_weight)
+            xt, mt = xt.flip(2), mt.flip(2)
+        loss = _loss(model, xt, mt, yt, settings.pos_weight)
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -11,7 +11,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from inspectd.core.types import Code, Verdict
+from inspectd.core.types import Code, Verdict, plc_seq
 from inspectd.plc.config import CLIENT_BLOCK_WORDS, RING_SLOTS
 
 RUNNING, STOPPING = 1, 4  # inspectd.daemon.pipeline.State values (not imported: the pipeline imports the sinks' world)
@@ -21,11 +21,6 @@ OFF_HEARTBEAT, OFF_STATE, OFF_SEQ, OFF_CODE, OFF_SCORE, OFF_AREA, OFF_ITEM, OFF_
 OFF_COUNTERS = 8  # 6 words
 OFF_RING = 16  # 16 words
 FLAG_READY, FLAG_TOGGLE, FLAG_PASS, FLAG_REJECT = 1, 2, 4, 8
-
-
-def wrap_seq(seq: int) -> int:
-    """The daemon's unbounded seq as the PLC sees it: 1..65535, then 1 again (0 means 'no result yet')."""
-    return (seq - 1) % 65535 + 1 if seq > 0 else 0
 
 
 def saturate16(value: float) -> int:
@@ -51,7 +46,7 @@ class PlcResult:
     @classmethod
     def from_verdict(cls, v: Verdict) -> PlcResult:
         return cls(
-            seq=wrap_seq(v.seq),
+            seq=plc_seq(v.seq),
             code=int(v.code),
             score_milli=saturate16(v.score * 1000.0),
             defect_area=saturate16(v.defect_area),

@@ -124,6 +124,7 @@ class ModbusClientSink:
             log.info("plc_link", state="up" if up else "down", mode="client", peer=f"{c.host}:{c.port}", **why)
 
     def _connect(self) -> ModbusTcpClient | None:
+        assert self.cfg.host is not None  # PlcConfig requires a host in client mode
         client = ModbusTcpClient(self.cfg.host, port=self.cfg.port, timeout=self.cfg.timeout_s, retries=0)
         try:
             if client.connect():
@@ -209,6 +210,8 @@ class ModbusClientSink:
 
     def _poll(self, client: ModbusTcpClient) -> None:
         c = self.cfg
+        if c.read_address is None:  # nothing to read: the PLC sends no requests in this setup
+            return
         resp = client.read_holding_registers(c.read_address, count=CLIENT_REQUEST_WORDS, device_id=c.device_id)
         self._check(resp, "read the request registers")
         trigger, item_id, false_reject = resp.registers[:CLIENT_REQUEST_WORDS]

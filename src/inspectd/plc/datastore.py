@@ -140,7 +140,7 @@ class PlcDatastore(ModbusServerContext):
             return ExcCodes.ILLEGAL_ADDRESS
         requests: list[tuple[str, int]] = []
         with self.lock:
-            for a, v in zip(range(address, address + len(new)), new):
+            for a, v in zip(range(address, address + len(new)), new, strict=False):
                 if values is self.coils:
                     v = bool(v)
                     if a == self.c.trigger and v and not self.coils[a]:  # a rising trigger; a held one is not repeated
@@ -156,8 +156,20 @@ class PlcDatastore(ModbusServerContext):
             self._on_request(kind, value)
         return None
 
-    async def async_getValues(self, device_id: int, func_code: int, address: int, count: int = 1):
+    async def async_getValues(  # noqa: N802  (pymodbus names this method)
+        self,
+        device_id: int,
+        func_code: int,
+        address: int,
+        count: int = 1,
+    ):
         return self.get_values(func_code, address, count)
 
-    async def async_setValues(self, device_id: int, func_code: int, address: int, values):
+    async def async_setValues(  # noqa: N802  (pymodbus names this method)
+        self,
+        device_id: int,
+        func_code: int,
+        address: int,
+        values,
+    ):
         return self.set_values(func_code, address, list(values))

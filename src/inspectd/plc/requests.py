@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -71,9 +72,7 @@ class RequestWorker:
     def close(self, timeout_s: float = 2.0) -> None:
         if self._thread is None:
             return
-        try:
+        with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
-        except queue.Full:
-            pass
         self._thread.join(timeout_s)
         self._thread = None

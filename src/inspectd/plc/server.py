@@ -14,6 +14,7 @@ codes get exception 01, illegal addresses exception 02; none of it stops the ser
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import socket
@@ -207,10 +208,8 @@ class ModbusServerSink:
         self.store.update(lambda b: b.set_state(STOPPING))
         if self._loop is not None and self._thread is not None and self._thread.is_alive() and self._stop is not None:
             time.sleep(self.cfg.linger_s)
-            try:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
                 self._loop.call_soon_threadsafe(self._stop.set)
-            except RuntimeError:  # the loop already ended
-                pass
             self._thread.join(5.0)
             if self._thread.is_alive():
                 log.error("plc_server_stop_timeout", detail="the Modbus server thread did not stop within 5 s")
@@ -277,6 +276,6 @@ def _check_bind(host: str, port: int) -> None:
                 errno.EADDRINUSE: "another process listens on this port",
                 errno.EACCES: "ports below 1024 need CAP_NET_BIND_SERVICE (use e.g. 5020, or grant the capability)",
                 errno.EADDRNOTAVAIL: "this machine has no such address; use the address of the PLC-facing network card",
-            }.get(exc.errno, "")
+            }.get(exc.errno or 0, "")
             msg = f"cannot listen on {host}:{port}: {exc.strerror}" + (f" ({hint})" if hint else "")
             raise PlcError(msg) from exc

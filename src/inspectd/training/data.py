@@ -28,6 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from inspectd.core import mvtec
 from inspectd.core.manifest import sha256_file
 from inspectd.training.defects import DefectConfig, add_defect
 
@@ -173,13 +174,16 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     root = Path(path)
     test = root / "test"
     if not test.is_dir():
-        msg = f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and DIR/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"hard-defect directory {root} has no test/ folder (expected DIR/test/<class>/* and "
+            f"DIR/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     out = []
     for sub in sorted(p for p in test.iterdir() if p.is_dir() and p.name != "good"):
         found = []
         for f in sorted(p for p in sub.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            mask = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mask = mvtec.mask_path(root, sub.name, f.stem)
             if mask.is_file():
                 found.append((f, mask, f"{sub.name}/{f.name}"))
         if fraction < 1.0 and found:
@@ -202,7 +206,10 @@ def load_hard_defects(path: str | Path, color: str = "gray", fraction: float = 1
             continue
         out.append(HardDefect(image=image, mask=(mask > 0).astype(np.uint8), source=source, sha256=sha256_file(f)))
     if not out:
-        msg = f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: {path}/ground_truth/<class>/<stem>_mask.png)"
+        msg = (
+            f"no defect images with masks under {Path(path) / 'test'}/<class>/ (masks: "
+            f"{path}/ground_truth/<class>/<stem>_mask.png)"
+        )
         raise FileNotFoundError(msg)
     return out
 
@@ -214,11 +221,15 @@ def synthetic_frames(
     from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=0.0))
-    return [to_color(gen.render_good(i).image, color) for i in range(n)]
+    frames = [gen.render_good(i).image for i in range(n)]
+    return [to_color(f, color) for f in frames if f is not None]
 
 
 def synthetic_description(width: int, height: int, seed: int) -> str:
-    return f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, defect_rate 0)"
+    return (
+        f"synthetic camera good frames (inspectd.daemon.cameras.synthetic, {width}x{height}, seed {seed}, "
+        f"defect_rate 0)"
+    )
 
 
 # --- samples -----------------------------------------------------------------------------------------------------
@@ -233,7 +244,7 @@ def random_affine(rng: np.random.Generator, hw: tuple[int, int], cfg: AugmentCon
     dx = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * w
     dy = float(rng.uniform(-cfg.max_shift, cfg.max_shift)) * h
     m = cv2.getRotationMatrix2D(((w - 1) / 2.0, (h - 1) / 2.0), angle, 1.0)
-    m[:, 2] += (dx, dy)
+    m[:, 2] += np.array((dx, dy))
     return m
 
 
@@ -435,7 +446,8 @@ class TrainingSet:
 
 
 def holdout_order(n: int, seed: int) -> list[int]:
-    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files order): the
+    """The order in which `inspectd train` (inspectd.training.workflow._split) deals n good images (image_files
+    order): the
     first held_out_count are held out for calibration, the rest trained on. `inspectd ensemble` recomputes a
     member's held-out images from its manifest's training.seed and held_out_count."""
     return [int(i) for i in np.random.default_rng([seed, 99]).permutation(n)]
@@ -481,7 +493,7 @@ def load_mvtec_test(
             if sub.name == "good":
                 goods.append(img)
                 continue
-            mpath = root / "ground_truth" / sub.name / f"{f.stem}_mask.png"
+            mpath = mvtec.mask_path(root, sub.name, f.stem)
             mask = _read_mask(mpath, img.shape[:2])
             defects.append(img)
             masks.append(mask)

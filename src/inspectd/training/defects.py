@@ -54,7 +54,10 @@ class DefectConfig:
             msg = f"shape_weights must be {len(SHAPES)} non-negative numbers for {SHAPES}, got {self.shape_weights}"
             raise ValueError(msg)
         if not 0 < self.min_long < self.max_long <= 0.5:
-            msg = f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, {self.max_long}"
+            msg = (
+                f"need 0 < min_long < max_long <= 0.5 (fractions of the shorter side), got {self.min_long}, "
+                f"{self.max_long}"
+            )
             raise ValueError(msg)
         if not 0 < self.min_aspect <= self.max_aspect < 1:
             msg = f"need 0 < min_aspect <= max_aspect < 1 (b < a), got {self.min_aspect}, {self.max_aspect}"
@@ -189,6 +192,7 @@ def random_texture_defect(rng: np.random.Generator, h: int, w: int, cfg: DefectC
         min_side=min(0.49, cfg.min_side * k),
         max_side=min(0.5, cfg.max_side * k),
     )
+    kinds: tuple[str, ...]
     if cfg.band_prob > 0 and rng.random() < cfg.band_prob:
         shape, kinds = random_band(rng, h, w, cfg.n_points), BAND_TEXTURES
     else:

@@ -31,7 +31,6 @@ No torch: this only copies, checks and calibrates.
 
 from __future__ import annotations
 
-import datetime
 import shutil
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from typing import IO, Literal
 
 import numpy as np
 
+from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
 from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
@@ -185,7 +185,7 @@ def build_ensemble(
         ]
     say(
         "divisors: "
-        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors))
+        + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors, strict=False))
         + (
             f" (q{quantile:g} of each autoencoder's image score on those images, a classifier's pixel threshold)"
             if normalize == "good-score"
@@ -234,7 +234,8 @@ def build_ensemble(
         Manifest.model_validate(raw).write(tmp)
         load_manifest(tmp)  # the members as the daemon will check them
 
-        defect_images, defect_masks = [], []
+        defect_images: list[np.ndarray] = []
+        defect_masks: list[np.ndarray] = []
         desc = f"{len(goods)} good images of {data} held out by every member"
         if calibrate_with_test:
             t_goods, defect_images, defect_masks = D.load_mvtec_test(Path(data), color, exclude=frozenset(trained))
@@ -244,7 +245,7 @@ def build_ensemble(
             )
         say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
         calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
-        calib.write_thresholds(tmp, calibration, calibrated_at=_utc_now())
+        calib.write_thresholds(tmp, calibration, calibrated_at=utc_now())
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -279,10 +280,6 @@ def _facts(rel: str, m: Manifest, divide_by: float) -> dict:
         "command": t.get("command", ""),
         "preprocess": {"mode": m.preprocess.mode, "scale": m.preprocess.scale},
     }
-
-
-def _utc_now() -> str:  # inspectd.training.onnx_export.utc_now's format, without importing torch
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 def _slug(name: str) -> str:

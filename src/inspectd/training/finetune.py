@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inspectd.core.manifest import Manifest
 from inspectd.training.model import ConvAutoencoder, ModelConfig
 
 DEFAULT_LOSS_TABLE: tuple[tuple[int, float], ...] = ((100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001))
@@ -77,7 +78,7 @@ class Parent:
     """A model directory to continue from: its manifest and its weights as a BatchNorm-free autoencoder."""
 
     path: Path
-    manifest: object  # inspectd.core.manifest.Manifest
+    manifest: Manifest
     model_config: ModelConfig
     state_dict: dict
     parity_max_abs_diff: float
@@ -186,8 +187,9 @@ def load_parent(model_dir: str | Path) -> Parent:
         msg = f"--init {model_dir}: model.onnx does not have the layers its manifest's training.model describes"
         raise ValueError(msg)
     with torch.no_grad():
-        for layer, (_, w, b) in zip(layers, convs):
+        for layer, (_, w, b) in zip(layers, convs, strict=False):
             layer.weight.copy_(torch.from_numpy(w))
+            assert layer.bias is not None  # the exported convolutions all have a bias
             layer.bias.copy_(torch.from_numpy(b))
     model.eval()
     samples = np.random.default_rng(0).random(model.input_shape(2), dtype=np.float32)

@@ -66,7 +66,7 @@ def _block(conv: type[nn.Module], c_in: int, c_out: int, k: int, stride: int, pa
     layers: list[nn.Module] = [conv(c_in, c_out, k, stride=stride, padding=pad, bias=not bn)]
     if bn:
         layers.append(nn.BatchNorm2d(c_out))
-    return layers + [_act()]
+    return [*layers, _act()]
 
 
 class ConvAutoencoder(nn.Module):

@@ -11,7 +11,6 @@ conv/transposed-conv graph exactly and needs no extra dependency. The manifest r
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import warnings
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from inspectd.core.clock import utc_now
 from inspectd.core.manifest import (
     Manifest,
     OnnxSpec,
@@ -54,10 +54,6 @@ class ParityReport:
         return {"max_abs_diff": self.max_abs_diff, "batch_sizes": list(self.batch_sizes), "provider": self.provider}
 
 
-def utc_now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
 def export_onnx(
     model: torch.nn.Module, path: str | Path, *, opset: int = OPSET, output_names: tuple[str, ...] = (OUTPUT_NAME,)
 ) -> Path:
@@ -68,7 +64,7 @@ def export_onnx(
         raise ValueError(msg)
     path = Path(path)
     model = model.eval()
-    example = torch.zeros(model.input_shape(1))
+    example = torch.zeros(model.input_shape(1))  # type: ignore[operator]  # ConvAutoencoder or CheckerNet
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export": on purpose
@@ -77,7 +73,7 @@ def export_onnx(
         torch.onnx.export(
             model,
             (example,),
-            buf,
+            buf,  # type: ignore[arg-type]  # the TorchScript exporter takes a file object
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],

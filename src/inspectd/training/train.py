@@ -11,7 +11,8 @@ the clean target t:
 
 The learning rate follows a cosine from `lr` down to `lr * min_lr_ratio` over the run; where a time budget is set,
 progress is the larger of the iteration fraction and the time fraction. With `stop_loss` set (fine-tuning, seed
-002: see inspectd/training/finetune.py), training also stops once the mean of the last `stop_window` batch losses is at or
+002: see inspectd/training/finetune.py), training also stops once the mean of the last `stop_window` batch losses is
+at or
 below it.
 """
 
@@ -24,7 +25,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -50,7 +51,14 @@ class _CurrentStderr:
         return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
-STDERR = _CurrentStderr()  # the default progress stream; pass log=None to train silently
+class ProgressStream(Protocol):
+    """Where progress goes: a text stream (a file, sys.stderr, a StringIO)."""
+
+    def write(self, text: str, /) -> int: ...
+    def flush(self) -> None: ...
+
+
+STDERR: ProgressStream = _CurrentStderr()  # the default progress stream; pass log=None to train silently
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,8 @@ class ReconstructionLoss(nn.Module):
         l2 = (weight * (recon - target).pow(2).mean(dim=1, keepdim=True)).sum() / wsum
         if self.ssim_weight == 0.0:
             return l2
-        dssim = (1.0 - ssim_map(recon, target, self.window)).mean(dim=1, keepdim=True)
+        window: torch.Tensor = self.window  # type: ignore[assignment]  # a registered buffer
+        dssim = (1.0 - ssim_map(recon, target, window)).mean(dim=1, keepdim=True)
         ssim_term = (weight * dssim).sum() / wsum
         return (1.0 - self.ssim_weight) * l2 + self.ssim_weight * ssim_term
 
@@ -199,7 +208,7 @@ def train(
     *,
     checkpoint_dir: str | Path | None = None,
     resume: str | Path | None = None,
-    log: IO[str] | None = STDERR,
+    log: ProgressStream | None = STDERR,
 ) -> TrainResult:
     """Train `model` in place on batches from `data`; returns the final loss and where the checkpoint is."""
     seed_everything(cfg.seed)
@@ -233,7 +242,7 @@ def train(
     def draw_bar(it: int, loss: float, elapsed: float) -> None:
         """A one-line progress bar on a terminal (the log lines stay): iterations or time, whichever is nearer."""
         now = time.monotonic()
-        if not tty or now - bar_shown[0] < 0.25:
+        if log is None or not tty or now - bar_shown[0] < 0.25:
             return
         frac = it / cfg.iterations
         if budget_s is not None:

@@ -11,18 +11,19 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import numpy as np
 
+from inspectd.core.clock import utc_now
 from inspectd.core.manifest import PreprocessSpec, ScoreSpec, SsimSpec
 from inspectd.evaluation import thresholds as calib
 from inspectd.training import data as D
 from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
 from inspectd.training.model import ConvAutoencoder, ModelConfig, count_parameters
-from inspectd.training.onnx_export import utc_now, write_model_dir
-from inspectd.training.train import STDERR, TrainConfig, train
+from inspectd.training.onnx_export import write_model_dir
+from inspectd.training.train import STDERR, ProgressStream, TrainConfig, train
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
 SYNTHETIC_EVAL_SEED = 1234
@@ -102,7 +103,10 @@ class JobResult:
         c = self.calibration
         lines = [
             f"model:        {self.model_dir}",
-            f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss {self.final_loss:.5f}",
+            (
+                f"training:     {self.iterations} iterations in {self.train_seconds:.0f} s, final loss "
+                f"{self.final_loss:.5f}"
+            ),
             f"onnx parity:  max abs diff {self.parity_max_abs_diff:.2e} (onnxruntime CPU vs PyTorch)",
             f"thresholds:   pixel {c.pixel:.4f}, min_region_area {c.min_region_area} px",
             f"calibration:  {c.n_good} held-out good images, {c.good_pass_rate:.1%} pass"
@@ -172,7 +176,7 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
     return {"hard_defects": facts}
 
 
-def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
+def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
     def say(text: str) -> None:
@@ -297,7 +301,7 @@ def run_job(job: TrainJob, *, log: IO[str] | None = STDERR) -> JobResult:
         **({"data_files": _data_facts(job.data)} if job.data is not None else {}),
     }
     name = job.name or job.out.resolve().name
-    manifest, parity = write_model_dir(
+    _manifest, parity = write_model_dir(
         model,
         job.out,
         samples,
@@ -359,7 +363,8 @@ def evaluate_synthetic(
     )
     captures = [gen.render(i) for i in range(n)]
     inspector = calib.open_inspector(model_dir)
-    return calib.evaluate(inspector, (c.image for c in captures), (bool(c.truth) for c in captures))
+    images = [c.image for c in captures if c.image is not None]  # the synthetic camera always renders one
+    return calib.evaluate(inspector, images, (bool(c.truth) for c in captures))
 
 
 def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:

@@ -4,4 +4,13 @@
 from inspectd.daemon.cameras import folder, opencv, synthetic, video
 from inspectd.daemon.cameras.base import CAMERA_TYPES, CameraConfigBase, build_camera, register
 
-__all__ = ["CAMERA_TYPES", "CameraConfigBase", "build_camera", "register"]
+__all__ = [
+    "CAMERA_TYPES",
+    "CameraConfigBase",
+    "build_camera",
+    "folder",
+    "opencv",
+    "register",
+    "synthetic",
+    "video",
+]

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from pydantic import Field, field_validator
 
+from inspectd.core import mvtec
 from inspectd.core.errors import CameraError, EndOfStream
 from inspectd.core.types import Capture
 from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
@@ -93,12 +94,10 @@ def _wanted(name: str, extensions: tuple[str, ...]) -> bool:
 
 def mvtec_truth(path: Path) -> tuple[bool | None, Path | None]:
     """(truth, mask path) of an image from its place in an MVTec-style tree."""
-    cls = path.parent
-    if cls.name == "good":
+    if path.parent.name == mvtec.GOOD:
         return False, None
-    if cls.parent.name == "test":
-        return True, cls.parent.parent / "ground_truth" / cls.name / f"{path.stem}_mask.png"
-    return None, None
+    mask = mvtec.mask_for_image(path)
+    return (True, mask) if mask is not None else (None, None)
 
 
 def decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
@@ -119,7 +118,7 @@ def decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
         msg = f"cannot decode {what} as an image ({_EXPECTED})"
         raise ValueError(msg)
     if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
+        img = (img.astype(np.uint16) >> 8).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
         scale = 255.0 if float(np.nanmax(img, initial=0)) <= 1.0 else 1.0
         img = np.clip(np.nan_to_num(img) * scale, 0, 255).round().astype(np.uint8)

@@ -37,7 +37,8 @@ _SHADOW = 0.45  # brightness of a thread where it shows through the gaps of the 
 
 
 class SyntheticCameraConfig(CameraConfigBase):
-    """A procedural woven-fabric surface with simulated defects at `defect_rate`, deterministic from `seed` (demo and tests)."""
+    """A procedural woven-fabric surface with simulated defects at `defect_rate`, deterministic from `seed` (demo "
+    "and tests)."""
 
     type: Literal["synthetic"] = "synthetic"
     width: int = Field(256, ge=16, le=8192, description="frame width in pixels")
@@ -238,7 +239,7 @@ class SurfaceGenerator:
         img *= 1 - alpha
         img += alpha * value
 
-    def _grey(self, v: float) -> np.ndarray | float:
+    def _grey(self, v: float) -> np.ndarray | np.float32:
         return np.full(3, v, np.float32) if self.cfg.color == "bgr" else np.float32(v)
 
     def _draw_polygon(self, img, mask, pts, value) -> None:

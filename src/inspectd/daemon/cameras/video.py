@@ -79,6 +79,9 @@ class VideoCamera:
             if not ok:
                 msg = f"video {self.cfg.path} has no frame to loop over (rewound to the start and read nothing)"
                 raise CameraError(msg)
+        if frame is None:  # cv2 said ok without a frame
+            msg = f"video {self.cfg.path}: frame {self._index} decoded to nothing"
+            raise CameraError(msg)
         index = self._index
         self._index += 1
         if frame.ndim == 3 and frame.shape[2] == 1:
@@ -86,6 +89,9 @@ class VideoCamera:
         return Capture(image=np.ascontiguousarray(frame), source=f"{self.cfg.path}#{index}")
 
     def _read(self) -> tuple[bool, np.ndarray | None]:
+        if self._cap is None:
+            msg = f"video {self.cfg.path} is not open"
+            raise CameraError(msg)
         try:
             ok, frame = self._cap.read()
         except cv2.error as e:
@@ -117,7 +123,8 @@ class VideoCamera:
             msg = f"end of video {self.cfg.path} after {self._index} frames"
             raise EndOfStream(msg)
         # reopening rewinds reliably for every container; seeking to frame 0 does not always
-        self._cap.release()
+        if self._cap is not None:
+            self._cap.release()
         self._cap = None
         self._cap = self._open_capture()
 
