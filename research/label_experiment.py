@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=a.batch_size,
         crop=a.crop or None,
         good_share=a.good_share,
+        max_good=a.max_good or None,
     )
     exclude: list[str] = []
     rounds = []
@@ -309,7 +310,6 @@ def main(argv: list[str] | None = None) -> int:
                 jobs=a.jobs,
                 extra_good=[] if a.no_train_good else train_good(a.data),
                 exclude=exclude,
-                max_good=a.max_good or None,
             )
         t_train = time.monotonic() - t_round
         by_refine, sweep, all_rows = _check_round(items, load_checkers(checkers_dir), kinds, empty)

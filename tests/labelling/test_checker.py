@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from inspectd.labelling.labelme import read_labelme_mask
-
 from tests.support.helpers import REPO, cli_env, run_cli
 
 torch = pytest.importorskip("torch", reason="checker export tests need the train extra")

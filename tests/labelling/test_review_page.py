@@ -16,7 +16,7 @@ import pytest
 from tests.support.helpers import run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make test installs it)")
+needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is absent (make test installs it)")
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -83,4 +83,4 @@ def test_review_loop_ends_with_exit_0_and_a_page_saying_nothing_is_flagged(check
     )
     assert proc.returncode == 0, proc.stderr
     page = (tmp_path / "report" / "index.html").read_text()
-    assert "Nothing flagged: all 20 labels are accepted." in page and "<a class=\"fix\"" not in page
+    assert "Nothing flagged: all 20 labels are accepted." in page and '<a class="fix"' not in page

@@ -74,7 +74,7 @@ class Region:
     found_by: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        out = {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": round(self.peak, 4)}
+        out: dict = {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": round(self.peak, 4)}
         if self.found_by:
             out["found_by"] = list(self.found_by)
         return out

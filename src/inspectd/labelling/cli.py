@@ -72,14 +72,14 @@ def _train(a: argparse.Namespace) -> int:
     from inspectd.labelling.dataset import scan, train_good
     from inspectd.labelling.training import TrainSettings, train_checkers
     from inspectd.training.backbone import BackboneError
+    from inspectd.training.segmentation import SegConfig
 
     try:
         items = scan(a.data)
+        config: CheckerConfig | SegConfig
         if a.encoder == "scratch":
             config = CheckerConfig(a.size or 128, a.size or 128, base_width=a.base_width, image_pool=a.image_pool)
         else:
-            from inspectd.training.segmentation import SegConfig
-
             config = SegConfig(a.size or 256, a.size or 256, encoder=a.encoder)
         settings = TrainSettings(
             iterations=a.iterations,
@@ -89,6 +89,7 @@ def _train(a: argparse.Namespace) -> int:
             threads=a.threads,
             good_share=a.good_share,
             crop=a.crop or None,
+            max_good=a.max_good or None,
         )
         extra = [] if a.no_train_good else train_good(a.data)
         exclude = [] if a.exclude is None else flagged_ids(a.exclude)
@@ -110,7 +111,6 @@ def _train(a: argparse.Namespace) -> int:
             jobs=a.jobs,
             extra_good=extra,
             exclude=exclude,
-            max_good=a.max_good or None,
         )
     except ValueError as exc:
         return _err(str(exc))

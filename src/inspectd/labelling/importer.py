@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inspectd.labelling.dataset import IMAGE_EXTS, MASK_SUFFIX, link_image, read_gray, write_mask, write_png
+from inspectd.core.mvtec import MASK_SUFFIX
+from inspectd.labelling.dataset import IMAGE_EXTS, link_image, read_gray, write_mask, write_png
 from inspectd.labelling.labelme import (
     DEFAULT_LABEL,
     LabelMapping,

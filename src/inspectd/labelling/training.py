@@ -46,6 +46,7 @@ class TrainSettings:
     crop: int | None = 64  # train on random crops of this size; None = whole inputs
     defect_crop_prob: float = 0.35  # share of crops placed on a labelled defect pixel
     good_share: float = 0.3  # share of each batch drawn from the extra defect-free images (when there are any)
+    max_good: int | None = 300  # pretrained encoder: at most this many extra defect-free images (None = all)
 
     def __post_init__(self) -> None:
         if self.crop is not None and self.crop < 8:
@@ -276,20 +277,19 @@ def train_checkers(
     out: str | Path,
     *,
     folds: int,
-    config: CheckerConfig | SegConfig = CheckerConfig(),  # noqa: B008
-    settings: TrainSettings = TrainSettings(),  # noqa: B008
+    config: CheckerConfig | SegConfig = CheckerConfig(),
+    settings: TrainSettings = TrainSettings(),
     data_root: str = "",
     area_threshold: int = 15,
     log: Callable[[str], None] | None = print,
     jobs: int = 1,
     extra_good: Sequence[Path] = (),
     exclude: Iterable[str] = (),
-    max_good: int | None = 300,
 ) -> list[Path]:
     """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs.
 
     config: CheckerConfig trains the scratch network (checker.py); SegConfig the pretrained-encoder one
-    (pretrained.py), which uses at most `max_good` of extra_good and ignores jobs (its folds share one cache).
+    (pretrained.py), which uses at most `settings.max_good` of extra_good and ignores jobs (its folds share one cache).
 
     exclude: image ids no checker trains on (the labels a previous check flagged, still in doubt): they are in no
     fold, so every checker checks them, and the folds are dealt from the other images. folds.json lists them.
@@ -347,7 +347,7 @@ def train_checkers(
             settings=settings,
             facts_for=facts_for,
             area_threshold=area_threshold,
-            goods=(extra_good, max_good),
+            goods=(extra_good, settings.max_good),
             log=log,
         )
     if jobs == 1 or folds == 1:
