@@ -268,6 +268,8 @@ def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(root),
         "--folds",
@@ -323,6 +325,8 @@ def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_ev
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--folds",
@@ -362,6 +366,8 @@ def test_train_checker_crop_option_trains_on_whole_inputs_with_0_and_refuses_a_t
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--folds",
@@ -418,6 +424,8 @@ def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
     args = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--out",
