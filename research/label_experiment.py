@@ -4,7 +4,7 @@ corrupted labels, run the check, and count what it finds, per corruption kind.
     python -m research.label_experiment --data ../shared/datasets/magnetic-tile --work /tmp/labelcheck
 
 Defaults (issue #23): three checkers on the frozen pretrained EfficientNet-Lite0 encoder (`train-checker`'s
-default), 4 minutes of decoder training each; `train_seconds` in result.json is the whole train-checker time
+default), 3 minutes of pixel-head training each; `train_seconds` in result.json is the whole train-checker time
 (features + three decoders + export), the number the 20-minute budget is about.
 
 Nothing is copied: the corrupted set under --work links its images to --data and holds only masks. Corruptions
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=0, help="checker input (0: 256 pretrained, 128 scratch)")
     p.add_argument("--max-good", type=int, default=300, help="pretrained: at most this many train/good images")
     p.add_argument("--iterations", type=int, default=2500)
-    p.add_argument("--minutes", type=float, default=4.0, help="training budget per checker")
+    p.add_argument("--minutes", type=float, default=3.0, help="training budget per checker")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--crop", type=int, default=64, help="training crop (input px); 0 = whole inputs")
     p.add_argument("--batch-size", type=int, default=16)

@@ -2,11 +2,12 @@
 default): the network is inspectd/training/segmentation.py's, trained by inspectd/training/segtrain.py.
 
 The encoder is frozen and shared, so the features of every image are computed once, for all folds: each fold's
-checker is a fresh decoder trained on its fold's cached features (plus the known defect-free train/good images,
+checker is a fresh pixel head trained on its fold's cached features (plus the known defect-free train/good images,
 `good_share` of each batch, at most `max_good` of them, evenly spaced by name) and exported whole, encoder
 included, with the same manifest, parity check and pixel-threshold rule as the scratch checkers
 (labelling/checker.py, labelling/training.py). Folds train one after the other with all of torch's threads: a
-decoder step is small, and one process keeps the cache once in memory.
+step is small, and one process keeps the cache once in memory. `batch_size` is images per step (pixels sampled
+from each: segtrain.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from inspectd.labelling.checker import write_checker_dir
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.training.backbone import facts as backbone_facts
-from inspectd.training.segmentation import Decoder, SegConfig, SegmentationNet
+from inspectd.training.segmentation import SegConfig, SegmentationNet
 from inspectd.training.segtrain import (
     Cached,
     DecoderSettings,
@@ -103,13 +104,12 @@ def train_pretrained_checkers(
             n, g = len(own), len(good_cache)
             weights = np.r_[np.full(n, (1 - settings.good_share) / n), np.full(g, settings.good_share / g)]
         torch.manual_seed(settings.seed + k)
-        net.decoder = Decoder(net.encoder.channels, config.width_decoder)
+        net.new_decoder()
         dec = DecoderSettings(
             iterations=settings.iterations,
             minutes=settings.minutes,
             batch_size=settings.batch_size,
             lr=settings.lr,
-            pos_weight=settings.pos_weight,
             seed=settings.seed + k,
         )
         if say:

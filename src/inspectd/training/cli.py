@@ -237,7 +237,7 @@ def register_supervised(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-good", type=int, default=0, help="use at most this many train/good images (0 = all)")
     p.add_argument("--iterations", type=int, default=1500)
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the decoder's training")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (pixels are sampled from each)")
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
