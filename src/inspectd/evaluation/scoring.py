@@ -45,8 +45,13 @@ class L2Difference:
         return 0.0
 
 
+FEATURES_SCORE = "features-knn"  # a features model's own map (its graph's output); it has no variants
+
+
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim."""
+    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn."""
+    if manifest.kind == "features" and manifest.ensemble is None:
+        return FEATURES_SCORE
     return f"{manifest.ssim.window}-ssim"
 
 
@@ -85,6 +90,9 @@ def variant_inspector(inspector, score: str):
     t = variant_thresholds(m, score)
     if score == native_score(m):
         return inspector, t
+    if m.kind == "features":
+        msg = f"{m.name!r} is a features model: its map is its graph's own output ({FEATURES_SCORE}), no variant"
+        raise ValueError(msg)
     if m.ensemble is not None:
         msg = (
             f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "

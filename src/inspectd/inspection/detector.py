@@ -46,7 +46,8 @@ def _dims(shape) -> list:
 
 
 class Detector:
-    """Runs the autoencoder: NCHW float32 batch in, reconstruction (same shape) out."""
+    """Runs one model: NCHW float32 batch in, its output (an autoencoder's reconstruction, a features model's
+    anomaly map) out, shaped as the manifest's output says."""
 
     def __init__(
         self,
@@ -167,10 +168,10 @@ class Detector:
         t0 = time.perf_counter()
         for _ in range(runs):
             out = self.run(batch)
-        if out.shape != batch.shape or not np.isfinite(out).all():
+        expected = (batch.shape[0], *self.manifest.output.shape[1:])
+        if out.shape != expected or not np.isfinite(out).all():
             msg = (
-                f"warm-up output has shape {out.shape} (expected {batch.shape}) or non-finite values: the model is "
-                f"broken"
+                f"warm-up output has shape {out.shape} (expected {expected}) or non-finite values: the model is broken"
             )
             raise ModelError(msg)
         return time.perf_counter() - t0

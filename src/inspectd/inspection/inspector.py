@@ -24,6 +24,7 @@ owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,11 @@ class Inspector:
         self.detector = detector
         m = detector.manifest
         self.manifest = m
+        if m.kind not in TILE_MAPS:
+            msg = (
+                f"{detector.model_dir}: a {m.kind!r} model makes no anomaly map; the daemon runs {', '.join(TILE_MAPS)}"
+            )
+            raise ModelError(msg)
         self.preprocessor = Preprocessor(m.preprocess, m.input)
         self.ssim = SsimKernel(window=m.ssim.window, size=m.ssim.size, sigma=m.ssim.sigma, k1=m.ssim.k1, k2=m.ssim.k2)
         self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
@@ -145,7 +151,7 @@ class Inspector:
 
     def _map(
         self, pending: Pending, *, model_scores: bool = False
-    ) -> tuple[np.ndarray, np.ndarray, list[float] | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, list[float] | None]:
         """(the map the decision reads, this model's reconstructions, each model's image score when asked for and
         an ensemble, else None): this model's difference map, or for an ensemble the combination of every model's
         map divided by its divisor (manifest ensemble.divide_by)."""
@@ -179,17 +185,13 @@ class Inspector:
             combined /= np.float32(len(self.members) + 1)
         return combined, recon, parts
 
-    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(frame-sized difference map, per-tile reconstructions in [0, 1]); the map is post-processed as the
-        manifest's score.smooth_sigma says (decide.smooth_map)."""
-        recon = self.preprocessor.to_unit(output)
-        ref = prepared.reference
+    def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(frame-sized difference map, per-tile reconstructions in [0, 1] or None for a kind that has none); the
+        map is post-processed as the manifest's score.smooth_sigma says (decide.smooth_map)."""
+        maps, recon = TILE_MAPS[self.manifest.kind](self, prepared, output)
         layout = prepared.layout
-        if ref.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == ref.shape[1:3]:  # one tile = frame
-            return smooth_map(self.ssim.difference(ref[0], recon[0]), self.manifest.score.smooth_sigma), recon
-        maps = np.empty(ref.shape[:3], dtype=np.float32)
-        for i in range(ref.shape[0]):
-            self.ssim.difference(ref[i], recon[i], out=maps[i])
+        if maps.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == maps.shape[1:3]:  # one tile = frame
+            return smooth_map(maps[0], self.manifest.score.smooth_sigma), recon
         return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), recon
 
     # --- one call ----------------------------------------------------------------------------------------------
@@ -214,3 +216,27 @@ class Inspector:
         frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
         self.inspect(frame)
         return time.perf_counter() - t0
+
+
+# --- one function per model kind: (prepared tiles, model output) -> per-tile maps [N, H, W], reconstructions ------
+
+
+def _ssim_maps(inspector: Inspector, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """autoencoder: the Gaussian-SSIM difference of every tile and its reconstruction (1 - SSIM, in [0, 2])."""
+    recon = inspector.preprocessor.to_unit(output)
+    ref = prepared.reference
+    maps = np.empty(ref.shape[:3], dtype=np.float32)
+    for i in range(ref.shape[0]):
+        inspector.ssim.difference(ref[i], recon[i], out=maps[i])
+    return maps, recon
+
+
+def _feature_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
+    """features: the graph's output already is the anomaly map of every tile ([N, 1, H, W], in [0, 1))."""
+    return np.ascontiguousarray(output[:, 0], dtype=np.float32), None
+
+
+TILE_MAPS: dict[str, Callable[[Inspector, Prepared, np.ndarray], tuple[np.ndarray, np.ndarray | None]]] = {
+    "autoencoder": _ssim_maps,
+    "features": _feature_maps,
+}

@@ -38,7 +38,7 @@ import numpy as np
 
 from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
-from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
+from inspectd.core.manifest import MANIFEST_NAME, MAP_KINDS, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
 from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
@@ -81,8 +81,8 @@ def _member(path: Path) -> Manifest:
     if m.ensemble is not None:
         msg = f"--member {path} is itself an ensemble; give its models as members instead"
         raise ValueError(msg)
-    if m.kind != "autoencoder":
-        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines autoencoders"
+    if m.kind not in MAP_KINDS:
+        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines {' and '.join(MAP_KINDS)} maps"
         raise ValueError(msg)
     if m.thresholds.method == "uncalibrated":
         msg = f"--member {path} has uncalibrated thresholds; calibrate it (`inspectd train` does) before combining it"
