@@ -1,7 +1,7 @@
 """Label-free separability probe: does any *local* cue tell a defect class from good surface, before or after a model
 misses it?
 
-An autoencoder trained on good images only (seed 001) can find a defect only where the defect looks locally unlike
+An autoencoder trained on good images only can find a defect only where the defect looks locally unlike
 good surface. This probe measures how far simple label-free cues get, per defect class of an MVTec-layout tree, with
 the same image score as the default recipe (map smoothed with sigma 4, maximum) and the pixel AUROC of `inspectd
 evaluate` (every defect pixel against every pixel outside the masks, sampled on a fixed grid):

@@ -1,6 +1,7 @@
 """The supervised-stage measurement of issue #23: train the classifier on the labels of half the magnetic-tile test
 defects (split by class with a fixed seed) plus the good training images, and evaluate on the other half (and all of
-test/good): the anomaly map (the autoencoder) alone, the classifier alone, and both as one ensemble (one decision,
+test/good): the anomaly map (`inspectd train`'s default model: the features kind, a pretrained memory bank; or the
+autoencoder) alone, the classifier alone, and both as one ensemble (one decision,
 a defect either map sees counts), each through `inspectd evaluate`.
 
     python -m research.supervised_experiment --data ../shared/datasets/magnetic-tile --work /tmp/supervised
@@ -86,8 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--work", type=Path, default=Path("/tmp/inspectd-supervised"))
     p.add_argument("--seed", type=int, default=0, help="the half split, and both models' training seed")
-    p.add_argument("--ae", type=Path, default=None, help="reuse this autoencoder (trained on --data) instead")
-    p.add_argument("--ae-minutes", type=float, default=8.0, help="the autoencoder's training budget")
+    p.add_argument("--ae", type=Path, default=None, help="reuse this anomaly model (trained on --data) instead")
     p.add_argument("--minutes", type=float, default=6.0, help="the classifier decoder's training budget")
     p.add_argument("--iterations", type=int, default=3000, help="the classifier decoder's steps at most")
     p.add_argument("--normalize", choices=("good-score", "threshold"), default="good-score")
@@ -96,21 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     a.work.mkdir(parents=True, exist_ok=True)
     train, held, counts = split(a.data, a.work, a.seed)
     print(f"split (seed {a.seed}): {counts}")
-    ae = a.ae or a.work / "ae"
+    ae = a.ae or a.work / "anomaly"
     if not (ae / "manifest.json").is_file():
-        cli(
-            "train",
-            "--data",
-            str(a.data),
-            "--out",
-            str(ae),
-            "--minutes",
-            f"{a.ae_minutes:g}",
-            "--iterations",
-            "100000",
-            "--seed",
-            str(a.seed),
-        )
+        cli("train", "--data", str(a.data), "--out", str(ae), "--seed", str(a.seed))
     cls = a.work / "classifier"
     if not (cls / "manifest.json").is_file():
         cli(
@@ -144,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             a.normalize,
         )
     rows = []
-    for name, model in (("anomaly map (autoencoder)", ae), ("classifier", cls), ("anomaly map + classifier", ens)):
+    anomaly = f"anomaly map ({json.loads((ae / 'manifest.json').read_text())['kind']})"
+    for name, model in ((anomaly, ae), ("classifier", cls), ("anomaly map + classifier", ens)):
         out = a.work / f"eval-{model.name}.json"
         if not out.is_file():
             cli("evaluate", "--model", str(model), "--data", str(held), "--json", str(out), "--quiet")

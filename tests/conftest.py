@@ -1,4 +1,4 @@
-"""Shared fixtures. Fakes and builders reused across tests live in tests/helpers.py."""
+"""Shared fixtures. Fakes and builders reused across tests live in tests/support/helpers.py."""
 
 from __future__ import annotations
 

@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support.training import QUIET, TINY_NET
+
 SIZE = 48
 
 
@@ -58,22 +60,10 @@ def tiny_train_argv(data: Path, out: Path, *extra: str, tile: int = 32, overlap:
         "tile",
         "--tile-overlap",
         str(overlap),
-        "--base-width",
-        "8",
-        "--max-width",
-        "16",
-        "--latent-channels",
-        "8",
-        "--depth",
-        "2",
+        *TINY_NET,
         "--iterations",
         "10",
-        "--batch-size",
-        "4",
-        "--threads",
-        "1",
-        "--log-every",
-        "0",
+        *QUIET,
         "--checkpoint-dir",
         str(Path(out).parent / f"{Path(out).name}-ckpt"),
         *extra,
@@ -89,7 +79,7 @@ def separable_tree(tmp_path_factory) -> Path:
 def separable_model(separable_tree, tmp_path_factory) -> Path:
     """A 32x32 tiled autoencoder trained for a few seconds on the tree's train/good, calibrated on held-out goods."""
     pytest.importorskip("torch", reason="building the test model needs the train extra (pip install -e '.[train]')")
-    from inspectd.training.cli import main
+    from inspectd.cli import main
 
     out = tmp_path_factory.mktemp("separable_model") / "model"
     assert (

@@ -21,8 +21,8 @@ pytest.importorskip("torch", reason="training the member models needs the train 
 @pytest.fixture(scope="module")
 def members(separable_tree, separable_model, tmp_path_factory) -> tuple[Path, Path]:
     """The separable model (32 px native tiles) and a half-scale 16 px tile model trained on the same tree, the
-    second with a third of the defects as seed 001's hard-defect set."""
-    from inspectd.training.cli import main
+    second with a third of the defects as the hard-defect set."""
+    from inspectd.cli import main
 
     out = tmp_path_factory.mktemp("members") / "coarse"
     argv = tiny_train_argv(

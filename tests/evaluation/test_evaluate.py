@@ -115,7 +115,7 @@ def test_a_folder_without_the_mvtec_test_layout_exits_2_with_a_message(separable
 
 def test_evaluate_never_imports_torch(separable_model, separable_tree, tmp_path):
     script = (
-        "import sys; from inspectd.evaluation.cli import main; "
+        "import sys; from inspectd.cli import main; "
         f"rc = main(['evaluate', '--model', {str(separable_model)!r}, '--data', {str(separable_tree)!r}, "
         f"'--json', {str(tmp_path / 'r.json')!r}, '--quiet']); "
         "assert rc == 0; assert 'torch' not in sys.modules, 'evaluate imported torch'"
@@ -140,12 +140,12 @@ def test_good_only_calibration_gives_a_threshold_that_passes_its_good_images(sep
 
 
 def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(separable_tree, tmp_path):
-    """A model trained with half of each test class as seed 001's hard-defect set is evaluated on the other half
+    """A model trained with half of each test class as the hard-defect set is evaluated on the other half
     only: the manifest lists the trained-on files by sha256 and evaluate drops them, wherever they lie."""
     pytest.importorskip("torch", reason="training the test model needs the train extra")
     import shutil
 
-    from inspectd.training.cli import main as train_main
+    from inspectd.cli import main as train_main
     from inspectd.training.data import hard_defect_files
 
     model = tmp_path / "model"
@@ -204,7 +204,7 @@ def test_evaluate_leaves_out_the_hard_defect_images_the_model_was_trained_on(sep
 
 def test_a_model_with_scaled_tiles_is_trained_exported_and_evaluated_in_camera_pixels(separable_tree, tmp_path):
     pytest.importorskip("torch", reason="training the test model needs the train extra")
-    from inspectd.training.cli import main as train_main
+    from inspectd.cli import main as train_main
 
     model = tmp_path / "model"
     argv = tiny_train_argv(separable_tree, model, "--scale", "0.5", "--smooth-sigma", "1", tile=16, overlap=4)

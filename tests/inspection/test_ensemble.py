@@ -1,6 +1,6 @@
-"""Ensemble model directories (manifest `ensemble`, DESIGN.md §3): every model's map divided by its own threshold,
-combined, one decision; the contract's checks; the daemon runs and reloads one. Real ONNX models (the box-blur
-'autoencoder' of tests/helpers.py), no torch."""
+"""Ensemble model directories (manifest `ensemble`, docs/model-directory.md): every model's map divided by its own
+threshold, combined, one decision; the contract's checks; the daemon runs and reloads one. Real ONNX models (the
+box-blur 'autoencoder' of tests/support/helpers.py), no torch."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The loop's last step: `inspectd train --init MODEL_DIR --data COLLECTED` fine-tunes the line's model on the false
-rejects the collector gathered, stops by seed 002's loss rule, and records its parent and data."""
+rejects the collector gathered, stops by the sample-count loss rule, and records its parent and data."""
 
 from __future__ import annotations
 
@@ -15,18 +15,12 @@ from inspectd.core.manifest import load_manifest
 from inspectd.feedback.protocol import RecordMeta
 from inspectd.training.finetune import DEFAULT_LOSS_TABLE, loss_threshold, parse_loss_table
 from tests.support.helpers import make_blur_model, run_cli
+from tests.support.training import TINY_NET
 
 TINY = [
     "--input-size",
     "32",
-    "--base-width",
-    "8",
-    "--max-width",
-    "16",
-    "--latent-channels",
-    "8",
-    "--depth",
-    "2",
+    *TINY_NET,
     "--batch-size",
     "8",
     "--threads",
@@ -185,7 +179,7 @@ def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_
     assert t["data_files"]["collected"]["rejected_by_models"] == [parent_sha]
     rule = t["stop_rule"]
     assert rule["sample_count"] == t["sample_count"] == 24 and rule["threshold"] == 0.3  # < 100 samples: 0.3
-    assert t["stopped_by"] == "loss" and t["iterations"] < 120, "the seed's rule ends it, not the cap"
+    assert t["stopped_by"] == "loss" and t["iterations"] < 120, "the loss rule ends it, not the cap"
     assert "--init" in t["command"] and str(parent) in t["command"]
     assert time.monotonic() - t0 < 120
 

@@ -1,4 +1,4 @@
-"""The `plc:` config section: defaults from DESIGN.md §4, and the mistakes it refuses."""
+"""The `plc:` config section: defaults from docs/plc.md, and the mistakes it refuses."""
 
 from __future__ import annotations
 

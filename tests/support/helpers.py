@@ -81,7 +81,7 @@ def make_blur_model(
             "model_sha256": sha,
             "method": "test",
         },
-        training={"data": "none: a fixed 5x5 box blur built by tests/helpers.py"},
+        training={"data": "none: a fixed 5x5 box blur built by tests/support/helpers.py"},
     ).write(out_dir)
     return out_dir
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import shlex
 
+from inspectd.cli import main
 from inspectd.core.manifest import load_manifest
-from inspectd.training.cli import main
+from tests.support.training import QUIET, TINY_NET
 
 
 def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_path, capsys):
@@ -23,14 +24,7 @@ def test_train_writes_a_calibrated_model_directory_and_records_its_command(tmp_p
         str(out),
         "--input-size",
         "32",
-        "--base-width",
-        "8",
-        "--max-width",
-        "16",
-        "--latent-channels",
-        "8",
-        "--depth",
-        "2",
+        *TINY_NET,
         "--iterations",
         "6",
         "--batch-size",
@@ -112,22 +106,10 @@ def test_train_on_an_mvtec_folder_calibrates_with_its_test_defects_when_asked(tm
         str(out),
         "--input-size",
         "32",
-        "--base-width",
-        "8",
-        "--max-width",
-        "16",
-        "--latent-channels",
-        "8",
-        "--depth",
-        "2",
+        *TINY_NET,
         "--iterations",
         "4",
-        "--batch-size",
-        "4",
-        "--threads",
-        "1",
-        "--log-every",
-        "0",
+        *QUIET,
         "--checkpoint-dir",
         str(tmp_path / "ckpt"),
         "--calibrate-with-test",

@@ -1,4 +1,4 @@
-"""The synthetic defect generator (seed 001): thin 16-point ellipses, rectangles, triangles, one grey value."""
+"""The synthetic defect generator: thin 16-point ellipses, rectangles, triangles, one grey value."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ from inspectd.training.data import (
     load_hard_defects,
     to_model_input,
 )
+from tests.support.training import QUIET
 from tests.training.conftest import stripes
 
 TILE = InputGeometry(height=32, width=32, mode="tile")
@@ -133,8 +134,8 @@ def crop_x(frame: np.ndarray, crop: np.ndarray) -> int:
 
 
 def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
+    from inspectd.cli import main
     from inspectd.core.manifest import load_manifest
-    from inspectd.training.cli import main
 
     root = tmp_path / "data"
     for sub in ("train/good", "test/crack", "ground_truth/crack"):
@@ -163,12 +164,7 @@ def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
         "8",
         "--iterations",
         "4",
-        "--batch-size",
-        "4",
-        "--threads",
-        "1",
-        "--log-every",
-        "0",
+        *QUIET,
         "--checkpoint-dir",
         str(tmp_path / "ckpt"),
         "--hard-defects",

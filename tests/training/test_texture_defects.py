@@ -1,5 +1,5 @@
-"""Texture defects (an extension beyond the seed's one-grey polygons, off by default): a larger region whose own
-texture is smoothed, roughened or re-lit; the mask marks exactly the changed region; the seed's stream is unchanged
+"""Texture defects (an extension beyond the one-grey polygons, off by default): a larger region whose own
+texture is smoothed, roughened or re-lit; the mask marks exactly the changed region; the polygon stream is unchanged
 when they are off."""
 
 from __future__ import annotations

@@ -7,9 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import threading
 from pathlib import Path
+
+import structlog
+
+from inspectd.core import logs
+from inspectd.core.systemd import Notifier, install_signal_handlers
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -57,13 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    import structlog
     import zmq
 
     from inspectd.collector.dataset import Dataset
     from inspectd.collector.server import Collector
-    from inspectd.core import logs
-    from inspectd.core.systemd import Notifier, install_signal_handlers
 
     logs.configure(args.log_level, args.log_format)
     log = structlog.get_logger("inspectd.collect")
@@ -118,7 +122,6 @@ def _curve(args: argparse.Namespace):
         return None, None
     if args.curve_secret_key is None or args.curve_allowed_clients is None:
         raise ValueError("--curve-secret-key and --curve-allowed-clients go together (CURVE needs both)")
-    import structlog
     import zmq
     import zmq.auth
     from zmq.auth.thread import ThreadAuthenticator
@@ -147,7 +150,6 @@ class _QuietLog:
     """zmq.auth's logger: refused clients are logged once each by structlog, the chatter is dropped."""
 
     def __getattr__(self, name):
-        import structlog
 
         log = structlog.get_logger("inspectd.collect")
 
@@ -160,8 +162,6 @@ class _QuietLog:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    import os
-    import re
 
     import zmq.auth
 

@@ -21,3 +21,7 @@ class CameraError(InspectdError):
 
 class EndOfStream(InspectdError):
     """A finite source (a folder without loop, a video file) has no more frames."""
+
+
+class PlcError(InspectdError):
+    """The PLC link could not be set up (port in use, address not on this machine, ...)."""

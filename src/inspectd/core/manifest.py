@@ -1,4 +1,4 @@
-"""The model-artifact contract (DESIGN.md §3): a model is a directory with model.onnx and manifest.json.
+"""The model-artifact contract (docs/model-directory.md): a model is a directory with model.onnx and manifest.json.
 
 The manifest records everything the daemon needs and nothing it must guess. export/ writes it with
 `Manifest.write()`; the daemon reads it with `load_manifest()` and refuses anything inconsistent.
@@ -21,6 +21,7 @@ from inspectd.core.errors import ModelError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION: Literal[1] = 1
 MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its divisor)
+MAP_KINDS = ("autoencoder", "features", "classifier")  # kinds whose output the Inspector turns into a frame map
 
 
 class _Strict(BaseModel):
@@ -140,7 +141,10 @@ class EnsembleSpec(_Strict):
 class Manifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     name: str
-    kind: Literal["autoencoder", "classifier"]
+    # autoencoder: the output is a reconstruction, scored by the Gaussian-SSIM map; features: the output is the
+    # anomaly map itself ([N, 1, H, W], in [0, 1), a memory bank's nearest-neighbour distance); classifier: a
+    # supervised defect map (the label checkers). MAP_KINDS are those the daemon's Inspector turns into maps.
+    kind: Literal["autoencoder", "features", "classifier"]
     onnx: OnnxSpec
     input: TensorSpec
     output: TensorSpec
@@ -197,6 +201,12 @@ class Manifest(_Strict):
                 f"{list(self.input.shape)}"
             )
             raise ValueError(msg)
+        if self.kind == "features" and self.output.shape[1:] != (1, *self.input.hw):
+            msg = (
+                f"a features model's output shape {list(self.output.shape)} must be one map of the input's size "
+                f"[N, 1, {self.input.hw[0]}, {self.input.hw[1]}]"
+            )
+            raise ValueError(msg)
         if self.thresholds.pixel > self.pixel_limit:
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
             msg = f"thresholds.pixel {self.thresholds.pixel} is above {self.pixel_limit:g} ({what})"
@@ -206,6 +216,9 @@ class Manifest(_Strict):
                 f"a classifier's output {list(self.output.shape)} must be one defect-probability map of its input's "
                 f"size [N, 1, {self.input.hw[0]}, {self.input.hw[1]}]"
             )
+            raise ValueError(msg)
+        if self.ensemble is not None and self.kind not in MAP_KINDS:
+            msg = f"an ensemble combines difference maps ({', '.join(MAP_KINDS)}); this model's kind is {self.kind!r}"
             raise ValueError(msg)
         if self.preprocess.mode == "tile" and self.preprocess.tile_overlap >= min(self.input.hw):
             msg = f"tile_overlap {self.preprocess.tile_overlap} must be smaller than the tile {self.input.hw}"

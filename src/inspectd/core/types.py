@@ -177,4 +177,4 @@ class Controls(Protocol):
         """Acquire exactly one frame for this item; on_taken() is called when the frame has been taken."""
 
     def false_reject(self, seq: int, *, source: str) -> None:
-        """An operator found rejected item `seq` good (DESIGN.md §5); unknown or expired seqs are logged."""
+        """An operator found rejected item `seq` good (docs/feedback-loop.md); unknown or expired seqs are logged."""

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from inspectd.core import logs
 from inspectd.core.errors import ConfigError
 from inspectd.daemon.config import check_runtime, load_config
 from inspectd.feedback.control import ControlError, request
@@ -52,7 +53,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("inspectd: --max-frames must be >= 0", file=sys.stderr)
         return EXIT_CONFIG
 
-    from inspectd.core import logs
     from inspectd.daemon import app  # the whole runtime (onnxruntime, numba, pymodbus): only for `run`
 
     logs.configure(cfg.logging.level, cfg.logging.format)

@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from inspectd.core.errors import ConfigError
+from inspectd.core.errors import ConfigError, ModelError
+from inspectd.core.manifest import load_manifest
 from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.daemon.cameras import CAMERA_TYPES, CameraConfigBase
+from inspectd.daemon.pipeline import Overrun
 from inspectd.feedback.config import ControlConfig, FeedbackConfig, RejectsConfig
 from inspectd.inspection.detector import DEFAULT_PROVIDERS
 from inspectd.plc.config import PlcConfig
@@ -95,7 +97,7 @@ class ThreadsConfig(StrictModel):
 
 class PipelineConfig(StrictModel):
     queue_size: int = Field(4, ge=1, le=1024, description="frames waiting for inference before an overrun")
-    overrun: Literal["auto", "error", "block"] = Field(
+    overrun: Overrun = Field(
         "auto",
         description=(
             "when the queue is full: error = the new frame gets an ERROR verdict (live line: the item cannot wait); "
@@ -310,8 +312,6 @@ def load_config(path: str | Path) -> Config:
 
 def check_runtime(cfg: Config) -> None:
     """Checks that need the filesystem: the model directory and its manifest (hash included)."""
-    from inspectd.core.errors import ModelError
-    from inspectd.core.manifest import load_manifest
 
     try:
         load_manifest(cfg.model.path)

@@ -7,6 +7,7 @@ so the documentation cannot drift from the schema.
 
 from __future__ import annotations
 
+import sys
 import typing
 from pathlib import Path
 
@@ -135,7 +136,6 @@ def splice(readme_text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
 
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["--write"] and len(args) == 2:

@@ -38,14 +38,20 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import structlog
 
 from inspectd.core.errors import CameraError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
+from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
+
+# when the queue is full: "error" gives the new frame an ERROR verdict, "block" makes acquisition wait, "auto"
+# chooses by source (the config's pipeline.overrun documents the rule)
+Overrun = Literal["auto", "error", "block"]
 
 log = structlog.get_logger("inspectd.pipeline")
 
@@ -132,12 +138,12 @@ class Pipeline:
     def __init__(
         self,
         camera: Camera,
-        camera_cfg,
+        camera_cfg: CameraConfigBase,
         inspector: Inspector,
         dispatcher: Dispatcher,
         *,
         queue_size: int = 4,
-        overrun: str = "auto",
+        overrun: Overrun = "auto",
         max_frames: int = 0,
         drain_timeout_s: float = 10.0,
         notifier: Notifier | None = None,

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from inspectd.core.errors import ModelError
+
 EXIT_OK, EXIT_USAGE = 0, 2
 SCORE_CHOICES = ("gaussian-ssim", "uniform-ssim", "l2", "all")
 
@@ -62,7 +64,6 @@ def _scores(chosen: list[str] | None) -> list[str]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from inspectd.core.errors import ModelError
     from inspectd.evaluation.evaluate import evaluate
 
     try:
@@ -124,16 +125,3 @@ def summary_text(r: dict) -> str:
     if r.get("report"):
         lines.append(f"report     {r['report']}")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inspectd.evaluation.cli")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,6 +16,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from inspectd.feedback.rejects import render_overlay
+from inspectd.inspection.decide import find_regions
+
 PANEL_HEIGHT = 200
 PANELS = ("input", "reconstruction", "heat map", "predicted regions", "ground truth")
 
@@ -45,10 +48,8 @@ class ReportWriter:
         self.rows: list[dict] = []
 
     def add(self, index: int, item, image, recon, score_map, decision, truth, record: dict) -> None:
-        from inspectd.evaluation.evaluate import kept_region_mask
-        from inspectd.feedback.rejects import render_overlay
 
-        pred = kept_region_mask(score_map, self.pixel_threshold, self.min_region_area)
+        pred = find_regions(score_map, self.pixel_threshold, self.min_region_area).mask()
         predicted = _tint(image, pred, (0, 0, 255))
         for r in decision.regions:
             cv2.rectangle(predicted, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), (0, 255, 255), 1)

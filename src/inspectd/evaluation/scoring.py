@@ -1,5 +1,5 @@
-"""One model's reconstruction, scored three ways (seed 001's claim, measured): Gaussian-window SSIM (the daemon's
-default), uniform-window SSIM, and the per-pixel squared difference (L2).
+"""One model's reconstruction, scored three ways (the Gaussian-window claim, measured): Gaussian-window SSIM (the
+daemon's default), uniform-window SSIM, and the per-pixel squared difference (L2).
 
 Every variant is the daemon's own Inspector, preprocess -> onnxruntime -> difference map -> stitch -> map
 post-processing -> decide, with only its difference kernel swapped (`Inspector.ssim`, which has one method,
@@ -21,6 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inspectd.evaluation import thresholds as calib
+from inspectd.inspection.inspector import Inspector
+from inspectd.inspection.ssim import SsimKernel
+
 SCORES = ("gaussian-ssim", "uniform-ssim", "l2")
 
 
@@ -41,14 +45,18 @@ class L2Difference:
         return 0.0
 
 
+FEATURES_SCORE = "features-knn"  # a features model's own map (its graph's output); it has no variants
+
+
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim."""
+    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn."""
+    if manifest.kind == "features" and manifest.ensemble is None:
+        return FEATURES_SCORE
     return f"{manifest.ssim.window}-ssim"
 
 
 def kernel_for(score: str, manifest):
     """The difference kernel of a variant, with the manifest's window size, sigma and constants."""
-    from inspectd.inspection.ssim import SsimKernel
 
     s = manifest.ssim
     if score == "l2":
@@ -77,12 +85,14 @@ def variant_inspector(inspector, score: str):
     """(Inspector scoring with `score`, its thresholds or None): the native score returns `inspector` itself;
     a variant shares its onnxruntime session. A variant without recorded thresholds gets pixel threshold 2.0
     (the map's maximum for SSIM: nothing is rejected) and None for its thresholds."""
-    from inspectd.inspection.inspector import Inspector
 
     m = inspector.manifest
     t = variant_thresholds(m, score)
     if score == native_score(m):
         return inspector, t
+    if m.kind == "features":
+        msg = f"{m.name!r} is a features model: its map is its graph's own output ({FEATURES_SCORE}), no variant"
+        raise ValueError(msg)
     if m.ensemble is not None:
         msg = (
             f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
@@ -108,7 +118,6 @@ def calibrate_variants(
 ) -> dict:
     """Thresholds of every non-native variant, by inspectd/evaluation/thresholds.py's rules on the same images:
     {score: {pixel, min_region_area, method, good_pass_rate, model_sha256}}."""
-    from inspectd.evaluation import thresholds as calib
 
     base = calib.open_inspector(model_dir)
     variants = {s: variant_inspector(base, s)[0] for s in SCORES if s != native_score(base.manifest)}

@@ -29,7 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from inspectd.core.manifest import Manifest, Thresholds, load_manifest
+from inspectd.core.types import Code
 from inspectd.inspection.decide import find_regions
+from inspectd.inspection.inspector import Inspector
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,6 @@ class Calibration:
 
 def open_inspector(model_dir: str | Path, *, threads: int = 0):
     """The daemon's Inspector for a model directory, on the CPU (calibration must not depend on a GPU)."""
-    from inspectd.inspection.inspector import Inspector
 
     return Inspector.from_model_dir(model_dir, providers=("CPUExecutionProvider",), intra_op_threads=threads)
 
@@ -294,7 +295,6 @@ class Confusion:
 
 def evaluate(inspector, images: Iterable[np.ndarray], truths: Iterable[bool]) -> Confusion:
     """Pass/reject of each image with the inspector's thresholds, against ground truth (True = defective)."""
-    from inspectd.core.types import Code
 
     counts = {"good_pass": 0, "good_reject": 0, "defect_reject": 0, "defect_pass": 0}
     for image, truth in zip(images, truths, strict=False):

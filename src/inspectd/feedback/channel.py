@@ -1,4 +1,4 @@
-"""The false-reject channel of one daemon, wired from the config (DESIGN.md §5):
+"""The false-reject channel of one daemon, wired from the config (docs/feedback-loop.md):
 
     verdicts ─► reject store (sink) ◄─ marking ◄─ PLC register 21 (good) / control socket (`inspectd mark`)
                                           │
@@ -16,6 +16,7 @@ from collections.abc import Callable
 import structlog
 
 from inspectd.core.errors import ConfigError
+from inspectd.feedback.config import FeedbackSettings
 from inspectd.feedback.control import ControlServer
 from inspectd.feedback.marking import Marker, MarkError
 from inspectd.feedback.rejects import MIB, RejectStore
@@ -54,7 +55,9 @@ class Feedback:
         ] = {}  # more control-socket ops, e.g. "reload" (inspectd/daemon/reload.py)
 
     @classmethod
-    def open(cls, cfg, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float) -> Feedback:
+    def open(
+        cls, cfg: FeedbackSettings, *, camera: str, model_sha256: str, model_name: str = "", pixel_threshold: float
+    ) -> Feedback:
         """Build the parts the config asks for; ConfigError (exit 2) when a directory or the socket cannot be had."""
         rejects, feedback, control = (getattr(cfg, k, None) for k in ("rejects", "feedback", "control"))
         if feedback is not None and rejects is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Protocol
 
 from pydantic import Field, field_validator, model_validator
 
@@ -102,3 +103,16 @@ class ControlConfig(StrictModel):
             msg = "a UNIX socket path must be at most 100 bytes long; choose a shorter path"
             raise ValueError(msg)
         return value
+
+
+class FeedbackSettings(Protocol):
+    """The sections the feedback loop is built from; the daemon's Config satisfies it."""
+
+    @property
+    def line(self) -> str: ...
+    @property
+    def rejects(self) -> RejectsConfig | None: ...
+    @property
+    def feedback(self) -> FeedbackConfig | None: ...
+    @property
+    def control(self) -> ControlConfig | None: ...

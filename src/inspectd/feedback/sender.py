@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import structlog
 import zmq
 
+from inspectd.core.errors import ConfigError
 from inspectd.feedback.config import CurveConfig, FeedbackConfig
 from inspectd.feedback.protocol import ACK_TAG, NACK_TAG, RECORD_TAG
 from inspectd.feedback.spool import Spool, SpoolError
@@ -224,8 +225,6 @@ class Sender:
 def _load_curve(cfg: CurveConfig) -> tuple[bytes, bytes, bytes]:
     """(server public, client public, client secret) from zmq.auth key files; ConfigError (exit 2) when unusable."""
     import zmq.auth
-
-    from inspectd.core.errors import ConfigError
 
     try:
         server_public, _ = zmq.auth.load_certificate(cfg.server_public_key)

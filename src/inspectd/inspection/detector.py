@@ -46,8 +46,8 @@ def _dims(shape) -> list:
 
 
 class Detector:
-    """Runs one model: NCHW float32 batch in, its output (an autoencoder's reconstruction, same shape; a
-    classifier's defect-probability map, N x 1 x H x W) out."""
+    """Runs one model: NCHW float32 batch in, its output (an autoencoder's reconstruction, a features model's
+    anomaly map) out, shaped as the manifest's output says."""
 
     def __init__(
         self,
@@ -168,8 +168,10 @@ class Detector:
         t0 = time.perf_counter()
         for _ in range(runs):
             out = self.run(batch)
-        want = (batch.shape[0], *self.manifest.output.shape[1:])
-        if out.shape != want or not np.isfinite(out).all():
-            msg = f"warm-up output has shape {out.shape} (expected {want}) or non-finite values: the model is broken"
+        expected = (batch.shape[0], *self.manifest.output.shape[1:])
+        if out.shape != expected or not np.isfinite(out).all():
+            msg = (
+                f"warm-up output has shape {out.shape} (expected {expected}) or non-finite values: the model is broken"
+            )
             raise ModelError(msg)
         return time.perf_counter() - t0

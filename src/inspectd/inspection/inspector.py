@@ -10,14 +10,14 @@ Two ways to call it:
   pipeline runs in three threads so that preprocessing of frame n+1 and SSIM/decide of frame n-1 overlap the
   inference of frame n. ``inspect`` is exactly ``finish(infer(prepare(image)))``.
 
-A model of kind ``classifier`` (a supervised segmentation model) outputs its defect-probability map itself: its
-map is that output, stitched to the frame like an SSIM map (no reconstruction, no SSIM), in [0, 1].
+A model of kind ``features`` outputs an anomaly map, one of kind ``classifier`` (a supervised segmentation model) its
+defect-probability map: either is stitched to the frame as it is (no reconstruction, no SSIM; ``TILE_MAPS``).
 
-An ensemble model directory (manifest ``ensemble``, DESIGN.md §3) holds more models, of either kind: the Inspector
-then runs one member Inspector per model in the same three stages (each its own preprocessing, session and SSIM
-kernel), divides every model's frame-sized map by that model's divisor (its scale) and combines the maps (max or
-mean) before the one decision, at the ensemble's thresholds; each region records which models' divided maps found
-it (``Region.found_by``). Everything else (reconstruction, timings) is this directory's own model's.
+An ensemble model directory (manifest ``ensemble``, docs/model-directory.md) holds more models, of any of these
+kinds: the Inspector then runs one member Inspector per model in the same three stages (each its own preprocessing,
+session and SSIM kernel), divides every model's frame-sized map by that model's divisor (its scale) and combines the
+maps (max or mean) before the one decision, at the ensemble's thresholds; each region records which models' divided
+maps found it (``Region.found_by``). Everything else (reconstruction, timings) is this directory's own model's.
 
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
@@ -27,11 +27,14 @@ owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import load_members
 from inspectd.core.types import Decision
 from inspectd.inspection.decide import Decider, reduce_map, smooth_map
 from inspectd.inspection.detector import DEFAULT_PROVIDERS, Detector
@@ -71,8 +74,12 @@ class Inspector:
         self.detector = detector
         m = detector.manifest
         self.manifest = m
+        if m.kind not in TILE_MAPS:
+            msg = (
+                f"{detector.model_dir}: a {m.kind!r} model makes no anomaly map; the daemon runs {', '.join(TILE_MAPS)}"
+            )
+            raise ModelError(msg)
         self.preprocessor = Preprocessor(m.preprocess, m.input)
-        self.is_classifier = m.kind == "classifier"
         self.ssim = SsimKernel(window=m.ssim.window, size=m.ssim.size, sigma=m.ssim.sigma, k1=m.ssim.k1, k2=m.ssim.k2)
         # the name each map goes by in Region.found_by: this model's own (an ensemble's manifest is named after
         # the ensemble; the first model's name is in its training facts)
@@ -87,8 +94,6 @@ class Inspector:
 
     def _open_members(self) -> list[tuple[Inspector, float]]:
         """One Inspector per other model of the ensemble, with sessions of the same kind as this one's."""
-        from inspectd.core.errors import ModelError
-        from inspectd.core.manifest import load_members
 
         ens = self.manifest.ensemble
         assert ens is not None  # called only for an ensemble manifest
@@ -192,24 +197,12 @@ class Inspector:
         return combined, recon, parts, maps
 
     def _score(self, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(frame-sized map, per-tile reconstructions in [0, 1] or None for a classifier); the map is
-        post-processed as the manifest's score.smooth_sigma says (decide.smooth_map)."""
-        if self.is_classifier:  # the output is the defect probability itself, one channel per tile
-            out = np.asarray(output)
-            if out.ndim != 4 or out.shape[1] != 1:
-                msg = f"classifier output has shape {out.shape}, expected N x 1 x H x W (a defect-probability map)"
-                raise ValueError(msg)
-            probs = np.clip(out[:, 0].astype(np.float32), 0.0, 1.0)
-            stitched = self.preprocessor.stitch(probs, prepared.layout)
-            return smooth_map(stitched, self.manifest.score.smooth_sigma), None
-        recon = self.preprocessor.to_unit(output)
-        ref = prepared.reference
+        """(frame-sized difference map, per-tile reconstructions in [0, 1] or None for a kind that has none); the
+        map is post-processed as the manifest's score.smooth_sigma says (decide.smooth_map)."""
+        maps, recon = TILE_MAPS[self.manifest.kind](self, prepared, output)
         layout = prepared.layout
-        if ref.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == ref.shape[1:3]:  # one tile = frame
-            return smooth_map(self.ssim.difference(ref[0], recon[0]), self.manifest.score.smooth_sigma), recon
-        maps = np.empty(ref.shape[:3], dtype=np.float32)
-        for i in range(ref.shape[0]):
-            self.ssim.difference(ref[i], recon[i], out=maps[i])
+        if maps.shape[0] == 1 and layout.native_hw is None and layout.frame_hw == maps.shape[1:3]:  # one tile = frame
+            return smooth_map(maps[0], self.manifest.score.smooth_sigma), recon
         return smooth_map(self.preprocessor.stitch(maps, prepared.layout), self.manifest.score.smooth_sigma), recon
 
     # --- one call ----------------------------------------------------------------------------------------------
@@ -227,9 +220,43 @@ class Inspector:
         t0 = time.perf_counter()
         for insp in (self, *(member for member, _ in self.members)):
             insp.detector.warmup()
-            if not insp.is_classifier:
+            if insp.manifest.kind == "autoencoder":  # the only kind with an SSIM map
                 insp.ssim.warmup(insp.preprocessor.channels)  # compiled, or loaded from the Numba cache
         c, h, w = self.manifest.input.shape[1:]
         frame = np.full((h, w) if c == 1 else (h, w, 3), 128, dtype=np.uint8)
         self.inspect(frame)
         return time.perf_counter() - t0
+
+
+# --- one function per model kind: (prepared tiles, model output) -> per-tile maps [N, H, W], reconstructions ------
+
+
+def _ssim_maps(inspector: Inspector, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """autoencoder: the Gaussian-SSIM difference of every tile and its reconstruction (1 - SSIM, in [0, 2])."""
+    recon = inspector.preprocessor.to_unit(output)
+    ref = prepared.reference
+    maps = np.empty(ref.shape[:3], dtype=np.float32)
+    for i in range(ref.shape[0]):
+        inspector.ssim.difference(ref[i], recon[i], out=maps[i])
+    return maps, recon
+
+
+def _feature_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
+    """features: the graph's output already is the anomaly map of every tile ([N, 1, H, W], in [0, 1))."""
+    return np.ascontiguousarray(output[:, 0], dtype=np.float32), None
+
+
+def _probability_maps(insp: Inspector, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
+    """A classifier's output is its defect probability, one channel per tile (clipped to [0, 1])."""
+    out = np.asarray(output)
+    if out.ndim != 4 or out.shape[1] != 1:
+        msg = f"classifier output has shape {out.shape}, expected N x 1 x H x W (a defect-probability map)"
+        raise ValueError(msg)
+    return np.clip(out[:, 0].astype(np.float32), 0.0, 1.0), None
+
+
+TILE_MAPS: dict[str, Callable[[Inspector, Prepared, np.ndarray], tuple[np.ndarray, np.ndarray | None]]] = {
+    "autoencoder": _ssim_maps,
+    "features": _feature_maps,
+    "classifier": _probability_maps,
+}

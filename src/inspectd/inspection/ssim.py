@@ -1,4 +1,4 @@
-"""Per-pixel SSIM and the SSIM difference map (seed 001), as Numba kernels.
+"""Per-pixel SSIM and the SSIM difference map, as Numba kernels.
 
 The difference map is ``1 - SSIM``, one value per pixel, the same size as the image: 0 where image and
 reconstruction agree, up to 2 where they are anti-correlated; larger = more different.

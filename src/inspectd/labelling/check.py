@@ -1,5 +1,5 @@
 """`inspectd label check`: run the checker models (onnxruntime only, never torch) over a labelled MVTec folder and
-flag labelling anomalies by seed 000's rules (rules.py).
+flag labelling anomalies by the label-check rules (rules.py).
 
 Each image is checked only by the checkers that did not train on it (their folds are in the manifests); an image
 that every checker trained on (the N = 1 case) is checked by all of them and marked `in_sample`. The checkers'

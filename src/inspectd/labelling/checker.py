@@ -1,6 +1,6 @@
-"""The label checker of seed 000: a small supervised segmentation network, and its export to a model directory.
+"""The label checker: a small supervised segmentation network, and its export to a model directory.
 
-Layout (the seed's "convolution, pooling, activation, batch norm"): a U-Net-like stack. Encoder: per level one 3x3
+Layout ("convolution, pooling, activation, batch norm"): a U-Net-like stack. Encoder: per level one 3x3
 convolution + BatchNorm + ReLU, then 2x2 max pooling; a dilated 3x3 bottleneck widens the context. Decoder: bilinear
 2x upsampling, concatenation with the encoder level's features, 3x3 convolution + BatchNorm + ReLU. Two heads with
 sigmoid outputs:

@@ -1,8 +1,8 @@
-"""`inspectd label ...`: the labelling assistant of seed 000 (prelabel, import, train-checker, check).
+"""`inspectd label ...`: the labelling assistant (prelabel, import, train-checker, check).
 
 The loop: prelabel with the autoencoder -> review in LabelMe -> import into the MVTec layout -> train-checker ->
 check -> fix the flagged labels (LabelMe or masks) -> import -> check again, until check flags nothing (exit 0);
-`check --accepted DIR` writes the labels it accepts in MVTec ground_truth layout for seed 001's hard-defect training.
+`check --accepted DIR` writes the labels it accepts in MVTec ground_truth layout for hard-defect training.
 torch is imported only by train-checker; check runs the exported checkers with onnxruntime.
 
 Exit codes: 0 done (check: nothing flagged); 3 check flagged labels, or import skipped some files (listed);
@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from inspectd.core.errors import ModelError
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_FLAGGED = 0, 1, 2, 3
 
 
@@ -24,7 +26,6 @@ def _err(msg: str) -> int:
 
 
 def _prelabel(a: argparse.Namespace) -> int:
-    from inspectd.core.errors import ModelError
     from inspectd.labelling.prelabel import prelabel
 
     try:
@@ -122,7 +123,6 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _check(a: argparse.Namespace) -> int:
-    from inspectd.core.errors import ModelError
     from inspectd.labelling.check import load_checkers, run_check, summary, worst_first, write_json
     from inspectd.labelling.dataset import link_image, read_mask, scan, write_mask
     from inspectd.labelling.rules import RuleConfig
@@ -171,7 +171,7 @@ def _check(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "label",
-        help="labelling assistant: pre-label, import, train checkers, check labels (seed 000)",
+        help="labelling assistant: pre-label, import, train checkers, check labels",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -305,7 +305,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--region",
         choices=("global", "local", "contrast"),
         default="global",
-        help="region rule: IoU with the checkers' region over the whole image (global, the seed's), "
+        help="region rule: IoU with the checkers' region over the whole image (global, the method's reading), "
         "with their region near the label (local: Otsu threshold within the grown label), or the "
         "label's probability contrast (contrast: rim vs core, band around vs inside, inside)",
     )

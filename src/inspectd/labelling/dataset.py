@@ -1,4 +1,4 @@
-"""Labelled images in the MVTec layout (DESIGN.md §6): test/<class>/<stem>.<ext> with its label at
+"""Labelled images in the MVTec layout (inspectd.core.mvtec): test/<class>/<stem>.<ext> with its label at
 ground_truth/<class>/<stem>_mask.png (0/255).
 
 A label says "defect-free" when its mask is missing or all zero, so a deleted label and a good image read the same.

@@ -1,4 +1,4 @@
-"""Split labelled images into N disjoint subsets, one per checker model (seed 000: each checker is trained on its
+"""Split labelled images into N disjoint subsets, one per checker model (each checker is trained on its
 own subset, so every image can be checked by checkers that never saw its label).
 
 Stratified: within each stratum (the class folder, and whether the label is defective) images are shuffled with a

@@ -1,4 +1,4 @@
-"""`inspectd label prelabel`: the first model of seed 000 (the unsupervised autoencoder) proposes defect labels.
+"""`inspectd label prelabel`: the first of the two kinds of model (the unsupervised autoencoder) proposes defect labels.
 
 For every image under --images the daemon's own Inspector makes the frame-sized difference map; pixels above the
 model's calibrated pixel threshold, in 8-connected regions of at least its minimum region area (as
@@ -23,6 +23,7 @@ import numpy as np
 
 from inspectd.core import mvtec
 from inspectd.inspection.decide import find_regions
+from inspectd.inspection.inspector import Inspector
 from inspectd.labelling.dataset import IMAGE_EXTS, write_png
 from inspectd.labelling.labelme import to_labelme, write_labelme
 from inspectd.labelling.report import overlay
@@ -53,7 +54,6 @@ def prelabel(
     log: Callable[[str], None] | None = None,
 ) -> list[dict]:
     """Pre-label every image under `images` with the autoencoder in `model_dir`; returns the per-image summary."""
-    from inspectd.inspection.inspector import Inspector
 
     images, out = Path(images), Path(out)
     inspector = Inspector.from_model_dir(

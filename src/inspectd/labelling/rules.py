@@ -8,13 +8,13 @@
   * missed label: target > high threshold and the predicted region's area > `area_threshold` (default 15 px)
     while the label says defect-free.
   Defaults: mean -> low 0.5, high 0.8; sum -> low 0.5 * k, high 0.8 * k for the k checkers that scored the image
-  (with k = 5 the high threshold is the seed's example "target > 4").
+  (with k = 5 the high threshold is the method's example "target > 4").
 
 The region rule (IoU) is applied after the probability rules whatever N is: the probability rules cannot see a
 label that is too large (a ring around the defect) or too small (an eroded region), the IoU can.
 
 Which predicted region the IoU compares the label with (`RuleConfig.region`):
-- "global" (the seed's reading): the checkers' mean probability map above their calibrated pixel threshold,
+- "global" (the method's reading): the checkers' mean probability map above their calibrated pixel threshold,
   over the whole image;
 - "local": the checkers' region *near the label*: within the label grown by `local_grow` times its equivalent
   radius (sqrt(area / pi)), the pixels whose probability is above the Otsu threshold of the probabilities in that
@@ -52,6 +52,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+import cv2
 import numpy as np
 
 WRONG_LABEL = "wrong_label"  # labelled defective, the checkers see no defect
@@ -185,7 +186,6 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 def local_region(label: np.ndarray, prob_map: np.ndarray, grow: float = 0.6) -> np.ndarray:
     """The checker's region near a labelled one (see the module docstring): bool mask of the label's shape."""
-    import cv2
 
     inside = np.asarray(label) > 0
     prob_map = np.asarray(prob_map, dtype=np.float32)
@@ -204,7 +204,6 @@ def local_region(label: np.ndarray, prob_map: np.ndarray, grow: float = 0.6) -> 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """He et al.'s guided filter: `src` (float) as a locally linear function of `guide` (float, same shape) in
     (2 radius + 1)^2 windows, regularised by eps. Edges of the guide become edges of the output."""
-    import cv2
 
     guide = np.asarray(guide, dtype=np.float32)
     src = np.asarray(src, dtype=np.float32)
@@ -233,7 +232,6 @@ def refine_map(gray: np.ndarray, prob_map: np.ndarray, config: RuleConfig) -> np
 
 def grow_to_area(mask: np.ndarray, factor: float) -> np.ndarray:
     """The mask grown outwards (by distance from it) until it covers `factor` x its area (bool)."""
-    import cv2
 
     inside = np.asarray(mask) > 0
     area = int(np.count_nonzero(inside))
@@ -248,7 +246,6 @@ def grow_to_area(mask: np.ndarray, factor: float) -> np.ndarray:
 
 def inner_part(mask: np.ndarray, keep: float) -> np.ndarray:
     """The innermost `keep` share of the mask's area (by distance to its border; at least one pixel) (bool)."""
-    import cv2
 
     inside = np.asarray(mask) > 0
     area = int(np.count_nonzero(inside))

@@ -15,9 +15,12 @@ defective images is stored as the manifest's pixel threshold. torch is imported 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -262,7 +265,6 @@ def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """Worker initializer: end this worker as soon as the process that started it is gone. A parent stopped by
     SIGTERM or SIGKILL (systemd, `kill`, an OOM kill) cannot shut its pool down, and spawned workers would go on
     training, a full core each, for the rest of their budget on a PC that also runs the line."""
-    import threading
 
     def watch() -> None:
         while os.getppid() == parent_pid:
@@ -355,8 +357,6 @@ def train_checkers(
             _train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)
             for k, its, ids in tasks
         ]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     worker_settings = settings if settings.threads else replace(settings, threads=1)
     worker_log = None if log is None else _printer

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import logging
 
-from inspectd.core.errors import InspectdError
+from inspectd.core.errors import PlcError
+from inspectd.plc.client import ModbusClientSink
 from inspectd.plc.config import PlcConfig
+from inspectd.plc.server import ModbusServerSink
 
 __all__ = ["PlcConfig", "PlcError", "build_plc_sink"]
-
-
-class PlcError(InspectdError):
-    """The PLC link could not be set up (port in use, address not on this machine, ...)."""
 
 
 def build_plc_sink(cfg: PlcConfig):
@@ -28,9 +26,5 @@ def build_plc_sink(cfg: PlcConfig):
     # inspectd reports the link itself (`plc_link`, `plc_connection_closed`), so pymodbus is kept quiet.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     if cfg.mode == "client":
-        from inspectd.plc.client import ModbusClientSink
-
         return ModbusClientSink(cfg)
-    from inspectd.plc.server import ModbusServerSink
-
     return ModbusServerSink(cfg)

@@ -1,6 +1,6 @@
 """The `plc:` section: the Modbus TCP link to the PLC that drives the reject gate (README "The PLC").
 
-Server mode (the PLC polls inspectd) uses the register map of DESIGN.md §4, every address configurable; client
+Server mode (the PLC polls inspectd) uses the register map of docs/plc.md, every address configurable; client
 mode (inspectd writes into the PLC) writes one contiguous status block and polls one request block. Config models
 do no I/O.
 """

@@ -4,7 +4,7 @@ One threading.Lock guards the tables and the ResultBook. The pipeline's threads 
 score, area, item id, toggle, pass/reject coils, counters, ring) under it in one step, and every Modbus read copies
 its slice under it, so a read sees a result entirely or not at all.
 
-Coils and holding registers are the tables of DESIGN.md §4 (addresses from plc.server.coils / .holding). Discrete
+Coils and holding registers are the tables of docs/plc.md (addresses from plc.server.coils / .holding). Discrete
 inputs and input registers mirror them read-only. Only three addresses are writable by the PLC: the trigger coil,
 the item id and the false-reject register; a write touching any other address, and any access beyond the tables,
 gets Modbus exception 02 (illegal data address). Any unit id is answered.

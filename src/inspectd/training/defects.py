@@ -1,4 +1,4 @@
-"""Synthetic defects painted onto good training images (seed 001).
+"""Synthetic defects painted onto good training images.
 
 Per image a shape and its parameters are drawn at random. The main shape is a thin, elongated ellipse: long semi-axis
 a > short semi-axis b and a > a minimum length. The ellipse is unrolled in polar coordinates, r(phi) =
@@ -45,7 +45,7 @@ class DefectConfig:
     min_side: float = 0.03  # rectangle sides and triangle radius
     max_side: float = 0.15
     grey_range: tuple[int, int] = (0, 255)  # inclusive range of the fill value
-    texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = the seed's grey fill only
+    texture_prob: float = 0.0  # share of texture defects (see the module docstring); 0 = one-grey polygon fill only
     texture_scale: float = 3.0  # texture defects' shapes are this much larger (capped at half the shorter side)
     band_prob: float = 0.0  # share of texture defects drawn as a band from one image edge (see random_band)
 

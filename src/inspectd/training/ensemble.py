@@ -1,4 +1,4 @@
-"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (DESIGN.md §3).
+"""`inspectd ensemble`: trained model directories -> one ensemble model directory, calibrated (docs/model-directory.md).
 
 Why: on magnetic tile no single autoencoder finds both kinds of defect. A native-resolution model (the default
 recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fray*, which need a quarter-scale
@@ -43,8 +43,9 @@ import numpy as np
 
 from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
-from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
+from inspectd.core.manifest import MANIFEST_NAME, MAP_KINDS, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
 
 STDERR = sys.stderr
@@ -84,6 +85,9 @@ def _member(path: Path) -> Manifest:
         raise ValueError(f"--member {path}: {exc}") from exc
     if m.ensemble is not None:
         msg = f"--member {path} is itself an ensemble; give its models as members instead"
+        raise ValueError(msg)
+    if m.kind not in MAP_KINDS:
+        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines {' and '.join(MAP_KINDS)} maps"
         raise ValueError(msg)
     if m.thresholds.method == "uncalibrated":
         msg = f"--member {path} has uncalibrated thresholds; calibrate it (`inspectd train` does) before combining it"
@@ -181,7 +185,7 @@ def build_ensemble(
     divisors = [m.thresholds.pixel for _, m in loaded]
     if normalize == "good-score":  # a classifier's map is a calibrated probability: its own threshold scales it
         divisors = [
-            good_score(path, goods, quantile) if m.kind == "autoencoder" else m.thresholds.pixel for path, m in loaded
+            good_score(path, goods, quantile) if m.kind != "classifier" else m.thresholds.pixel for path, m in loaded
         ]
     say(
         "divisors: "
@@ -192,8 +196,6 @@ def build_ensemble(
             else " (each model's pixel threshold)"
         )
     )
-
-    from inspectd.evaluation.evaluate import trained_files
 
     trained = {f["sha256"]: f for _, m in loaded for f in trained_files(m.training) if isinstance(f, dict)}
     first_path, first = loaded[0]

@@ -1,4 +1,4 @@
-"""Fine-tuning an existing model (seed 002): continue from a parent model directory, stop at a loss threshold
+"""Fine-tuning an existing model: continue from a parent model directory, stop at a loss threshold
 chosen by the sample count.
 
 - Weights come from the parent's own model.onnx, so any model directory can be continued and nothing beyond
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspectd.core.manifest import Manifest
+from inspectd.core.errors import ModelError
+from inspectd.core.manifest import Manifest, load_manifest
 from inspectd.training.model import ConvAutoencoder, ModelConfig
 
 DEFAULT_LOSS_TABLE: tuple[tuple[int, float], ...] = ((100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001))
@@ -153,8 +154,6 @@ def load_parent(model_dir: str | Path) -> Parent:
     """Read a parent model directory; ValueError with a clear message when it cannot be continued."""
     from torch import nn
 
-    from inspectd.core.errors import ModelError
-    from inspectd.core.manifest import load_manifest
     from inspectd.training.onnx_export import ParityError, check_parity
 
     model_dir = Path(model_dir)

@@ -1,4 +1,4 @@
-"""The convolutional autoencoder (seed 001): a strided-conv encoder extracts features, a transposed-conv decoder
+"""The convolutional autoencoder: a strided-conv encoder extracts features, a transposed-conv decoder
 rebuilds the image from them.
 
 The layout follows Bergmann et al. ("Improving unsupervised defect segmentation by applying structural similarity
@@ -6,7 +6,7 @@ to autoencoders", 2018): pairs of a 4x4 stride-2 convolution and a 3x3 convoluti
 decoder, a sigmoid on the output so the reconstruction lies in [0, 1] like the input (uint8 / 255). Unlike the paper,
 every hidden convolution is followed by BatchNorm (the plain stack sits at a flat grey output for hundreds of steps,
 far too long for a CPU budget; in eval mode the BatchNorm folds into the convolution), and the bottleneck stays
-spatial (H/2^depth x W/2^depth x latent_channels): with the synthetic-defect training of seed 001 the model learns
+spatial (H/2^depth x W/2^depth x latent_channels): with repair training on synthetic defects the model learns
 to *repair* defects, so it does not need a 1x1 bottleneck to avoid copying them, and a spatial code keeps fine
 texture that a 1x1 code blurs away.
 """

@@ -99,10 +99,10 @@ class PixelHead(nn.Module):
 class SegmentationNet(nn.Module):
     """Frozen pretrained encoder + trainable pixel head; forward(x) -> (defect map, image probability)."""
 
-    def __init__(self, config: SegConfig = SegConfig(), *, pretrained: bool = True) -> None:
+    def __init__(self, config: SegConfig = SegConfig()) -> None:
         super().__init__()
         self.config = config
-        self.encoder = Stages(load_lite0(pretrained=pretrained), STRIDES)
+        self.encoder = Stages(load_lite0((config.height, config.width)), STRIDES)
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.channels = sum(self.encoder.channels) + 1

@@ -2,7 +2,7 @@
 count and/or a time budget, reproducible seeds, progress on stderr (a progress bar on a terminal, plus a line every
 `log_every` iterations) and checkpoints.
 
-Loss per batch, with per-pixel weight w (seed 001: raised inside the synthetic defects) and reconstruction r of
+Loss per batch, with per-pixel weight w (raised inside the synthetic defects) and reconstruction r of
 the clean target t:
 
     l2   = sum(w * (r - t)^2) / sum(w)                        (mean over channels)

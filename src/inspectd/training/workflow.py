@@ -16,8 +16,11 @@ from typing import Literal
 import numpy as np
 
 from inspectd.core.clock import utc_now
-from inspectd.core.manifest import PreprocessSpec, ScoreSpec, SsimSpec
+from inspectd.core.manifest import Manifest, PreprocessSpec, ScoreSpec, SsimSpec, load_manifest
+from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 from inspectd.evaluation import thresholds as calib
+from inspectd.evaluation.evaluate import trained_files
+from inspectd.evaluation.scoring import calibrate_variants
 from inspectd.training import data as D
 from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
@@ -70,7 +73,7 @@ class TrainJob:
     init: Path | None = None  # fine-tune: continue from this model directory (inspectd/training/finetune.py)
     loss_table: tuple[tuple[int, float], ...] | None = None  # stop rule: sample count -> loss threshold
     stop_loss: float | None = None  # stop rule: a fixed loss threshold instead of the table
-    hard_defects: Path | None = None  # seed 001's hard-defect set: DIR/test/<class>/* + ground_truth masks
+    hard_defects: Path | None = None  # the hard-defect set: DIR/test/<class>/* + ground_truth masks
     hard_prob: float = 0.1  # share of samples drawn from the hard-defect set (when given)
     hard_fraction: float = 1.0  # share of each defect class of hard_defects used (data.hard_defect_files)
     ssim: SsimSpec = field(default_factory=SsimSpec)  # the daemon's difference map; the SSIM loss uses its window
@@ -158,7 +161,6 @@ def _load_source(job: TrainJob) -> tuple[list[np.ndarray], str]:
 def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> dict:
     """The manifest's training.hard_defects: this run's labelled defect files (image and sha256), plus those a
     fine-tuning parent was trained on (`inherited_files`), so `inspectd evaluate` leaves out both."""
-    from inspectd.evaluation.evaluate import trained_files
 
     inherited = trained_files(parent.manifest.training) if parent is not None else []
     if not hard and not inherited:
@@ -184,7 +186,7 @@ def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
             print(text, file=log, flush=True)
 
     parent = None
-    if job.init is not None:  # fine-tuning (seed 002): the parent's architecture, colour and preprocessing
+    if job.init is not None:  # fine-tuning: the parent's architecture, colour and preprocessing
         from inspectd.training.finetune import load_parent
 
         parent = load_parent(job.init)
@@ -356,7 +358,6 @@ def evaluate_synthetic(
     defect_rate: float = SYNTHETIC_EVAL_DEFECT_RATE,
 ) -> calib.Confusion:
     """Confusion of the model's calibrated verdicts on frames 0..n-1 of the synthetic evaluation stream."""
-    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
 
     gen = SurfaceGenerator(
         SyntheticCameraConfig(width=width, height=height, seed=seed, defect_rate=defect_rate, color=color)
@@ -370,8 +371,6 @@ def evaluate_synthetic(
 def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, data: str) -> None:
     """Thresholds for the other difference maps of the same model (`inspectd evaluate --score`), calibrated by the
     same rule on the same images, in the manifest's training facts (the daemon uses only the manifest's own)."""
-    from inspectd.core.manifest import Manifest, load_manifest
-    from inspectd.evaluation.scoring import calibrate_variants
 
     variants = calibrate_variants(model_dir, goods, defect_images, defect_masks, data=data)
     raw = load_manifest(model_dir).model_dump(mode="json")
@@ -380,7 +379,6 @@ def _record_score_variants(model_dir: Path, goods, defect_images, defect_masks, 
 
 
 def _record_evaluation(model_dir: Path, confusion: calib.Confusion, n: int, src: SyntheticSource) -> None:
-    from inspectd.core.manifest import Manifest, load_manifest
 
     manifest = load_manifest(model_dir)
     raw = manifest.model_dump(mode="json")
