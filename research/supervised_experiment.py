@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     (a.work / "result.json").write_text(json.dumps(doc, indent=1) + "\n")
     print(f"{'model':28s} image AUROC  pixel AUROC  F1")
     for r in rows:
-        print(f"{r['model']:28s} {r['image_auroc']:.4f}       {r['pixel_auroc']:.4f}       {r['f1']:.3f}")
+        f1 = "n/a" if r["f1"] is None else f"{r['f1']:.3f}"
+        print(f"{r['model']:28s} {r['image_auroc']:.4f}       {r['pixel_auroc']:.4f}       {f1}")
     print(f"wrote {a.work / 'result.json'} in {doc['total_seconds']} s")
     return 0
 

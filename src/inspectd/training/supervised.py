@@ -14,11 +14,11 @@ Data, from MVTec trees (DESIGN.md §6):
   evaluation's). The labelled files are recorded (training.hard_defects.files), so `inspectd evaluate` leaves them
   out.
 Training: segtrain.py on cached encoder features, `good_share` of each batch from the defect-free images.
-Calibration: on the held-out good images through the daemon's Inspector (evaluation.thresholds' good-only rule),
-but never below probability 0.5: a pixel is defect where the model finds defect more likely than not and no
-held-out good image has a region that large. `--init PARENT` continues a classifier written by this command: its
-decoder weights (decoder.pt, sha256 in the manifest) are loaded and must reproduce the parent's model.onnx
-(max abs difference <= 1e-4), as `inspectd train --init` requires of an autoencoder.
+Calibration: on the held-out good images through the daemon's Inspector (`_calibrate`): the lowest probability
+from 0.5 up at which no held-out good image has a region larger than the area cap allows, and that area.
+`--init PARENT` continues a classifier written by this command: its decoder weights (decoder.pt, sha256 in the
+manifest) are loaded and must reproduce the parent's model.onnx (max abs difference <= 1e-4), as `inspectd train
+--init` requires of an autoencoder.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from inspectd.training.segtrain import Cached, DecoderSettings, encode_all, pred
 from inspectd.training.segtrain import train_decoder as _train_decoder
 
 MAP_OUTPUT, PROB_OUTPUT, DECODER_FILE = "defect_map", "defect_prob", "decoder.pt"
-MIN_PROBABILITY = 0.5
 
 
 @dataclass(frozen=True)
@@ -118,20 +117,36 @@ def _load_parent(net: SegmentationNet, parent: Path) -> dict:
     return {"dir": str(parent), "sha256": m.onnx.sha256, "name": m.name}
 
 
+CANDIDATES = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
 def _calibrate(model_dir: Path, held: list[np.ndarray], data: str):
+    """Pixel threshold: the lowest of CANDIDATES (from 0.5, the classifier's own decision) at which the largest
+    region on every held-out good image, x 1.25 + 1, fits the area cap (0.2 % of the frame, at least 15 px); that
+    becomes min_region_area, so every held-out good image passes. The good-only rule of the autoencoders (a
+    quantile of the good pixels) would put it at 1.0 as soon as one good image has one confident pixel."""
     from inspectd.evaluation import thresholds as calib
 
     maps = calib.score_maps(calib.open_inspector(model_dir), held)
-    res = calib.calibrate_good_only(maps, data=data, max_pixel=1.0)
-    if res.pixel >= MIN_PROBABILITY:
-        return res
-    areas = np.array([calib.largest_region(m, MIN_PROBABILITY) for m in maps])
-    min_area = int(np.floor(areas.max() * 1.25)) + 1 if areas.max() > 0 else 1
+    cap = max(15, int(0.002 * float(np.median([m.size for m in maps]))))
+    pixel, min_area = CANDIDATES[-1], 1
+    for t in CANDIDATES:
+        largest = max(calib.largest_region(m, t) for m in maps)
+        pixel, min_area = t, int(np.floor(largest * 1.25)) + 1 if largest else 1
+        if min_area <= cap:
+            break
     method = (
-        f"classifier: pixel = probability {MIN_PROBABILITY} (the good-only rule gave {res.pixel:.4f}, lower); "
-        f"min_region_area = 1.25 x largest good region + 1; data: {data} (n={len(maps)})"
+        f"classifier: pixel = the lowest of {list(CANDIDATES)} where 1.25 x the largest good region + 1 <= the area "
+        f"cap {cap} px (else the last); min_region_area = that; data: {data} (n={len(maps)})"
     )
-    return replace(res, pixel=MIN_PROBABILITY, min_region_area=min_area, method=method, good_pass_rate=1.0)
+    return calib.Calibration(
+        pixel=pixel,
+        min_region_area=min_area,
+        method=method,
+        n_good=len(maps),
+        good_pass_rate=1.0,
+        details={"area_cap": cap, "within_cap": min_area <= cap},
+    )
 
 
 def write_classifier_dir(net: SegmentationNet, model_dir: Path, samples: np.ndarray, *, name: str, facts: dict):
