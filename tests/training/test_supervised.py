@@ -50,7 +50,7 @@ def test_train_supervised_writes_a_calibrated_classifier_the_daemon_runs(trained
     root, out = trained
     m = load_manifest(out)
     assert m.kind == "classifier" and m.output.shape == (None, 1, 64, 64) and m.preprocess.color == "gray"
-    assert m.thresholds.pixel >= 0.5 and m.thresholds.method != "uncalibrated"
+    assert 0.5 <= m.thresholds.pixel < 1.0 and m.thresholds.method.startswith("classifier:")
     t = m.training
     assert t["held_out_count"] == 3 and t["sample_count"] == 7 and t["seed"] == 0
     assert len(t["hard_defects"]["files"]) == 6 and t["export"]["parity"]["max_abs_diff"] <= 1e-4
