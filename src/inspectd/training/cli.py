@@ -287,6 +287,12 @@ def register_supervised(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the decoder's training")
     p.add_argument("--batch-size", type=int, default=32, help="images per step (pixels are sampled from each)")
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--hard-every",
+        type=int,
+        default=250,
+        help="re-mine hard negatives on the defect-free images every this many steps (0 = never; 250)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
@@ -319,6 +325,7 @@ def cmd_supervised(args: argparse.Namespace) -> int:
                 lr=args.lr,
                 seed=args.seed,
                 threads=args.threads,
+                hard_every=args.hard_every,
             ),
         )
         run_supervised(job)

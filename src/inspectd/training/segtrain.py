@@ -4,7 +4,10 @@ The encoder is frozen, so each image's encoder features are the same at every st
 (`encode_all`, float16, at each stage's own stride) and only the head trains. The head classifies each stride-2
 pixel from its own hypercolumn vector, so a training step does not need whole images: it draws `batch_size` images
 (by `weights`) and `points` pixels from each — a third on labelled defect pixels, a third on a band just around
-them (where a label's border is decided), a third anywhere; all anywhere on a defect-free image — gathers their
+them (where a label's border is decided), a third anywhere; on a defect-free image half anywhere and, once mined,
+half on its hard negatives (`hard_every`: every so many steps the head's map of `hard_images` defect-free images is
+computed and their 2 % most defect-like pixels kept; the supervised stage uses it, good parts' edges and scratches
+being what a classifier trained on defects mistakes for one) — gathers their
 hypercolumns (bilinear, exactly as the exported network upsamples, read at the stride-2 pixel centres only) and
 takes one step of pixel BCE against the mask area-resized to stride 2 (a soft target). PixelNet (Bansal et al.
 2017) showed such sampling trains as well as whole images; here it makes a step a few matrix products instead of
@@ -40,6 +43,8 @@ class DecoderSettings:
     lr: float = 3e-3
     seed: int = 0
     threads: int = 0
+    hard_every: int = 0  # every this many steps, re-mine hard negatives on defect-free images (0 = never)
+    hard_images: int = 64  # defect-free images mined each time
 
     def __post_init__(self) -> None:
         if self.iterations < 1 or self.batch_size < 1 or self.points < 3:
@@ -115,6 +120,7 @@ class _Sampler:
         self.h, self.w = data.masks.shape[2:]
         kernel = np.ones((2 * BAND_PX + 1, 2 * BAND_PX + 1), np.uint8)
         self.defect, self.band = [], []
+        self.hard: dict[int, np.ndarray] = {}  # defect-free image -> flat indices the head finds most defect-like
         for m in data.masks[:, 0]:
             d = (m.astype(np.float32) > 0.5).astype(np.uint8)
             band = cv2.dilate(d, kernel) & (1 - d) if d.any() else d
@@ -122,7 +128,7 @@ class _Sampler:
             self.band.append(np.flatnonzero(band))
 
     def points(self, i: int, n: int, rng: np.random.Generator) -> np.ndarray:
-        parts = [p for p in (self.defect[i], self.band[i]) if len(p)]
+        parts = [p for p in (self.defect[i], self.band[i], self.hard.get(i, ())) if len(p)]
         k = n // 3 if parts else 0
         chosen = [p[rng.integers(0, len(p), k)] for p in parts]
         rest = n - sum(len(c) for c in chosen)
@@ -170,6 +176,18 @@ def _gather(data: Cached, idx: np.ndarray, flat: np.ndarray, hw: tuple[int, int]
     return torch.from_numpy(v), torch.from_numpy(target)
 
 
+def _mine(net: SegmentationNet, data: Cached, sampler: _Sampler, settings: DecoderSettings, rng) -> None:
+    """Hard negatives: on `hard_images` defect-free images, the 2 % of stride-2 pixels with the highest logits."""
+    clean = np.flatnonzero(data.labels == 0)
+    if not len(clean):
+        return
+    pick = np.sort(rng.choice(clean, size=min(settings.hard_images, len(clean)), replace=False))
+    logits = half_logits(net, data.subset(pick)).reshape(len(pick), -1)
+    k = max(1, logits.shape[1] // 50)
+    sampler.hard = {int(i): np.argpartition(-row, k)[:k] for i, row in zip(pick, logits, strict=True)}
+    net.train()
+
+
 def train_decoder(
     net: SegmentationNet,
     data: Cached,
@@ -203,6 +221,8 @@ def train_decoder(
         for group in opt.param_groups:
             group["lr"] = settings.lr * min(1.0, step / 20) * 0.5 * (1 + np.cos(np.pi * progress))
         idx = rng.choice(len(data), size=min(settings.batch_size, len(data)), replace=False, p=weights)
+        if settings.hard_every and step % settings.hard_every == 0:
+            _mine(net, data, sampler, settings, rng)
         flat = np.stack([sampler.points(int(i), settings.points, rng) for i in idx])
         v, target = _gather(data, idx, flat, hw)
         loss = tf.binary_cross_entropy_with_logits(head.vectors(v), target)
