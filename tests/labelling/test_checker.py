@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
+from inspectd.labelling.labelme import read_labelme_mask
 from tests.support.helpers import REPO, cli_env, run_cli
 
 torch = pytest.importorskip("torch", reason="checker export tests need the train extra")
@@ -128,8 +130,21 @@ def test_label_check_cli_writes_json_and_a_report(checkers_dir, mvtec_dir, tmp_p
         assert set(f) >= {"image", "reason", "iou", "probability"} and re.fullmatch(r"(good|spot)/\d{3}", f["image"])
     page = (report / "index.html").read_text()
     srcs = re.findall(r'<img src="([^"]+)"', page)
-    assert len(srcs) == 3 * len(doc["flagged"]) and all((report / s).is_file() for s in srcs)
+    assert len(srcs) == 4 * len(doc["flagged"]) and all((report / s).is_file() for s in srcs)
     assert doc["flagged"][0]["image"] in page
+    fixes = re.findall(r'<a class="fix" href="([^"]+)"', page)  # one LabelMe file to fix per flagged image
+    assert len(fixes) == len(doc["flagged"])
+    for href, f in zip(fixes, doc["flagged"], strict=True):
+        cls, stem = f["image"].split("/")
+        assert href == f"labelme/{cls}/{stem}.json"
+        image = cv2.imread(str(mvtec_dir / "test" / cls / f"{stem}.png"), cv2.IMREAD_GRAYSCALE)
+        truth = cv2.imread(str(mvtec_dir / "ground_truth" / cls / f"{stem}_mask.png"), cv2.IMREAD_GRAYSCALE)
+        truth = np.zeros_like(image) if truth is None else truth
+        doc_fix = json.loads((report / href).read_text())
+        assert (report / href).parent.joinpath(doc_fix["imagePath"]).resolve() == (
+            mvtec_dir / "test" / cls / f"{stem}.png"
+        ).resolve()
+        np.testing.assert_array_equal(read_labelme_mask(report / href), truth)  # the label as it is now
     accepted = {p.stem for p in (tmp_path / "accepted" / "test").rglob("*.png")}
     assert accepted == {f"{i:03d}" for i in range(20)} - {f["image"].split("/")[1] for f in doc["flagged"]}
 
@@ -253,6 +268,8 @@ def test_train_checker_adds_train_good_to_every_checker_unless_told_not_to(mvtec
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(root),
         "--folds",
@@ -308,6 +325,8 @@ def test_train_checker_exclude_leaves_a_previous_checks_flagged_images_out_of_ev
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--folds",
@@ -347,6 +366,8 @@ def test_train_checker_crop_option_trains_on_whole_inputs_with_0_and_refuses_a_t
     common = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--folds",
@@ -403,6 +424,8 @@ def test_train_checker_workers_stop_when_the_cli_is_killed(mvtec_dir, tmp_path):
     args = [
         "label",
         "train-checker",
+        "--encoder",
+        "scratch",
         "--data",
         str(mvtec_dir),
         "--out",
@@ -461,3 +484,49 @@ def test_refinement_changes_only_the_threshold_free_rules_not_the_calibrated_pre
         assert np.array_equal(predicted > 0, mean > 0.3)
         np.testing.assert_array_equal(prob_map, refine_map(gray, mean, cfg))
     assert np.count_nonzero(refine_map(gray, mean, RuleConfig()) > 0.3) != np.count_nonzero(mean > 0.3)
+
+
+def test_pretrained_checkers_share_one_encoder_cache_and_export_whole_networks(mvtec_dir, tmp_path):
+    """The default checkers: frozen EfficientNet-Lite0 encoder + a decoder per fold, each exported whole (ONNX
+    parity checked), fold-disjoint, with the encoder's weight sha256 in the manifest; `label check` runs them."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="the pretrained backbone is in the train extra")
+    from inspectd.core.manifest import load_manifest
+
+    out = tmp_path / "ck"
+    proc = run_cli(
+        "label",
+        "train-checker",
+        "--data",
+        str(mvtec_dir),
+        "--out",
+        str(out),
+        "--folds",
+        "2",
+        "--size",
+        "64",
+        "--iterations",
+        "3",
+        "--batch-size",
+        "4",
+        "--threads",
+        "1",
+    )
+    assert proc.returncode == 0, proc.stderr
+    members = []
+    for k in range(2):
+        m = load_manifest(out / f"checker_{k}")
+        t = m.training
+        assert m.kind == "classifier" and m.input.shape == (None, 1, 64, 64)
+        assert t["encoder"]["sha256"].startswith("579344248a93") and t["encoder"]["frozen"] is True
+        assert (
+            t["export"]["parity"]["max_abs_diff"] <= 1e-4 and t["checker"]["config"]["encoder"] == "efficientnet-lite0"
+        )
+        members.append(set(t["checker"]["members"]))
+    assert not members[0] & members[1] and len(members[0] | members[1]) == 20
+    check = run_cli(
+        "label", "check", "--data", str(mvtec_dir), "--checkers", str(out), "--json", str(tmp_path / "c.json")
+    )
+    assert check.returncode in (0, 3), check.stderr
+    assert json.loads((tmp_path / "c.json").read_text())["checked"] == 20
+    bad = run_cli("label", "train-checker", "--data", str(mvtec_dir), "--out", str(tmp_path / "x"), "--size", "100")
+    assert bad.returncode == 2 and "multiple of 32" in bad.stderr

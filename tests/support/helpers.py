@@ -86,6 +86,59 @@ def make_blur_model(
     return out_dir
 
 
+def make_dark_classifier(
+    out_dir: Path,
+    *,
+    size: tuple[int, int] = (64, 64),
+    dark_below: float = 0.3,
+    pixel_threshold: float = 0.5,
+    min_region_area: int = 4,
+    name: str = "test-dark-classifier",
+) -> Path:
+    """A real ONNX supervised 'classifier' (manifest kind classifier): its defect-probability map is
+    sigmoid(40 * (dark_below - x)), so pixels darker than `dark_below` (of 1) are defect with probability > 0.5.
+    Unlike the blur autoencoder it finds smooth dark blobs and misses bright spots."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from inspectd.core.manifest import Manifest, sha256_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    consts = [
+        helper.make_tensor("t", TensorProto.FLOAT, [], [dark_below]),
+        helper.make_tensor("k", TensorProto.FLOAT, [], [40.0]),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["t", "image"], ["d"]),
+        helper.make_node("Mul", ["d", "k"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["defect_map"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "dark",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, h, w])],
+        [helper.make_tensor_value_info("defect_map", TensorProto.FLOAT, ["N", 1, h, w])],
+        initializer=consts,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(out_dir / "model.onnx"))
+    sha = sha256_file(out_dir / "model.onnx")
+    Manifest(
+        name=name,
+        kind="classifier",
+        onnx={"file": "model.onnx", "sha256": sha, "opset": 17},
+        input={"name": "image", "shape": [None, 1, h, w]},
+        output={"name": "defect_map", "shape": [None, 1, h, w]},
+        preprocess={"color": "gray", "mode": "resize"},
+        thresholds={"pixel": pixel_threshold, "min_region_area": min_region_area, "model_sha256": sha},
+    ).write(out_dir)
+    return out_dir
+
+
 def make_ensemble_dir(
     out_dir: Path,
     primary: Path,
@@ -110,6 +163,7 @@ def make_ensemble_dir(
         sha = json.loads((member / "manifest.json").read_text())["onnx"]["sha256"]
         specs.append({"dir": f"members/{i}", "sha256": sha, "divide_by": divide_by})
     raw = json.loads((out_dir / "manifest.json").read_text())
+    raw["training"] = {"ensemble": {"models": [{"dir": ".", "name": raw["name"]}]}}  # as `inspectd ensemble` writes
     raw["name"] = "test-ensemble"
     raw["ensemble"] = {"combine": combine, "divide_by": primary_divide_by, "members": specs}
     raw["thresholds"] |= {"pixel": pixel_threshold, "min_region_area": min_region_area}

@@ -21,6 +21,7 @@ from inspectd.core.errors import ModelError
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION: Literal[1] = 1
 MAX_ENSEMBLE_PIXEL = 1000.0  # thresholds.pixel of an ensemble (its map is each model's map / its divisor)
+MAP_KINDS = ("autoencoder", "features", "classifier")  # kinds whose output the Inspector turns into a frame map
 
 
 class _Strict(BaseModel):
@@ -129,8 +130,9 @@ class MemberSpec(_Strict):
 
 
 class EnsembleSpec(_Strict):
-    """Several autoencoders judge each frame together (e.g. a native-resolution model for small defects and a
-    quarter-scale one for large ones). Each model's frame-sized difference map is divided by its divisor, which puts
+    """Several models judge each frame together (e.g. a native-resolution autoencoder for small defects and a
+    quarter-scale one for large ones, or an autoencoder's anomaly map and a classifier's supervised defect map).
+    Each model's frame-sized map (difference map or defect probability) is divided by its divisor, which puts
     the maps on one scale (`inspectd ensemble` chooses it: a quantile of that model's image scores on good images
     it never trained on, or its own pixel threshold); the maps are combined pixel by pixel (max: a defect any model
     sees counts; mean) and the manifest's thresholds apply to the combination."""
@@ -162,7 +164,11 @@ MAX_ANOMALIB_PIXEL = 1.0  # anomalib's normalised maps lie in [0, 1]
 class Manifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     name: str
-    kind: Literal["autoencoder", "classifier", "anomalib"]
+    # autoencoder: the output is a reconstruction, scored by the Gaussian-SSIM map; features: the output is the
+    # anomaly map itself ([N, 1, H, W], in [0, 1), a memory bank's nearest-neighbour distance); classifier: a
+    # supervised defect map (the label checkers); anomalib: an imported anomalib export (its own map and score).
+    # MAP_KINDS are those the daemon's Inspector turns into maps.
+    kind: Literal["autoencoder", "features", "classifier", "anomalib"]
     onnx: OnnxSpec
     input: TensorSpec
     output: TensorSpec
@@ -197,10 +203,13 @@ class Manifest(_Strict):
 
     @property
     def pixel_limit(self) -> float:
-        """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), an ensemble's more."""
+        """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), 1 for a classifier's
+        defect probability, an anomalib map's own range, an ensemble's more."""
         if self.kind == "anomalib":
             return MAX_ANOMALIB_PIXEL
-        return 2.0 if self.ensemble is None else MAX_ENSEMBLE_PIXEL
+        if self.ensemble is not None:
+            return MAX_ENSEMBLE_PIXEL
+        return 1.0 if self.kind == "classifier" else 2.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
@@ -220,6 +229,12 @@ class Manifest(_Strict):
                 f"{list(self.input.shape)}"
             )
             raise ValueError(msg)
+        if self.kind == "features" and self.output.shape[1:] != (1, *self.input.hw):
+            msg = (
+                f"a features model's output shape {list(self.output.shape)} must be one map of the input's size "
+                f"[N, 1, {self.input.hw[0]}, {self.input.hw[1]}]"
+            )
+            raise ValueError(msg)
         if self.thresholds.pixel > self.pixel_limit:
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
             msg = f"thresholds.pixel {self.thresholds.pixel} is above {self.pixel_limit:g} ({what})"
@@ -233,8 +248,14 @@ class Manifest(_Strict):
                 f"input RGB (preprocess.color {self.preprocess.color!r})"
             )
             raise ValueError(msg)
-        if self.ensemble is not None and self.kind != "autoencoder":
-            msg = f"an ensemble combines autoencoders' difference maps; this model's kind is {self.kind!r}"
+        if self.kind == "classifier" and self.output.shape[1:] != (1, *self.input.hw):
+            msg = (
+                f"a classifier's output {list(self.output.shape)} must be one defect-probability map of its input's "
+                f"size [N, 1, {self.input.hw[0]}, {self.input.hw[1]}]"
+            )
+            raise ValueError(msg)
+        if self.ensemble is not None and self.kind not in MAP_KINDS:
+            msg = f"an ensemble combines difference maps ({', '.join(MAP_KINDS)}); this model's kind is {self.kind!r}"
             raise ValueError(msg)
         if self.preprocess.mode == "tile" and self.preprocess.tile_overlap >= min(self.input.hw):
             msg = f"tile_overlap {self.preprocess.tile_overlap} must be smaller than the tile {self.input.hw}"

@@ -60,7 +60,10 @@ class Frame:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A connected region of the difference map above the pixel threshold, in frame pixel coordinates."""
+    """A connected region of the difference map above the pixel threshold, in frame pixel coordinates.
+
+    found_by: for an ensemble, the models (manifest names) whose own divided map is above the threshold somewhere
+    in the region, which map found it; empty for a single model, or where only the combination (mean) found it."""
 
     x: int
     y: int
@@ -68,9 +71,13 @@ class Region:
     h: int
     area: int
     peak: float
+    found_by: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
-        return {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": round(self.peak, 4)}
+        out: dict = {"x": self.x, "y": self.y, "w": self.w, "h": self.h, "area": self.area, "peak": round(self.peak, 4)}
+        if self.found_by:
+            out["found_by"] = list(self.found_by)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

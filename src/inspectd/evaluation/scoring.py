@@ -45,11 +45,16 @@ class L2Difference:
         return 0.0
 
 
+FEATURES_SCORE = "features-knn"  # a features model's own map (its graph's output); it has no variants
+
+
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim; `anomalib` for an anomalib model (its
-    graph's own anomaly map, which has no variants)."""
+    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn;
+    `anomalib` for an anomalib model (its graph's own anomaly map, which has no variants)."""
     if manifest.kind == "anomalib":
         return "anomalib"
+    if manifest.kind == "features" and manifest.ensemble is None:
+        return FEATURES_SCORE
     return f"{manifest.ssim.window}-ssim"
 
 
@@ -91,6 +96,9 @@ def variant_inspector(inspector, score: str):
         return inspector, t
     if m.kind == "anomalib":
         msg = f"{m.name!r} is an anomalib model: it is scored by its own anomaly map only (no {score!r} variant)"
+        raise ValueError(msg)
+    if m.kind == "features":
+        msg = f"{m.name!r} is a features model: its map is its graph's own output ({FEATURES_SCORE}), no variant"
         raise ValueError(msg)
     if m.ensemble is not None:
         msg = (

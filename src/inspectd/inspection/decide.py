@@ -13,6 +13,7 @@ thresholds.image) a score strictly above it rejects the image as well, regions o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import cv2
@@ -128,8 +129,16 @@ class Decider:
         self.reduction = reduction
         self.max_regions = int(max_regions)
 
-    def decide(self, score_map: np.ndarray, image_score: float | None = None) -> Decision:
+    def decide(
+        self,
+        score_map: np.ndarray,
+        parts: Sequence[tuple[str, np.ndarray]] = (),
+        image_score: float | None = None,
+    ) -> Decision:
         """float HxW difference map -> Decision(code, score, regions largest first, defect_area of all regions).
+
+        parts: (name, map) of the maps `score_map` combines (an ensemble's divided maps, same shape); each region
+        records in `found_by` the names whose map is above the pixel threshold somewhere inside it.
         `image_score`: the model's own image score (else the map's reduction is the score).
 
         Raises ValueError for a map that is not 2-D and non-empty, or that holds NaN/inf, or a non-finite image
@@ -163,12 +172,16 @@ class Decider:
         if found.kept.size == 0:
             return Decision(code=without_regions, score=score, regions=(), defect_area=0)
         kept = found.kept[: self.max_regions]
-        regions = tuple(self._region(m, found.labels, found.stats, int(label)) for label in kept)
+        regions = tuple(self._region(m, found.labels, found.stats, int(label), parts) for label in kept)
         return Decision(code=Code.REJECT, score=score, regions=regions, defect_area=found.defect_area)
 
-    @staticmethod
-    def _region(m: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int) -> Region:
+    def _region(
+        self, m: np.ndarray, labels: np.ndarray, stats: np.ndarray, label: int, parts: Sequence[tuple[str, np.ndarray]]
+    ) -> Region:
         x, y, w, h, area = (int(v) for v in stats[label, :5])
         inside = labels[y : y + h, x : x + w] == label
         peak = float(m[y : y + h, x : x + w][inside].max())
-        return Region(x=x, y=y, w=w, h=h, area=area, peak=peak)
+        found_by = tuple(
+            name for name, part in parts if (part[y : y + h, x : x + w][inside] > self.pixel_threshold).any()
+        )
+        return Region(x=x, y=y, w=w, h=h, area=area, peak=peak, found_by=found_by)

@@ -46,7 +46,8 @@ def _dims(shape) -> list:
 
 
 class Detector:
-    """Runs the autoencoder: NCHW float32 batch in, reconstruction (same shape) out."""
+    """Runs one model: NCHW float32 batch in, its output (an autoencoder's reconstruction, a features model's
+    anomaly map) out, shaped as the manifest's output says."""
 
     def __init__(
         self,

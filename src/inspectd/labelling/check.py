@@ -79,6 +79,7 @@ class ImageCheck:
     checkers: list[str]
     in_sample: bool
     predicted: np.ndarray | None = field(default=None, repr=False)  # kept for flagged images (the report)
+    probability_map: np.ndarray | None = field(default=None, repr=False)  # float16, flagged images only
     config: RuleConfig = field(default_factory=RuleConfig)
 
     @property
@@ -129,8 +130,10 @@ def check_image(item: LabelledImage, checkers: Sequence[Checker], config: RuleCo
     maps, probs = zip(*(c.predict(gray) for c in use), strict=False)
     predicted, prob_map = rule_maps(gray, maps, [c.pixel_threshold for c in use], config)
     verdict = judge(label, predicted, probs, config, prob_map=prob_map)
-    kept = predicted if verdict.flagged else None
-    return ImageCheck(item, verdict, [c.name for c in use], in_sample, kept, config)
+    if not verdict.flagged:
+        return ImageCheck(item, verdict, [c.name for c in use], in_sample, None, None, config)
+    kept = prob_map.astype(np.float16)
+    return ImageCheck(item, verdict, [c.name for c in use], in_sample, predicted, kept, config)
 
 
 def run_check(

@@ -38,6 +38,7 @@ from inspectd.training.onnx_export import (
     export_onnx,
     utc_now,
 )
+from inspectd.training.segmentation import SegmentationNet
 
 INPUT_NAME = "image"
 MAP_OUTPUT = "defect_map"
@@ -123,19 +124,23 @@ class CheckerNet(nn.Module):
         return batch, 1, self.config.height, self.config.width
 
 
-def export_checker_onnx(model: CheckerNet, path: str | Path, *, opset: int = OPSET) -> Path:
+def export_checker_onnx(model: CheckerNet | SegmentationNet, path: str | Path, *, opset: int = OPSET) -> Path:
     return export_onnx(model, path, opset=opset, output_names=(MAP_OUTPUT, PROB_OUTPUT))
 
 
 def check_checker_parity(
-    model: CheckerNet, onnx_path: str | Path, samples: np.ndarray, *, tolerance: float = PARITY_TOLERANCE
+    model: CheckerNet | SegmentationNet,
+    onnx_path: str | Path,
+    samples: np.ndarray,
+    *,
+    tolerance: float = PARITY_TOLERANCE,
 ) -> ParityReport:
     """onnxruntime vs PyTorch on both outputs at batch 1 and the full batch; ParityError above `tolerance`."""
     return check_parity(model, onnx_path, samples, tolerance=tolerance, output_names=(MAP_OUTPUT, PROB_OUTPUT))
 
 
 def write_checker_dir(
-    model: CheckerNet,
+    model: CheckerNet | SegmentationNet,
     model_dir: str | Path,
     samples: np.ndarray,
     *,

@@ -5,7 +5,8 @@ check -> fix the flagged labels (LabelMe or masks) -> import -> check again, unt
 `check --accepted DIR` writes the labels it accepts in MVTec ground_truth layout for hard-defect training.
 torch is imported only by train-checker; check runs the exported checkers with onnxruntime.
 
-Exit codes: 0 done (check: nothing flagged); 3 check flagged labels; 2 bad arguments or data; 1 failure.
+Exit codes: 0 done (check: nothing flagged); 3 check flagged labels, or import skipped some files (listed);
+2 bad arguments or data; 1 failure.
 """
 
 from __future__ import annotations
@@ -39,15 +40,31 @@ def _prelabel(a: argparse.Namespace) -> int:
 
 
 def _import(a: argparse.Namespace) -> int:
-    from inspectd.labelling.dataset import import_labels
+    from inspectd.labelling.importer import REPORT_FILE, import_labels
+    from inspectd.labelling.labelme import LabelMapping
 
     try:
-        ids = import_labels(a.labels, a.images, a.out, default_class=a.defect_class)
+        mapping = LabelMapping.parse(a.map or (), a.exclude_label or ())
+        report = import_labels(a.labels, a.out, images=a.images, default_class=a.defect_class, mapping=mapping)
     except (FileNotFoundError, ValueError, OSError) as exc:
         return _err(str(exc))
+    ids = report.written
     good = sum(i.startswith("good/") for i in ids)
-    print(f"imported {len(ids)} labels into {a.out} ({len(ids) - good} defective, {good} defect-free)")
-    return EXIT_OK
+    for f, note in report.notes:
+        print(f"note: {f}: {note}")
+    for f, why in report.skipped:
+        print(f"skipped: {f}: {why}", file=sys.stderr)
+    print(
+        f"imported {len(ids)} labels into {a.out} ({len(ids) - good} defective, {good} defect-free)"
+        + (
+            f"; SKIPPED {len(report.skipped)} file(s), listed above and in {a.out / REPORT_FILE}"
+            if report.skipped
+            else ""
+        )
+    )
+    if not ids:
+        return EXIT_USAGE
+    return EXIT_FLAGGED if report.skipped else EXIT_OK
 
 
 def _train(a: argparse.Namespace) -> int:
@@ -55,10 +72,16 @@ def _train(a: argparse.Namespace) -> int:
     from inspectd.labelling.checker import CheckerConfig
     from inspectd.labelling.dataset import scan, train_good
     from inspectd.labelling.training import TrainSettings, train_checkers
+    from inspectd.training.backbone import BackboneError
+    from inspectd.training.segmentation import SegConfig
 
     try:
         items = scan(a.data)
-        config = CheckerConfig(a.size, a.size, base_width=a.base_width, image_pool=a.image_pool)
+        config: CheckerConfig | SegConfig
+        if a.encoder == "scratch":
+            config = CheckerConfig(a.size or 128, a.size or 128, base_width=a.base_width, image_pool=a.image_pool)
+        else:
+            config = SegConfig(a.size or 256, a.size or 256, encoder=a.encoder)
         settings = TrainSettings(
             iterations=a.iterations,
             minutes=a.minutes,
@@ -67,6 +90,7 @@ def _train(a: argparse.Namespace) -> int:
             threads=a.threads,
             good_share=a.good_share,
             crop=a.crop or None,
+            max_good=a.max_good or None,
         )
         extra = [] if a.no_train_good else train_good(a.data)
         exclude = [] if a.exclude is None else flagged_ids(a.exclude)
@@ -90,6 +114,8 @@ def _train(a: argparse.Namespace) -> int:
             exclude=exclude,
         )
     except ValueError as exc:
+        return _err(str(exc))
+    except BackboneError as exc:
         return _err(str(exc))
     left = f", {len(exclude)} flagged image(s) left out of training" if exclude else ""
     print(f"wrote {len(dirs)} checker(s) to {a.out}{left}")
@@ -127,7 +153,7 @@ def _check(a: argparse.Namespace) -> int:
     if a.report:
         from inspectd.labelling.report import write_report
 
-        page = write_report(a.report, worst_first(results), checked=len(results))
+        page = write_report(a.report, worst_first(results), checked=len(results), data=a.data)
         print(f"review page: {page}")
     if a.accepted:
         for r in results:
@@ -160,13 +186,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--min-area", type=int, default=None, help="default: the manifest's min_region_area")
     q.set_defaults(func=_prelabel)
 
-    q = lsub.add_parser("import", help="reviewed LabelMe JSON or mask PNGs -> MVTec layout")
+    q = lsub.add_parser(
+        "import",
+        help="reviewed LabelMe JSON or mask PNGs -> MVTec layout (exit 3 when some files were skipped)",
+    )
     q.add_argument(
         "--labels", type=Path, required=True, help="LabelMe *.json and/or *_mask.png (class sub-folders kept)"
     )
-    q.add_argument("--images", type=Path, required=True, help="where the images are (matched by file stem)")
+    q.add_argument(
+        "--images",
+        type=Path,
+        default=None,
+        help="where the images are (matched by file stem) when a JSON's imagePath does not lead to its image",
+    )
     q.add_argument("--out", type=Path, required=True, help="MVTec-layout folder to write (images are symlinked)")
-    q.add_argument("--class", dest="defect_class", default="defect", help="class of labels not in a sub-folder")
+    q.add_argument(
+        "--class",
+        dest="defect_class",
+        default="defect",
+        help='class of mask PNGs not in a class sub-folder and of LabelMe shapes labelled "defect" (the pre-label\'s)',
+    )
+    q.add_argument(
+        "--map",
+        action="append",
+        metavar="LABEL=CLASS",
+        help="LabelMe label -> defect class (repeatable); other labels are their own class",
+    )
+    q.add_argument(
+        "--exclude-label",
+        action="append",
+        metavar="LABEL",
+        help="LabelMe label that is no defect and draws nothing (repeatable; __ignore__ always is)",
+    )
     q.set_defaults(func=_import)
 
     q = lsub.add_parser("train-checker", help="train N supervised checker models on disjoint folds, export to ONNX")
@@ -175,8 +226,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out", type=Path, required=True, help="writes checker_<k>/ (model.onnx, manifest.json), folds.json"
     )
     q.add_argument("--folds", type=int, default=2, help="number of checkers, one per disjoint fold (1 allowed)")
-    q.add_argument("--size", type=int, default=128, help="checker input HxW (multiple of 8)")
-    q.add_argument("--base-width", type=int, default=12)
+    q.add_argument(
+        "--encoder",
+        choices=("efficientnet-lite0", "scratch"),
+        default="efficientnet-lite0",
+        help="the checkers' network: the frozen pretrained EfficientNet-Lite0 encoder with a trained light decoder "
+        "(default), or the small U-Net trained from scratch",
+    )
+    q.add_argument(
+        "--size",
+        type=int,
+        default=0,
+        help="checker input HxW (default 256 for the pretrained encoder, a multiple of 32; 128 for scratch, of 8)",
+    )
+    q.add_argument(
+        "--max-good",
+        type=int,
+        default=300,
+        help="pretrained encoder: use at most this many DATA/train/good images, evenly spaced (0 = all; 300)",
+    )
+    q.add_argument("--base-width", type=int, default=12, help="scratch: channels of the first level")
     q.add_argument(
         "--image-pool",
         choices=("mean", "max"),

@@ -32,6 +32,7 @@ from torch.nn import functional as F
 from inspectd.labelling.checker import CheckerConfig, CheckerNet, write_checker_dir
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.labelling.folds import assign_folds
+from inspectd.training.segmentation import SegConfig
 
 FOLDS_FILE = "folds.json"
 
@@ -48,6 +49,7 @@ class TrainSettings:
     crop: int | None = 64  # train on random crops of this size; None = whole inputs
     defect_crop_prob: float = 0.35  # share of crops placed on a labelled defect pixel
     good_share: float = 0.3  # share of each batch drawn from the extra defect-free images (when there are any)
+    max_good: int | None = 300  # pretrained encoder: at most this many extra defect-free images (None = all)
 
     def __post_init__(self) -> None:
         if self.crop is not None and self.crop < 8:
@@ -277,7 +279,7 @@ def train_checkers(
     out: str | Path,
     *,
     folds: int,
-    config: CheckerConfig = CheckerConfig(),
+    config: CheckerConfig | SegConfig = CheckerConfig(),
     settings: TrainSettings = TrainSettings(),
     data_root: str = "",
     area_threshold: int = 15,
@@ -287,6 +289,9 @@ def train_checkers(
     exclude: Iterable[str] = (),
 ) -> list[Path]:
     """Train one checker per fold and write out/checker_<k>/ and out/folds.json; returns the model dirs.
+
+    config: CheckerConfig trains the scratch network (checker.py); SegConfig the pretrained-encoder one
+    (pretrained.py), which uses at most `settings.max_good` of extra_good and ignores jobs (its folds share one cache).
 
     exclude: image ids no checker trains on (the labels a previous check flagged, still in doubt): they are in no
     fold, so every checker checks them, and the folds are dealt from the other images. folds.json lists them.
@@ -304,7 +309,8 @@ def train_checkers(
     if jobs < 1:
         msg = f"jobs must be >= 1, got {jobs}"
         raise ValueError(msg)
-    check_crop(settings.crop, config)  # before any worker starts
+    if isinstance(config, CheckerConfig):
+        check_crop(settings.crop, config)  # before any worker starts
     extra_good = [Path(p) for p in extra_good]
     by_id = {i.id: i for i in items}
     left_out = set(exclude)
@@ -322,6 +328,30 @@ def train_checkers(
     doc = {"folds": members, "data": data_root, "excluded": excluded}
     (out / FOLDS_FILE).write_text(json.dumps(doc, indent=1) + "\n")
     tasks = [(k, [by_id[i] for i in ids], ids) for k, ids in enumerate(members)]
+    if isinstance(config, SegConfig):  # the pretrained encoder: features once, folds one after the other
+        from inspectd.labelling.pretrained import train_pretrained_checkers
+
+        def facts_for(k: int, ids: list[str], extra: dict) -> dict:
+            return {
+                "data": data_root,
+                "command": "inspectd label train-checker",
+                "sample_count": len(ids),
+                "defective_count": sum(1 for i in ids if read_mask(by_id[i]).any()),
+                "settings": settings.__dict__,
+                "checker": {"fold": k, "folds": folds, "members": ids},
+                **extra,
+            }
+
+        return train_pretrained_checkers(
+            tasks,
+            out,
+            config=config,
+            settings=settings,
+            facts_for=facts_for,
+            area_threshold=area_threshold,
+            goods=(extra_good, settings.max_good),
+            log=log,
+        )
     if jobs == 1 or folds == 1:
         return [
             _train_fold(k, its, ids, out, folds, config, settings, data_root, area_threshold, log, extra_good)

@@ -1,5 +1,6 @@
 """`inspectd train`: train an autoencoder, export it to ONNX, calibrate its thresholds, write the model directory;
-`inspectd ensemble`: combine trained model directories into one (inspectd/training/ensemble.py, no torch).
+`inspectd ensemble`: combine trained model directories into one (inspectd/training/ensemble.py, no torch);
+`inspectd train-supervised`: the supervised defect-segmentation model, kind classifier (training/supervised.py).
 
 Registered into the top-level CLI by `register(subparsers)`; torch is imported only when the command runs, so the
 daemon's CLI stays importable without it. `python -m inspectd train ...` runs it without the console script.
@@ -17,6 +18,22 @@ from pathlib import Path
 from inspectd.core.manifest import ScoreSpec, SsimSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+KINDS = ("features", "autoencoder")
+# per-kind defaults of the options both kinds share (None on the command line = the kind's own)
+KIND_DEFAULTS = {
+    "features": {"input_size": (192, 192), "mode": "resize", "tile_overlap": 32},
+    "autoencoder": {"input_size": (64, 64), "mode": "tile", "tile_overlap": 16},
+}
+
+
+def resolve_kind(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in --kind and the shared options left at None with the kind's defaults (in place; returns args)."""
+    if getattr(args, "kind", None) is None:
+        args.kind = "autoencoder" if args.synthetic else "features"
+    for key, value in KIND_DEFAULTS[args.kind].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    return args
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -60,16 +77,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)",
     )
 
-    m = p.add_argument_group("model")
+    m = p.add_argument_group("model (both kinds)")
     m.add_argument(
-        "--input-size", type=_size, default=(64, 64), help="model input (the tile in tile mode), 64 or HxW (default 64)"
+        "--input-size",
+        type=_size,
+        default=None,
+        help="model input (the tile in tile mode), 64 or HxW (default: features 192, autoencoder 64)",
     )
     m.add_argument("--color", choices=("gray", "bgr"), default="gray")
     m.add_argument(
         "--mode",
         choices=("resize", "tile"),
-        default="tile",
-        help="cut native-resolution model-size tiles (default), or resize whole frames to the input",
+        default=None,
+        help="resize whole frames to the input (features' default), or cut native-resolution model-size tiles "
+        "(the autoencoder's default; for frames much larger than the input, e.g. line-scan strips)",
     )
     m.add_argument(
         "--scale",
@@ -79,7 +100,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the part (default 1 = native resolution); the daemon maps scores back to camera pixels",
     )
     m.add_argument(
-        "--tile-overlap", type=int, default=16, help="tile mode: pixels shared by neighbouring tiles (default 16)"
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="tile mode: pixels shared by neighbouring tiles (default: features 32, autoencoder 16)",
     )
     m.add_argument(
         "--edge-crops",
@@ -96,6 +120,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)",
     )
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
+    fe = p.add_argument_group("features kind")
+    fe.add_argument(
+        "--backbone", choices=("lite0", "lite1", "lite2"), default="lite0", help="EfficientNet-Lite (default lite0)"
+    )
+    fe.add_argument(
+        "--stages",
+        default="2,4,6",
+        help="backbone stages whose outputs are concatenated: 2 = stride 8, 3/4 = stride 16, 5/6 = stride 32 "
+        "(default 2,4,6)",
+    )
+    fe.add_argument("--pool", type=int, default=3, help="local neighbourhood averaged per position (default 3x3)")
+    fe.add_argument(
+        "--bank", type=int, default=10000, help="memory-bank size (greedy coreset; the per-frame cost grows with it)"
+    )
+    fe.add_argument(
+        "--max-vectors",
+        type=int,
+        default=400_000,
+        help="training patch vectors the coreset is chosen from (a random share beyond; bounds memory)",
+    )
+    fe.add_argument("--k", type=int, default=1, help="nearest neighbours averaged per position (default 1)")
+
+    m = p.add_argument_group("autoencoder kind")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
     m.add_argument("--latent-channels", type=int, default=64)
@@ -210,6 +257,85 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_train)
     register_ensemble(sub)
+    register_supervised(sub)
+
+
+def register_supervised(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-supervised",
+        help="train a supervised defect-segmentation model (kind classifier) from labelled defects",
+        description="Train the supervised stage (inspectd/training/supervised.py): the frozen pretrained "
+        "EfficientNet-Lite0 encoder with a light decoder, on DIR/train/good (defect-free) and the labelled defects "
+        "of --defects (DIR/test/<class>/* with ground_truth masks: accepted labels, confirmed defects), exported "
+        "as a classifier model directory the daemon runs alone or in an ensemble with an autoencoder.",
+    )
+    p.add_argument("--data", type=Path, required=True, help="MVTec tree whose train/good/* are defect-free")
+    p.add_argument("--out", type=Path, required=True, help="the model directory to write (must not exist)")
+    p.add_argument(
+        "--defects",
+        type=Path,
+        default=None,
+        help="MVTec tree of labelled defects (test/<class>/* + ground_truth/; its test/good/* join as defect-free); "
+        "default --data",
+    )
+    p.add_argument("--init", type=Path, default=None, help="continue this classifier (written by train-supervised)")
+    p.add_argument("--size", type=int, default=256, help="model input HxW, a multiple of 32 (256)")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of train/good held out for calibration (0.2)")
+    p.add_argument("--good-share", type=float, default=0.3, help="share of each batch from defect-free images")
+    p.add_argument("--max-good", type=int, default=0, help="use at most this many train/good images (0 = all)")
+    p.add_argument("--iterations", type=int, default=1500)
+    p.add_argument("--minutes", type=float, default=None, help="wall-clock budget for the decoder's training")
+    p.add_argument("--batch-size", type=int, default=32, help="images per step (pixels are sampled from each)")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument(
+        "--hard-every",
+        type=int,
+        default=250,
+        help="re-mine hard negatives on the defect-free images every this many steps (0 = never; 250)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
+    p.set_defaults(func=cmd_supervised)
+
+
+def cmd_supervised(args: argparse.Namespace) -> int:
+    from inspectd.core.errors import ModelError
+    from inspectd.training.backbone import BackboneError
+    from inspectd.training.onnx_export import ParityError
+    from inspectd.training.segtrain import DecoderSettings
+    from inspectd.training.supervised import SupervisedJob, run_supervised
+
+    try:
+        job = SupervisedJob(
+            data=args.data,
+            out=args.out,
+            defects=args.defects,
+            size=args.size,
+            holdout=args.holdout,
+            good_share=args.good_share,
+            max_good=args.max_good or None,
+            init=args.init,
+            name=args.name,
+            command=shlex.join(["inspectd", *sys.argv[1:]]),
+            decoder=DecoderSettings(
+                iterations=args.iterations,
+                minutes=args.minutes,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                seed=args.seed,
+                threads=args.threads,
+                hard_every=args.hard_every,
+            ),
+        )
+        run_supervised(job)
+    except (ValueError, FileNotFoundError, BackboneError, ModelError) as exc:
+        print(f"inspectd train-supervised: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"inspectd train-supervised: export failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def register_ensemble(sub: argparse._SubParsersAction) -> None:
@@ -462,7 +588,96 @@ def build_job(args: argparse.Namespace):
     )
 
 
+def build_features_job(args: argparse.Namespace):
+    if args.data is None:
+        msg = "--kind features needs --data DIR (good images; the synthetic camera trains autoencoders)"
+        raise ValueError(msg)
+    try:
+        stages = tuple(int(v) for v in str(args.stages).split(","))
+    except ValueError:
+        msg = f"--stages expects comma-separated stage numbers like 2,4,6, got {args.stages!r}"
+        raise ValueError(msg) from None
+    for name in ("bank", "max_vectors", "k", "pool"):
+        if getattr(args, name) < 1:
+            msg = f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}"
+            raise ValueError(msg)
+    from inspectd.training.features import FeaturesConfig
+    from inspectd.training.features_job import FeaturesJob
+
+    cfg = FeaturesConfig(
+        backbone=args.backbone,
+        stages=stages,
+        input_hw=tuple(args.input_size),
+        channels=1 if args.color == "gray" else 3,
+        pool=args.pool,
+        bank=args.bank,
+        max_vectors=max(args.max_vectors, args.bank),
+        k=args.k,
+        seed=args.seed,
+    )
+    return FeaturesJob(
+        out=args.out,
+        command=reproduce_features_command(args),
+        data=args.data,
+        name=args.name,
+        config=cfg,
+        color=args.color,
+        mode=args.mode,
+        tile_overlap=args.tile_overlap,
+        scale=args.scale,
+        normalize=args.normalize,
+        normalize_to=args.normalize_to,
+        score=ScoreSpec(reduction=args.reduction, smooth_sigma=args.smooth_sigma),
+        holdout=args.holdout,
+        threads=args.threads,
+    )
+
+
+def reproduce_features_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces a features model, every option explicit."""
+    h, w = args.input_size
+    parts = ["inspectd", "train", "--kind", "features", "--data", str(args.data), "--out", str(args.out)]
+    if args.name:
+        parts += ["--name", args.name]
+    parts += ["--input-size", f"{h}x{w}", "--color", args.color, "--mode", args.mode]
+    parts += ["--tile-overlap", str(args.tile_overlap)]
+    if args.mode == "tile":
+        parts += ["--scale", f"{args.scale:g}"]
+    parts += ["--normalize", args.normalize]
+    if args.normalize != "none":
+        parts += ["--normalize-to", f"{args.normalize_to:g}"]
+    parts += ["--backbone", args.backbone, "--stages", str(args.stages), "--pool", str(args.pool)]
+    parts += ["--bank", str(args.bank), "--max-vectors", str(args.max_vectors), "--k", str(args.k)]
+    parts += ["--seed", str(args.seed), "--holdout", f"{args.holdout:g}"]
+    parts += ["--smooth-sigma", f"{args.smooth_sigma:g}", "--reduction", args.reduction]
+    return shlex.join(parts)
+
+
+def cmd_train_features(args: argparse.Namespace) -> int:
+    try:
+        from inspectd.training.features import BackboneError
+        from inspectd.training.features_job import run_features_job
+        from inspectd.training.onnx_export import ParityError
+    except ImportError as exc:  # torch or the backbone packages are not installed
+        print(f"inspectd train: the features kind needs {exc.name or exc}: install inspectd[train]", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        job = build_features_job(args)
+        result = run_features_job(job)
+    except (BackboneError, FileNotFoundError, ValueError) as exc:  # missing weights, bad data or arguments
+        print(f"inspectd train: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ParityError as exc:
+        print(f"inspectd train: failed: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(result.summary())
+    return EXIT_OK
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    resolve_kind(args)
+    if args.kind == "features":
+        return cmd_train_features(args)
     if args.evaluate and not args.synthetic:
         print(
             "inspectd train: --evaluate needs --synthetic (for folders use DIR/test with --calibrate-with-test)",

@@ -5,6 +5,11 @@ recipe) sees 10-pixel blowholes and thin cracks but not *uneven* grinding or *fr
 tile's context (the hard-defect recipe), and that model in turn loses the small ones. The daemon runs both on every
 frame and rejects on what either sees.
 
+A supervised classifier (`inspectd train-supervised`, kind classifier) joins an ensemble like any member: the
+daemon then rejects on what the anomaly map or the defect map sees, and each region records which map found it.
+A classifier's divisor is always its own calibrated pixel threshold (its map is a probability: 1.0 after division
+is "the classifier calls it defect"), whatever --normalize says for the autoencoders.
+
 The output directory is a model directory of its own, so everything that takes one (the daemon, reload,
 `inspectd evaluate`, calibration) takes it unchanged:
 
@@ -38,7 +43,7 @@ import numpy as np
 
 from inspectd.core.clock import utc_now
 from inspectd.core.errors import ModelError
-from inspectd.core.manifest import MANIFEST_NAME, Manifest, load_manifest
+from inspectd.core.manifest import MANIFEST_NAME, MAP_KINDS, Manifest, load_manifest
 from inspectd.evaluation import thresholds as calib
 from inspectd.evaluation.evaluate import trained_files
 from inspectd.training import data as D
@@ -81,8 +86,8 @@ def _member(path: Path) -> Manifest:
     if m.ensemble is not None:
         msg = f"--member {path} is itself an ensemble; give its models as members instead"
         raise ValueError(msg)
-    if m.kind != "autoencoder":
-        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines autoencoders"
+    if m.kind not in MAP_KINDS:
+        msg = f"--member {path} is a {m.kind!r} model; an ensemble combines {' and '.join(MAP_KINDS)} maps"
         raise ValueError(msg)
     if m.thresholds.method == "uncalibrated":
         msg = f"--member {path} has uncalibrated thresholds; calibrate it (`inspectd train` does) before combining it"
@@ -178,13 +183,15 @@ def build_ensemble(
         say(warning)
     goods = [D.read_image(f, color) for f in goods_files]
     divisors = [m.thresholds.pixel for _, m in loaded]
-    if normalize == "good-score":
-        divisors = [good_score(path, goods, quantile) for path, _ in loaded]
+    if normalize == "good-score":  # a classifier's map is a calibrated probability: its own threshold scales it
+        divisors = [
+            good_score(path, goods, quantile) if m.kind != "classifier" else m.thresholds.pixel for path, m in loaded
+        ]
     say(
         "divisors: "
         + ", ".join(f"{m.name} {d:.4f}" for (_, m), d in zip(loaded, divisors, strict=False))
         + (
-            f" (q{quantile:g} of each model's image score on those images)"
+            f" (q{quantile:g} of each autoencoder's image score on those images, a classifier's pixel threshold)"
             if normalize == "good-score"
             else " (each model's pixel threshold)"
         )
