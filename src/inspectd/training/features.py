@@ -342,12 +342,21 @@ def build_bank(vectors: np.ndarray, cfg: FeaturesConfig) -> tuple[np.ndarray, fl
     bank = np.ascontiguousarray(vectors[np.sort(chosen)])
     d = nearest_distances(vectors, bank)
     positive = d[d > 0]
-    scale = float(np.median(positive)) if positive.size else 1.0
+    scale = float(np.median(positive)) if positive.size else 0.0
+    # floor: a quarter of the vectors' RMS spread around their mean. float32 rounding of |q|^2 - 2 q.b + |b|^2 is
+    # ~1e-6 x spread^2; with near-identical training images (every distance ~0, the median tiny) it would otherwise
+    # dominate d^2 / (d^2 + scale^2) and break parity. The map is monotone in d for any scale: the floor changes
+    # no ranking, and the thresholds are calibrated on the map as it is.
+    mean = vectors.mean(0, dtype=np.float64)
+    mean_sq = float(np.einsum("ij,ij->", vectors, vectors, dtype=np.float64)) / len(vectors)
+    spread = math.sqrt(max(0.0, mean_sq - float(mean @ mean)))
+    scale = max(scale, 0.25 * spread, 1e-6)
     facts = {
         "vectors": len(vectors),
         "bank": len(bank),
         "dim": int(bank.shape[1]),
         "scale": scale,
+        "spread": spread,
         "coverage_max": float(d.max()),
         "coverage_p99": float(np.quantile(d, 0.99)),
     }
