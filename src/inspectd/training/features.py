@@ -41,6 +41,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_STRIDE = 8  # the grid the stage outputs are brought to (the stride of stage 2)
 OUTPUT_NAME = "anomaly"
+# the bank cap: per frame the k-NN costs positions x bank x dimensions multiply-adds and the graph holds the bank
+# (50,000 x 472 float32 = 94 MB); beyond it a frame would take seconds on a line PC's CPU
+MAX_BANK = 50_000
 
 
 @dataclass(frozen=True)
@@ -305,6 +308,11 @@ class FeaturesConfig:
     k: int = 1
     seed: int = 0
     batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bank <= MAX_BANK:
+            msg = f"bank must be within 1..{MAX_BANK} vectors (the per-frame cost grows with it), got {self.bank}"
+            raise ValueError(msg)
 
     def as_dict(self) -> dict:
         return asdict(self)
