@@ -15,6 +15,7 @@ import json
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import structlog
@@ -114,12 +115,15 @@ class App:
         self.reloader = ModelReloader(
             cfg,
             self.pipeline,
+            config_path=config_path,
             intra_op_threads=self.budget.onnxruntime,
             on_swapped=lambda new: self.feedback.set_model(
                 model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold
             ),
         )
         self.feedback.ops["reload"] = self.reloader.handle
+        self._rate: deque[tuple[float, int]] = deque(maxlen=64)  # (time, frames) samples for the frame rate
+        self.feedback.status_extra = self.status
         install_signal_handlers(lambda name: self.pipeline.stop(f"signal {name}"), on_reload=self.reloader.request)
 
     def _load_model(self) -> Inspector:
@@ -190,8 +194,30 @@ class App:
         if not drained:
             log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
         print(json.dumps(self.dispatcher.summary()), flush=True)
+        if pipeline.config_error is not None:  # the camera refused its configuration: restarting cannot help
+            print(f"inspectd: {pipeline.config_error}", file=sys.stderr)
+            return EXIT_CONFIG
         crashed = pipeline.stop_reason == "acquisition crashed"
         return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
+
+    def status(self) -> dict:
+        """What `{"op": "status"}` on the control socket reports about the daemon itself."""
+        p, m = self.pipeline, self.pipeline.inspector
+        samples = list(self._rate)
+        fps = 0.0
+        if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
+            fps = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
+        out = {
+            "state": p.state.name.lower(),
+            "fps": round(fps, 2),
+            "frames": self.dispatcher.emitted,
+            "queue": p.queue_depth(),
+            "queue_size": p.frames.maxsize,
+            "model": {"name": m.manifest.name, "sha256": m.manifest.identity, "pixel_threshold": m.pixel_threshold},
+        }
+        if self.plc is not None:
+            out["plc_link"] = self.plc.link_state
+        return out
 
     def _report_status(self) -> None:
         """The `status` log event and systemd's STATUS= line every status_interval_s, while the pipeline runs."""
@@ -199,6 +225,9 @@ class App:
         last_status, last_frames = time.monotonic(), 0
         while not pipeline.stop_event.wait(0.2) and pipeline.running:
             now = time.monotonic()
+            self._rate.append((now, self.dispatcher.emitted))
+            while self._rate and now - self._rate[0][0] > 5.0:  # the rate over the last 5 s
+                self._rate.popleft()
             if now - last_status < self.cfg.service.status_interval_s:
                 continue
             frames = self.dispatcher.emitted

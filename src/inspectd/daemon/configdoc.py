@@ -1,8 +1,7 @@
-"""The README's configuration reference, generated from the config models' field descriptions.
+"""The configuration reference of docs/configuration.md, generated from the config models' field descriptions.
 
-`python -m inspectd.daemon.configdoc` prints it; a test checks that README.md holds exactly this text between the
-markers,
-so the documentation cannot drift from the schema.
+`python -m inspectd.daemon.configdoc` prints it; `--write docs/configuration.md` replaces the text between the
+markers there. A test checks that the page holds exactly this text, so the documentation cannot drift from the schema.
 """
 
 from __future__ import annotations
@@ -90,7 +89,7 @@ _FEEDBACK_SECTIONS = {"rejects": "Reject store", "feedback": "Spool and sender",
 
 
 def _feedback_sections(head: str) -> list[str]:
-    """The false-reject channel's optional sections (absent = that part is off); see README "The false-reject loop"."""
+    """The false-reject channel's optional sections (absent = that part is off); see docs/feedback-loop.md."""
     out: list[str] = []
     for name, title in _FEEDBACK_SECTIONS.items():
         field = Config.model_fields[name]
@@ -121,18 +120,18 @@ def render() -> str:
             out += [doc[0], ""]
         out += [head, *_rows(cfg_cls, "camera.", skip=("type", *common))]
     out += ["", "### PLC link (`plc:`)", ""]
-    out += ['Absent (the default): no PLC link. Register map and handshake: see "The PLC (Modbus TCP)" below.', ""]
+    out += ["Absent (the default): no PLC link. Register map, handshakes and PLC-side logic: [plc.md](plc.md).", ""]
     out += [head, *_rows(PlcConfig, "plc.")]
     out += _feedback_sections(head)
     out += ["", END]
     return "\n".join(out)
 
 
-def splice(readme_text: str) -> str:
-    """README text with the generated reference between the markers replaced by the current one."""
-    start = readme_text.index(BEGIN)
-    end = readme_text.index(END) + len(END)
-    return readme_text[:start] + render() + readme_text[end:]
+def splice(page_text: str) -> str:
+    """A page's text with the generated reference between the markers replaced by the current one."""
+    start = page_text.index(BEGIN)
+    end = page_text.index(END) + len(END)
+    return page_text[:start] + render() + page_text[end:]
 
 
 def main(argv: list[str] | None = None) -> None:

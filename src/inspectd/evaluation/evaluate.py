@@ -331,7 +331,7 @@ def evaluate(
         runs.append(_ScoreResults(s, insp, thr))
     base.warmup()
     for r in runs:
-        if r.inspector is not base:
+        if r.inspector is not base and not r.inspector.anomalib:
             r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
 
     writer = None

@@ -16,6 +16,11 @@ kernel), divides every model's frame-sized map by that model's divisor (its scal
 mean) before the one decision, at the ensemble's thresholds. Everything else (reconstruction, timings) is this
 directory's own model's.
 
+An anomalib model (manifest kind ``anomalib``, made by ``inspectd import-anomalib``) has no reconstruction: its
+graph outputs the anomaly map itself (normalised, in [0, 1]) and an image score. The map replaces the SSIM map
+(stitched to frame size and decided by the same region rule) and the model's score is the image score, which
+rejects by itself above the manifest's image threshold (thresholds.image).
+
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
 ``Pending`` belongs to one frame and is handed from stage to stage, never shared.
@@ -56,6 +61,7 @@ class Pending:
 
     prepared: Prepared
     output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
+    score: np.ndarray | None = None  # an anomalib model's image score per batch item, set by infer()
     timings_ms: dict[str, float] = field(default_factory=dict)
     members: list[Pending] = field(default_factory=list)  # an ensemble's other models, in manifest order
 
@@ -80,7 +86,10 @@ class Inspector:
         self.ssim = SsimKernel(window=m.ssim.window, size=m.ssim.size, sigma=m.ssim.sigma, k1=m.ssim.k1, k2=m.ssim.k2)
         self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
         self.min_region_area = m.thresholds.min_region_area if min_region_area is None else int(min_region_area)
-        self.decider = Decider(self.pixel_threshold, self.min_region_area, m.score.reduction)
+        self.decider = Decider(
+            self.pixel_threshold, self.min_region_area, m.score.reduction, image_threshold=m.thresholds.image
+        )
+        self.anomalib = m.kind == "anomalib"  # the model's map and score, no reconstruction
         self.members: list[tuple[Inspector, float]] = []  # (member, divide_by) of an ensemble
         if m.ensemble is not None:
             self.members = self._open_members()
@@ -129,7 +138,10 @@ class Inspector:
     def infer(self, pending: Pending) -> Pending:
         """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
         t0 = time.perf_counter()
-        pending.output = self.detector.run(pending.prepared.batch)
+        if self.anomalib:
+            pending.output, pending.score = self.detector.run_all(pending.prepared.batch)
+        else:
+            pending.output = self.detector.run(pending.prepared.batch)
         for (member, _), part in zip(self.members, pending.members, strict=False):
             member.infer(part)
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
@@ -144,7 +156,10 @@ class Inspector:
         t0 = time.perf_counter()
         score_map, recon, parts = self._map(pending, model_scores=model_scores)
         t1 = time.perf_counter()
-        decision = self.decider.decide(score_map)
+        image_score = None
+        if self.anomalib and pending.score is not None:  # tiles: the most anomalous tile's score
+            image_score = float(np.max(pending.score))
+        decision = self.decider.decide(score_map, image_score)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
@@ -208,7 +223,8 @@ class Inspector:
         """First inference and every JIT kernel, on a frame of the model's own size; returns seconds."""
         t0 = time.perf_counter()
         self.detector.warmup()
-        self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
+        if self.manifest.kind == "autoencoder":  # the other kinds' maps are the graph's own: no SSIM kernel
+            self.ssim.warmup(self.preprocessor.channels)  # compiled, or loaded from the Numba cache
         for member, _ in self.members:
             member.detector.warmup()
             member.ssim.warmup(member.preprocessor.channels)
@@ -232,11 +248,13 @@ def _ssim_maps(inspector: Inspector, prepared: Prepared, output: np.ndarray) -> 
 
 
 def _feature_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
-    """features: the graph's output already is the anomaly map of every tile ([N, 1, H, W], in [0, 1))."""
-    return np.ascontiguousarray(output[:, 0], dtype=np.float32), None
+    """features (in [0, 1)) and anomalib: the graph's output already is the anomaly map of every tile
+    ([N, 1, h, w]; one per tile, or the one resized frame)."""
+    return np.ascontiguousarray(np.asarray(output, dtype=np.float32)[:, 0]), None
 
 
 TILE_MAPS: dict[str, Callable[[Inspector, Prepared, np.ndarray], tuple[np.ndarray, np.ndarray | None]]] = {
     "autoencoder": _ssim_maps,
     "features": _feature_maps,
+    "anomalib": _feature_maps,
 }
