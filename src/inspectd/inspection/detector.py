@@ -80,6 +80,10 @@ class Detector:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: provider fallbacks are reported by us, below
+        # No spin-waiting between parallel sections: spinning intra-op threads take the cores the pipeline's other
+        # stages (and other processes) need; measured on 2 cores under load, 2 spinning threads ran the demo model
+        # at 23 frames/s, 1 thread at 44 and 2 non-spinning threads at 57 (docs/results/magnetic-tile.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         onnx_path = self.model_dir / self.manifest.onnx.file
         # onnxruntime *prints* provider failures ("EP Error ... Falling back") to stdout, which would corrupt the
         # JSON log stream: capture them and report them as one structured event instead.
@@ -188,9 +192,7 @@ class Detector:
         for _ in range(runs):
             outs = self.run_all(batch)
         out = outs[0]
-        expected = (
-            batch.shape if self.manifest.kind == "autoencoder" else (batch.shape[0], *self.manifest.output.shape[1:])
-        )
+        expected = (batch.shape[0], *self.manifest.output.shape[1:])
         if out.shape != expected or not all(np.isfinite(o).all() for o in outs):
             msg = (
                 f"warm-up output has shape {out.shape} (expected {expected}) or non-finite values: the model is broken"

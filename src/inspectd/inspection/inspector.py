@@ -257,8 +257,9 @@ def _ssim_maps(inspector: Inspector, prepared: Prepared, output: np.ndarray) -> 
 
 
 def _feature_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
-    """features: the graph's output already is the anomaly map of every tile ([N, 1, H, W], in [0, 1))."""
-    return np.ascontiguousarray(output[:, 0], dtype=np.float32), None
+    """features (in [0, 1)) and anomalib: the graph's output already is the anomaly map of every tile
+    ([N, 1, h, w]; one per tile, or the one resized frame)."""
+    return np.ascontiguousarray(np.asarray(output, dtype=np.float32)[:, 0]), None
 
 
 def _probability_maps(insp: Inspector, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
