@@ -189,7 +189,9 @@ class _Timings:
         pass
 
 
-def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: int, all_cores: bool) -> dict:
+def run_one(
+    model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: int, all_cores: bool, rate_hz: float = 0.0
+) -> dict:
     from inspectd.core import logs
     from inspectd.daemon.cameras import build_camera
     from inspectd.daemon.cameras.folder import FolderCameraConfig, list_images
@@ -213,7 +215,7 @@ def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: 
     _bare_loop(detector, batches[: max(3, len(batches) // 10)])  # settle
     ort_before = _bare_loop(detector, batches)
 
-    cam_cfg = FolderCameraConfig(path=frames_dir, rate_hz=0, recursive=False)
+    cam_cfg = FolderCameraConfig(path=frames_dir, rate_hz=rate_hz, recursive=False)
     timings = _Timings()
     dispatcher = Dispatcher([LogSink("all"), timings])
     pipeline = Pipeline(
@@ -236,6 +238,8 @@ def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: 
         "frames": summary["frames"],
         "errors": summary["error"],
         "gaps": gaps,
+        "kind": detector.manifest.kind,
+        "line_rate_hz": rate_hz,
         "threads": {"onnxruntime": budget.onnxruntime, "numba": budget.numba, "cores": budget.cores},
         "pipeline_fps": summary["fps"],
         "pipeline_fps_wall": round(summary["frames"] / wall, 2),
@@ -260,7 +264,85 @@ def run_one(model_dir: Path, frames_dir: Path, ort_threads: int, numba_threads: 
         full = Detector(model_dir, providers=("CPUExecutionProvider",), intra_op_threads=budget.cores)
         _bare_loop(full, batches[: max(3, len(batches) // 10)])
         result["ort_fps_all_cores"] = round(_bare_loop(full, batches), 2)
+    if all_cores:  # onnxruntime's own defaults (all cores, spin-waiting threads), the same graph and batches
+        import onnxruntime as ort
+
+        plain = ort.InferenceSession(str(model_dir / detector.manifest.onnx.file), providers=["CPUExecutionProvider"])
+        name = detector.manifest.input.name
+
+        class _Plain:
+            def run(self, batch):
+                return plain.run(None, {name: batch})
+
+        _bare_loop(_Plain(), batches[: max(3, len(batches) // 10)])
+        result["ort_fps_plain_defaults"] = round(_bare_loop(_Plain(), batches), 2)
+        result["ratio_vs_plain_defaults"] = round(summary["fps"] / result["ort_fps_plain_defaults"], 3)
+    if "ort_fps_all_cores" in result or budget.onnxruntime == budget.cores:
+        base = result.get("ort_fps_all_cores", result["ort_fps"])
+        result["ratio_vs_all_cores"] = round(summary["fps"] / base, 3) if base else None
     return result
+
+
+# --- cost per frame size (line-scan strips) ----------------------------------------------------------------
+
+
+def _variant(model_dir: Path, out: Path, **preprocess) -> Path:
+    """A copy of a model directory with other preprocess settings (same graph and thresholds)."""
+    import shutil
+
+    from inspectd.core.manifest import load_manifest
+
+    shutil.copytree(model_dir, out)
+    m = load_manifest(out)
+    raw = m.model_dump(mode="json")
+    raw["preprocess"] = {**raw["preprocess"], **preprocess}
+    type(m).model_validate(raw).write(out)
+    return out
+
+
+def frame_cost(model_dir: Path, widths: tuple[int, ...], height: int, repeats: int) -> dict:
+    """Median ms of one whole inspection (prepare + infer + finish, the daemon's Inspector, all cores) per frame
+    width; frames are synthetic fabric strips of `height` rows."""
+    from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
+    from inspectd.daemon.pipeline import usable_cores
+    from inspectd.inspection.inspector import Inspector
+
+    insp = Inspector.from_model_dir(model_dir, providers=("CPUExecutionProvider",), intra_op_threads=usable_cores())
+    insp.warmup()
+    rows = []
+    for w in widths:
+        gen = SurfaceGenerator(SyntheticCameraConfig(width=w, height=height, defect_rate=0.25, seed=5))
+        frames = [gen.render(i).image for i in range(repeats)]
+        insp.inspect(frames[0])
+        times = []
+        for f in frames:
+            t0 = time.perf_counter()
+            insp.inspect(f)
+            times.append((time.perf_counter() - t0) * 1e3)
+        pending = insp.prepare(frames[0])
+        rows.append(
+            {
+                "frame": f"{w}x{height}",
+                "megapixels": round(w * height / 1e6, 3),
+                "tiles": int(pending.prepared.batch.shape[0]),
+                "ms_p50": round(float(np.median(times)), 1),
+                "ms_max": round(float(np.max(times)), 1),
+            }
+        )
+    base = rows[0]
+    for r in rows:
+        r["ms_per_megapixel"] = round(r["ms_p50"] / r["megapixels"], 1)
+        r["cost_ratio_vs_pixel_ratio"] = round(
+            (r["ms_p50"] / base["ms_p50"]) / (r["megapixels"] / base["megapixels"]), 3
+        )
+    m = insp.manifest
+    return {
+        "model": str(model_dir),
+        "mode": m.preprocess.mode,
+        "scale": m.preprocess.scale,
+        "input": list(m.input.shape[1:]),
+        "rows": rows,
+    }
 
 
 # --- orchestration -----------------------------------------------------------------------------------------
@@ -281,6 +363,8 @@ def _spawn(model_dir: Path, frames_dir: Path, args: argparse.Namespace) -> dict:
     ]
     if not args.smoke:
         cmd.append("--all-cores")
+    if args.line_rate:
+        cmd += ["--line-rate", str(args.line_rate)]
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         msg = f"bench worker for {model_dir} failed (exit {out.returncode}):\n{out.stderr[-3000:]}"
@@ -299,11 +383,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--one", type=Path, help=argparse.SUPPRESS)  # worker: measure this model directory
     p.add_argument("--frames-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--all-cores", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--features-model",
+        type=Path,
+        default=None,
+        help="also measure this model directory (e.g. the default recipe's `inspectd train` output)",
+    )
+    p.add_argument(
+        "--line-rate",
+        type=float,
+        default=0.0,
+        help="camera rate in frames/s for the latency percentiles (default 0 = as fast as it goes)",
+    )
+    p.add_argument(
+        "--strips",
+        action="store_true",
+        help="with --features-model: cost of one frame of 256 rows and 256..4096 columns (1 megapixel), in the "
+        "model's own mode and as native tiles (scale 1 and 0.5)",
+    )
+    p.add_argument("--cost", type=Path, help=argparse.SUPPRESS)  # worker: frame_cost of this model directory
     args = p.parse_args(argv)
 
     if args.one is not None:  # worker process
-        result = run_one(args.one, args.frames_dir, args.onnxruntime_threads, args.numba_threads, args.all_cores)
+        result = run_one(
+            args.one, args.frames_dir, args.onnxruntime_threads, args.numba_threads, args.all_cores, args.line_rate
+        )
         print(json.dumps(result))
+        return 0
+    if args.cost is not None:  # worker process
+        print(json.dumps(frame_cost(args.cost, (256, 1024, 2048, 4096), 256, 3 if args.smoke else 8)))
         return 0
 
     from inspectd.daemon.pipeline import usable_cores
@@ -324,12 +432,27 @@ def main(argv: list[str] | None = None) -> int:
             demo = args.demo_model if demo_ok else build_autoencoder(tmp_path / "demo", 128, name="demo-stand-in")
             models.append(("demo", demo, not demo_ok))
             models.append(("256x256", build_autoencoder(tmp_path / "ae256", 256), False))
+        if args.features_model is not None:
+            models.append(("features", args.features_model, False))
         out = []
         for name, model_dir, stand_in in models:
             result = _spawn(model_dir, frames_dir, args)
             out.append({"name": name, "stand_in": stand_in, **result})
+        strips = []
+        if args.strips and args.features_model is not None:
+            variants = [args.features_model]
+            variants.append(_variant(args.features_model, tmp_path / "tile1", mode="tile", scale=1.0))
+            variants.append(_variant(args.features_model, tmp_path / "tile05", mode="tile", scale=0.5))
+            for v in variants:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--cost", str(v)]
+                res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=False)
+                if res.returncode != 0:
+                    msg = f"bench cost worker for {v} failed (exit {res.returncode}):\n{res.stderr[-3000:]}"
+                    raise RuntimeError(msg)
+                strips.append(json.loads(res.stdout.strip().splitlines()[-1]))
     report = {
         "models": out,
+        "strips": strips,
         "frame_hw": list(hw),
         "smoke": args.smoke,
         "usable_cores": usable_cores(),

@@ -231,12 +231,12 @@ def test_a_stuck_inference_stops_the_heartbeat_until_it_moves_again(inspector):
 
 @pytest.mark.parametrize(
     ("cores", "expected"),
-    [(1, (1, 1)), (2, (1, 1)), (4, (3, 1)), (6, (5, 1)), (8, (6, 2)), (12, (9, 3)), (16, (12, 4))],
+    [(1, (1, 1)), (2, (2, 1)), (4, (4, 1)), (6, (6, 1)), (8, (8, 2)), (12, (12, 3)), (16, (16, 4))],
 )
-def test_automatic_thread_budget_never_oversubscribes(cores, expected):
+def test_automatic_thread_budget_gives_onnxruntime_every_core_and_numba_a_quarter(cores, expected):
     budget = thread_budget(cores=cores)
     assert (budget.onnxruntime, budget.numba) == expected
-    assert budget.onnxruntime + budget.numba <= max(cores, 2)
+    assert not budget.oversubscribed  # the planned overlap is no warning
 
 
 def test_an_explicit_thread_count_is_kept_and_the_other_takes_the_rest():

@@ -50,6 +50,8 @@ def tiny_train_argv(data: Path, out: Path, *extra: str, tile: int = 32, overlap:
     adds or overrides options (argparse keeps the last value)."""
     return [
         "train",
+        "--kind",
+        "autoencoder",
         "--data",
         str(data),
         "--out",

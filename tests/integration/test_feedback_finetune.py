@@ -100,6 +100,8 @@ def test_a_fine_tune_on_collected_false_rejects_lowers_their_anomaly_scores(tmp_
     parent = tmp_path / "parent"
     res = run_cli(
         "train",
+        "--kind",
+        "autoencoder",
         "--data",
         str(base),
         "--out",

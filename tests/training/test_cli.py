@@ -100,6 +100,8 @@ def test_train_on_an_mvtec_folder_calibrates_with_its_test_defects_when_asked(tm
     out = tmp_path / "model"
     argv = [
         "train",
+        "--kind",
+        "autoencoder",
         "--data",
         str(root),
         "--out",

@@ -25,8 +25,11 @@ def test_backbone_load_refuses_a_weight_file_with_another_sha256(tmp_path):
 
 def test_a_missing_backbone_package_names_the_train_extra(monkeypatch):
     monkeypatch.setitem(feat.BACKBONES, "lite9", feat.Backbone("efficientnet-lite4", "no_such_pkg_xyz", "X", "0" * 64))
-    with pytest.raises(feat.BackboneError, match=r"install inspectd\[train\]"):
+    with pytest.raises(feat.BackboneError, match=r"no-such-pkg-xyz"):
         feat.weight_file("lite9")
+    monkeypatch.setitem(feat.BACKBONES, "lite0", feat.Backbone("efficientnet-lite0", "no_such_pkg_xyz", "X", "0" * 64))
+    with pytest.raises(feat.BackboneError, match=r"install inspectd\[train\]"):
+        feat.weight_file("lite0")
 
 
 def test_the_feature_graph_matches_torch_in_onnxruntime(tmp_path):
@@ -113,3 +116,13 @@ def test_features_kind_finds_an_obvious_defect_with_image_auroc_one(tiny_feature
     tree, out = tiny_features_dir
     report = evaluate(out, tree, log=None)
     assert report["image_auroc"] == 1.0
+
+
+def test_train_exits_2_naming_the_train_extra_when_the_backbone_package_is_missing(tmp_path, monkeypatch, capsys):
+    from inspectd.cli import main
+
+    monkeypatch.setitem(feat.BACKBONES, "lite0", feat.Backbone("efficientnet-lite0", "no_such_pkg_xyz", "X", "0" * 64))
+    tree = _tree(tmp_path / "tree", n_good=3, n_bad=1)
+    assert main(["train", "--data", str(tree), "--out", str(tmp_path / "m"), "--input-size", "64"]) == 2
+    assert "install inspectd[train]" in capsys.readouterr().err
+    assert not (tmp_path / "m" / "model.onnx").exists()

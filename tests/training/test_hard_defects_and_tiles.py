@@ -150,6 +150,8 @@ def test_train_with_a_hard_defect_set_records_it_and_its_command(tmp_path):
     out = tmp_path / "model"
     argv = [
         "train",
+        "--kind",
+        "autoencoder",
         "--data",
         str(root),
         "--out",

@@ -84,7 +84,8 @@ class ThreadsConfig(StrictModel):
         ge=0,
         le=256,
         description=(
-            "onnxruntime intra-op threads; 0 = automatic: the usable cores minus the Numba threads (at least 1)"
+            "onnxruntime intra-op threads; 0 = automatic: every usable core (the usable cores minus "
+            "pipeline.threads.numba when that is set)"
         ),
     )
     numba: int = Field(

@@ -80,6 +80,10 @@ class Detector:
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3  # errors only: provider fallbacks are reported by us, below
+        # No spin-waiting between parallel sections: spinning intra-op threads take the cores the pipeline's other
+        # stages (and other processes) need; measured on 2 cores under load, 2 spinning threads ran the demo model
+        # at 23 frames/s, 1 thread at 44 and 2 non-spinning threads at 57 (docs/results/magnetic-tile.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         onnx_path = self.model_dir / self.manifest.onnx.file
         # onnxruntime *prints* provider failures ("EP Error ... Falling back") to stdout, which would corrupt the
         # JSON log stream: capture them and report them as one structured event instead.

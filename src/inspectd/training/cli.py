@@ -28,8 +28,8 @@ KIND_DEFAULTS = {
 
 def resolve_kind(args: argparse.Namespace) -> argparse.Namespace:
     """Fill in --kind and the shared options left at None with the kind's defaults (in place; returns args)."""
-    if getattr(args, "kind", None) is None:
-        args.kind = "autoencoder" if args.synthetic else "features"
+    if getattr(args, "kind", None) is None:  # fine-tuning (--init) continues an autoencoder
+        args.kind = "autoencoder" if args.synthetic or getattr(args, "init", None) is not None else "features"
     for key, value in KIND_DEFAULTS[args.kind].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -53,10 +53,19 @@ def _size(text: str) -> tuple[int, int]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train, export and calibrate an autoencoder model directory",
-        description="Train a convolutional autoencoder on good images (repair training with synthetic defects), export "
-        "model.onnx, check onnxruntime against PyTorch, calibrate thresholds on held-out good images through "
-        "the daemon's own code path and write manifest.json.",
+        help="train, export and calibrate a model directory (features or autoencoder)",
+        description="Train a model on good images, export model.onnx, check onnxruntime against PyTorch, "
+        "calibrate thresholds on held-out good images through the daemon's own code path and write "
+        "manifest.json. Kinds (--kind): features (the default with --data: a frozen ImageNet-pretrained "
+        "EfficientNet-Lite and a memory bank of good patches, nearest-neighbour anomaly map; minutes on a CPU) "
+        "or autoencoder (the default with --synthetic: a convolutional autoencoder trained to repair synthetic "
+        "defects, scored by the Gaussian-SSIM map).",
+    )
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default=None,
+        help="features | autoencoder (default: features with --data, autoencoder with --synthetic or --init)",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="training images: DIR/train/good/* (MVTec layout) or a folder of images")
@@ -441,7 +450,7 @@ def reproduce_command(args: argparse.Namespace) -> str:
             str(args.synthetic_seed),
         ]
     else:
-        parts += ["--data", str(args.data)]
+        parts += ["--kind", "autoencoder", "--data", str(args.data)]  # --data alone trains the features kind
     parts += ["--out", str(args.out)]
     if args.init is not None:
         parts += ["--init", str(args.init)]

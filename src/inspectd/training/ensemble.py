@@ -20,7 +20,7 @@ manifest.json is the first member's, with `ensemble` (combine rule; each model's
 the combined map. The divisor puts the models' maps on one scale: by default (`--normalize good-score`) the 90th
 percentile of that model's image scores on the good images no member trained on, so 1.0 is "as high as a good part
 goes" for each model (on magnetic tile this scored better than `--normalize threshold`, each model's own calibrated
-pixel threshold: docs/results-magnetic-tile.md, "Both models as one ensemble"). The thresholds are calibrated here
+pixel threshold: docs/results/magnetic-tile.md, "Both models as one ensemble"). The thresholds are calibrated here
 through the daemon's Inspector on the good images that *no* member trained on: each member's held-out images are
 recomputed from its manifest (training.seed, held_out_count and the data digest), and the calibration uses their
 intersection. The members' hard-defect files are recorded as trained on, so

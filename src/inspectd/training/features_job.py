@@ -34,6 +34,11 @@ from inspectd.training.onnx_export import (
 from inspectd.training.train import STDERR, ProgressStream
 from inspectd.training.workflow import _split
 
+# Tiles per onnxruntime run (the manifest's fixed batch; the Detector feeds larger batches in slices; the graph itself
+# takes any batch). It bounds the k-NN's [tiles x positions, bank] intermediate on megapixel frames: 4 x 576 x 10,000
+# float32 = 92 MB at the defaults, where a 4096x256 strip's 52 native tiles in one run would need 1.2 GB.
+RUN_BATCH = 4
+
 
 @dataclass(frozen=True)
 class FeaturesJob:
@@ -108,7 +113,7 @@ def run_features_job(job: FeaturesJob, *, log: ProgressStream | None = STDERR) -
     kept, held = _split(frames, job.holdout, cfg.seed)
     say(f"data: {job.data}: {len(kept)} good images for the memory bank, {len(held)} held out for calibration")
     spec = preprocess_spec(job)
-    in_spec = TensorSpec(name=INPUT_NAME, shape=(None, channels, *cfg.input_hw))
+    in_spec = TensorSpec(name=INPUT_NAME, shape=(RUN_BATCH, channels, *cfg.input_hw))
     pre = Preprocessor(spec, in_spec)
     batches = [pre.prepare(f).batch for f in kept]
     vectors = feat.extract(extractor, batches, cap=cfg.max_vectors, seed=cfg.seed, batch=cfg.batch)
@@ -151,7 +156,7 @@ def run_features_job(job: FeaturesJob, *, log: ProgressStream | None = STDERR) -
         kind="features",
         onnx=OnnxSpec(file=onnx_path.name, sha256=sha, opset=OPSET),
         input=in_spec,
-        output=TensorSpec(name=feat.OUTPUT_NAME, shape=(None, 1, *cfg.input_hw)),
+        output=TensorSpec(name=feat.OUTPUT_NAME, shape=(RUN_BATCH, 1, *cfg.input_hw)),
         preprocess=spec,
         score=job.score,
         thresholds=provisional_thresholds(sha),
