@@ -83,14 +83,11 @@ def test_a_classifier_joins_an_autoencoder_trained_on_the_same_data_in_one_ensem
 
     root, cls = trained
     ae = tmp_path / "ae"
-    argv = ["train", "--data", str(root), "--out", str(ae), "--input-size", "32", "--base-width", "8"]
-    argv += ["--max-width", "16", "--latent-channels", "8", "--depth", "2", "--iterations", "4", "--batch-size", "4"]
-    argv += ["--threads", "1", "--log-every", "0", "--holdout", "0.3", "--checkpoint-dir", str(tmp_path / "ck")]
-    from inspectd.cli import build_parser
-
-    args = build_parser().parse_args(argv)
-    args.kind = "autoencoder"  # `train --data` defaults to the features kind; this test wants an autoencoder
-    assert args.func(args) == 0
+    argv = ["train", "--kind", "autoencoder", "--data", str(root), "--out", str(ae), "--input-size", "32"]
+    argv += ["--base-width", "8", "--max-width", "16", "--latent-channels", "8", "--depth", "2", "--iterations", "4"]
+    argv += ["--batch-size", "4", "--threads", "1", "--log-every", "0", "--holdout", "0.3"]
+    argv += ["--checkpoint-dir", str(tmp_path / "ck")]
+    assert main(argv) == 0
     ens = tmp_path / "ens"
     assert main(["ensemble", "--member", str(ae), "--member", str(cls), "--data", str(root), "--out", str(ens)]) == 0
     raw = json.loads((ens / "manifest.json").read_text())

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inspectd.labelling.checker import write_checker_dir
+from inspectd.labelling.checker import best_pixel_threshold, write_checker_dir
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.training.backbone import facts as backbone_facts
 from inspectd.training.segmentation import SegConfig, SegmentationNet
@@ -69,8 +69,6 @@ def train_pretrained_checkers(
     labelling.training.TrainSettings (iterations, minutes, batch_size, lr, pos_weight, seed, threads, good_share);
     `facts_for(k, ids, extra)` gives the manifest's training facts; goods = (known defect-free images, at most how
     many of them to use)."""
-    from inspectd.labelling.training import best_pixel_threshold
-
     if settings.threads:
         torch.set_num_threads(settings.threads)
     hw = (config.height, config.width)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from inspectd.labelling.checker import CheckerConfig, CheckerNet, write_checker_dir
+from inspectd.labelling.checker import CheckerConfig, CheckerNet, best_pixel_threshold, write_checker_dir
 from inspectd.labelling.dataset import LabelledImage, read_gray, read_mask
 from inspectd.labelling.folds import assign_folds
 from inspectd.training.segmentation import SegConfig
@@ -176,23 +176,6 @@ def predict(model: CheckerNet, images: np.ndarray, batch: int = 32) -> tuple[np.
             maps.append(m.numpy())
             probs.append(p.numpy().reshape(-1))
     return np.concatenate(maps), np.concatenate(probs)
-
-
-def best_pixel_threshold(maps: np.ndarray, masks: np.ndarray, labels: np.ndarray) -> float:
-    """The map probability with the best mean IoU over the defective images (0.5 if there are none)."""
-    sel = labels > 0
-    if not sel.any():
-        return 0.5
-    truth = masks[sel] > 0.5
-    best, best_t = -1.0, 0.5
-    for t in np.arange(0.2, 0.96, 0.05):
-        pred = maps[sel] > t
-        inter = (pred & truth).sum(axis=(1, 2, 3))
-        union = (pred | truth).sum(axis=(1, 2, 3))
-        score = float(np.mean(np.where(union > 0, inter / np.maximum(union, 1), 1.0)))
-        if score > best:
-            best, best_t = score, float(round(t, 2))
-    return best_t
 
 
 def _train_fold(
