@@ -8,12 +8,12 @@ DEV_STAMP := $(VENV)/.dev-installed
 DEMO_FRAMES ?= 300
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: demo test lint install install-dev browser bench clean
+.PHONY: demo test lint install install-dev browser bench clean postgres-server
 
 demo: $(RUNTIME_STAMP)
 	$(VENV)/bin/inspectd run --config config.yaml --max-frames $(DEMO_FRAMES)
 
-test: lint browser
+test: lint browser postgres-server
 	$(PY) -m pytest
 
 # ruff (lint + format), mypy, and the import-linter layer contracts in pyproject.toml
@@ -49,8 +49,18 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 # consumer and the simulated producer (viky.cti) the genicam camera tests run against; report: matplotlib for
 # `inspectd evaluate --report`
 $(DEV_STAMP): pyproject.toml $(RUNTIME_STAMP)
-	$(PIP) install --quiet -e '.[train,dev,genicam,report]'
+	$(PIP) install --quiet -e '.[train,dev,genicam,registry,report]'
 	touch $@
+
+# The registry's tests start their own throwaway PostgreSQL server (tests/support/postgres.py) from Debian's
+# `postgresql` package: installed here once if missing (root + apt-get); elsewhere those tests skip and say why.
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's postgresql for the registry tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q postgresql >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	else echo "note: no PostgreSQL server and no root apt-get: the registry's PostgreSQL tests will be skipped"; fi
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info

@@ -117,11 +117,16 @@ class App:
             numba_threads=self.budget.numba,
         )
         self.dispatcher.attach(DaemonControls(self.pipeline, mark_good=self.feedback.mark_good))
-        self.status = self._daemon_status(inspector)
-        self.feedback.ops["status"] = self.status.control_op  # the control socket's status = what /metrics reads
+        self.daemon_status = self._daemon_status(inspector)
+        # the control socket's status: the same picture /metrics and /healthz read
+        self.feedback.status_extra = self.daemon_status.daemon
         self.feedback.start()
         self.reloader = ModelReloader(
-            cfg, self.pipeline, intra_op_threads=self.budget.onnxruntime, on_swapped=self._model_swapped
+            cfg,
+            self.pipeline,
+            config_path=config_path,
+            intra_op_threads=self.budget.onnxruntime,
+            on_swapped=self._model_swapped,
         )
         self.feedback.ops["reload"] = self.reloader.handle
         install_signal_handlers(lambda name: self.pipeline.stop(f"signal {name}"), on_reload=self.reloader.request)
@@ -138,7 +143,13 @@ class App:
             plc_mode=cfg.plc.mode if cfg.plc is not None else "server",
             feedback=self.feedback,
             info={
-                "model": {"name": m.name, "sha256": m.identity, "kind": m.kind, "preprocess": m.preprocess.mode},
+                "model": {
+                    "name": m.name,
+                    "sha256": m.identity,
+                    "kind": m.kind,
+                    "preprocess": m.preprocess.mode,
+                    "pixel_threshold": inspector.pixel_threshold,
+                },
                 "runtime": {
                     "onnxruntime": onnxruntime.__version__,
                     "providers": ",".join(info.obtained),
@@ -155,7 +166,7 @@ class App:
         """After a hot reload: rejects stored from now on, and the status, name the new model."""
         m = new.manifest
         self.feedback.set_model(model_sha256=m.identity, model_name=m.name, pixel_threshold=new.pixel_threshold)
-        self.status.set_model(name=m.name, sha256=m.identity)
+        self.daemon_status.set_model(name=m.name, sha256=m.identity, pixel_threshold=new.pixel_threshold)
 
     def _serve_http(self, stack: contextlib.ExitStack):
         """/metrics, /healthz, /readyz and the recheck station (`http:`), in a thread of this process."""
@@ -165,10 +176,14 @@ class App:
         from inspectd.daemon.web import serve
         from inspectd.daemon.web.server import HttpError
 
-        self.metrics.watch(self.status)
+        self.metrics.watch(self.daemon_status)
         try:
             http = serve(
-                self.cfg.http, status=self.status, metrics=self.metrics, feedback=self.feedback, line=self.cfg.line
+                self.cfg.http,
+                status=self.daemon_status,
+                metrics=self.metrics,
+                feedback=self.feedback,
+                line=self.cfg.line,
             )
         except ConfigError as exc:
             log.error("http_refused", error=str(exc))
@@ -260,7 +275,7 @@ class App:
         pipeline = self.pipeline
         last_status, last_frames = time.monotonic(), 0
         while not pipeline.stop_event.wait(0.2) and pipeline.running:
-            self.status.tick()
+            self.daemon_status.tick()  # a (time, frames) sample: the fps of the status, /metrics
             now = time.monotonic()
             if now - last_status < self.cfg.service.status_interval_s:
                 continue

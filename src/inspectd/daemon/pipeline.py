@@ -23,7 +23,11 @@ sinks are flushed by the caller.
 
 Liveness: the scoring thread's loop calls ``notifier.watchdog()`` and ``dispatcher.heartbeat()`` (systemd's
 watchdog and the PLC's heartbeat register), but only while no stage has been stuck on one frame for longer than
-`stall_s`: a hung inference stops the pings just as a hung scoring step does.
+`stall_s`: a hung inference stops the pings just as a hung scoring step does. Acquisition is covered too: every
+camera call is bounded (BoundedCamera: `camera.timeout_s` for a read, `camera.open_timeout_s` for an open), so a
+source that blocks (a FIFO, a hung mount) is an error verdict and a camera fault (ready 0, state 2) within its
+bound, SIGTERM is not held up by it, and the acquisition thread stuck in a call beyond its bound stops the pings.
+A frame outside `camera.frame_size` is that item's error verdict.
 
 Threads: the scoring thread sets its own Numba thread count (`numba_threads`; Numba's count is per calling
 thread); onnxruntime's comes from its session options. :func:`thread_budget` is the rule that splits the cores.
@@ -38,7 +42,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -46,6 +50,7 @@ from inspectd.core.errors import CameraError, ConfigError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
 from inspectd.daemon.cameras.base import CameraConfigBase
+from inspectd.daemon.cameras.bounded import BoundedCamera
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
 
@@ -150,8 +155,13 @@ class Pipeline:
         numba_threads: int = 0,
         stall_s: float = 2.0,
     ) -> None:
-        self.camera = camera
+        self.camera = BoundedCamera(
+            camera,
+            read_timeout_s=camera_cfg.timeout_s,
+            open_timeout_s=camera_cfg.open_timeout_s,
+        )
         self.cam_cfg = camera_cfg
+        self._frame_size = camera_cfg.frame_size
         self.inspector = inspector
         self.dispatcher = dispatcher
         self.notifier = notifier or Notifier({})
@@ -182,7 +192,12 @@ class Pipeline:
         self._inference_failures = 0
         self._stages = _Stages(inspector)
         # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
-        self._busy_since: dict[str, float | None] = {"prepare": None, "inference": None, "scoring": None}
+        self._busy_since: dict[str, float | None] = {
+            "camera": None,  # in a camera call (open/read/close), bounded by BoundedCamera
+            "prepare": None,
+            "inference": None,
+            "scoring": None,
+        }
         self._threads = [
             threading.Thread(target=self._acquire_loop, name="acquisition", daemon=True),
             threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
@@ -229,10 +244,12 @@ class Pipeline:
         return self._camera_open
 
     def stalled(self) -> str | None:
-        """The processing stage that has been working on one frame for longer than stall_s, or None."""
+        """The stage stuck on one frame for longer than stall_s ("camera": one camera call for longer than its
+        bound plus stall_s), or None. The liveness rule of the watchdog pings, the PLC heartbeat and /healthz."""
         now = time.monotonic()
         for name, t in list(self._busy_since.items()):
-            if t is not None and now - t >= self.stall_s:
+            limit = self.stall_s + (self.camera.longest_call_s if name == "camera" else 0.0)
+            if t is not None and now - t >= limit:
                 return name
         return None
 
@@ -271,7 +288,7 @@ class Pipeline:
     def _open_camera(self, backoff: float) -> float:
         """Try to open the camera; returns the next backoff (0 when open)."""
         try:
-            self.camera.open()
+            self._camera_call(self.camera.open)
         except ConfigError as exc:
             self.config_error = str(exc)
             log.error("camera_refused", error=str(exc))
@@ -348,6 +365,7 @@ class Pipeline:
                 self.camera.close()
             except Exception as exc:
                 log.debug("camera_close_failed", error=repr(exc))
+            self.camera.shutdown()
 
     def _fail_pending_triggers(self, reason: str) -> None:
         while self._budget_left():
@@ -361,7 +379,7 @@ class Pipeline:
     def _acquire_one(self, item_id: int, on_taken: Callable[[], None] | None = None) -> None:
         t0 = time.monotonic()
         try:
-            capture: Capture = self.camera.read(self.cam_cfg.timeout_s)
+            capture: Capture = self._camera_call(lambda: self.camera.read(self.cam_cfg.timeout_s))
         except EndOfStream:
             if self.cam_cfg.trigger != "free_run":
                 self._error(self._next_seq(), item_id, "trigger not served: end of stream")
@@ -380,6 +398,11 @@ class Pipeline:
             self.last_camera_error = f"bad frame: {capture.error or 'no image'}"
             self._error(seq, item_id, self.last_camera_error, capture.source, t0)
             return
+        why = self._size_refusal(capture.image)
+        if why is not None:
+            self.last_camera_error = f"bad frame: {why}"
+            self._error(seq, item_id, self.last_camera_error, capture.source, t0)
+            return
         self.last_image_at, self.last_camera_error = t0, None
         frame = Frame(seq=seq, capture=capture, t_acquired=t0, wall_time=time.time(), item_id=item_id)
         if self.block_on_full:
@@ -390,6 +413,12 @@ class Pipeline:
         except queue.Full:
             log.warning("queue_overrun", seq=seq, queue_size=self.frames.maxsize)
             self._error(seq, item_id, "queue overrun: inspection slower than the camera", capture.source, t0)
+
+    def _size_refusal(self, image) -> str | None:
+        shape: tuple = getattr(image, "shape", ())
+        if len(shape) < 2:
+            return None  # not an image array at all: preprocessing refuses it with its own message
+        return self._frame_size.refusal(int(shape[1]), int(shape[0]))
 
     # --- processing stages --------------------------------------------------------------------------------
 
@@ -432,8 +461,17 @@ class Pipeline:
         self._stage_loop("inference", self._to_infer, self._to_score, infer)
 
     def _healthy(self) -> bool:
-        """No stage has been working on one frame for longer than stall_s."""
+        """No stage has been working on one frame for longer than stall_s, and the acquisition thread has not been
+        in one camera call for longer than the call's bound plus stall_s (BoundedCamera makes that impossible
+        unless acquisition itself is stuck): the rule is stalled()'s."""
         return self.stalled() is None
+
+    def _camera_call(self, fn: Callable[[], Any]) -> Any:
+        self._busy_since["camera"] = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self._busy_since["camera"] = None
 
     def _score_loop(self) -> None:
         if self.numba_threads > 0:
