@@ -16,7 +16,6 @@ import json
 import sys
 import threading
 import time
-from collections import deque
 from pathlib import Path
 
 import numba
@@ -118,9 +117,9 @@ class App:
             numba_threads=self.budget.numba,
         )
         self.dispatcher.attach(DaemonControls(self.pipeline, mark_good=self.feedback.mark_good))
-        self.status = self._daemon_status(inspector)
-        # the control socket's status: the feedback counters, the daemon's fields, and what /metrics reads
-        self.feedback.ops["status"] = lambda request: {**self.feedback.status(), **self.status.control_op(request)}
+        self.daemon_status = self._daemon_status(inspector)
+        # the control socket's status: the same picture /metrics and /healthz read
+        self.feedback.status_extra = self.daemon_status.daemon
         self.feedback.start()
         self.reloader = ModelReloader(
             cfg,
@@ -130,8 +129,6 @@ class App:
             on_swapped=self._model_swapped,
         )
         self.feedback.ops["reload"] = self.reloader.handle
-        self._rate: deque[tuple[float, int]] = deque(maxlen=64)  # (time, frames) samples for the frame rate
-        self.feedback.status_extra = self.control_fields
         install_signal_handlers(lambda name: self.pipeline.stop(f"signal {name}"), on_reload=self.reloader.request)
         self.http = self._serve_http(stack)
 
@@ -146,7 +143,13 @@ class App:
             plc_mode=cfg.plc.mode if cfg.plc is not None else "server",
             feedback=self.feedback,
             info={
-                "model": {"name": m.name, "sha256": m.identity, "kind": m.kind, "preprocess": m.preprocess.mode},
+                "model": {
+                    "name": m.name,
+                    "sha256": m.identity,
+                    "kind": m.kind,
+                    "preprocess": m.preprocess.mode,
+                    "pixel_threshold": inspector.pixel_threshold,
+                },
                 "runtime": {
                     "onnxruntime": onnxruntime.__version__,
                     "providers": ",".join(info.obtained),
@@ -163,7 +166,7 @@ class App:
         """After a hot reload: rejects stored from now on, and the status, name the new model."""
         m = new.manifest
         self.feedback.set_model(model_sha256=m.identity, model_name=m.name, pixel_threshold=new.pixel_threshold)
-        self.status.set_model(name=m.name, sha256=m.identity)
+        self.daemon_status.set_model(name=m.name, sha256=m.identity, pixel_threshold=new.pixel_threshold)
 
     def _serve_http(self, stack: contextlib.ExitStack):
         """/metrics, /healthz, /readyz and the recheck station (`http:`), in a thread of this process."""
@@ -173,10 +176,14 @@ class App:
         from inspectd.daemon.web import serve
         from inspectd.daemon.web.server import HttpError
 
-        self.metrics.watch(self.status)
+        self.metrics.watch(self.daemon_status)
         try:
             http = serve(
-                self.cfg.http, status=self.status, metrics=self.metrics, feedback=self.feedback, line=self.cfg.line
+                self.cfg.http,
+                status=self.daemon_status,
+                metrics=self.metrics,
+                feedback=self.feedback,
+                line=self.cfg.line,
             )
         except ConfigError as exc:
             log.error("http_refused", error=str(exc))
@@ -263,36 +270,13 @@ class App:
         crashed = pipeline.stop_reason == "acquisition crashed"
         return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
 
-    def control_fields(self) -> dict:
-        """The daemon's own fields of `{"op": "status"}` on the control socket (beside the feedback counters and
-        the DaemonStatus snapshot that /metrics reads)."""
-        p, m = self.pipeline, self.pipeline.inspector
-        samples = list(self._rate)
-        fps = 0.0
-        if len(samples) >= 2 and samples[-1][0] > samples[0][0]:
-            fps = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0])
-        out = {
-            "state": p.state.name.lower(),
-            "fps": round(fps, 2),
-            "frames": self.dispatcher.emitted,
-            "queue": p.queue_depth(),
-            "queue_size": p.frames.maxsize,
-            "model": {"name": m.manifest.name, "sha256": m.manifest.identity, "pixel_threshold": m.pixel_threshold},
-        }
-        if self.plc is not None:
-            out["plc_link"] = self.plc.link_state
-        return out
-
     def _report_status(self) -> None:
         """The `status` log event and systemd's STATUS= line every status_interval_s, while the pipeline runs."""
         pipeline = self.pipeline
         last_status, last_frames = time.monotonic(), 0
         while not pipeline.stop_event.wait(0.2) and pipeline.running:
-            self.status.tick()
+            self.daemon_status.tick()  # a (time, frames) sample: the fps of the status, /metrics
             now = time.monotonic()
-            self._rate.append((now, self.dispatcher.emitted))
-            while self._rate and now - self._rate[0][0] > 5.0:  # the rate over the last 5 s
-                self._rate.popleft()
             if now - last_status < self.cfg.service.status_interval_s:
                 continue
             frames = self.dispatcher.emitted

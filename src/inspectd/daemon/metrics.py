@@ -92,10 +92,8 @@ class DaemonCollector(Collector):
             verdicts.add_metric([code], s["verdicts"][code])
         yield verdicts
         yield _gauge("inspectd_fps", "Verdicts per second over the last 5 s", s["fps"])
-        yield _gauge("inspectd_queue_depth", "Frames waiting between the pipeline's stages", s["queue"]["depth"])
-        yield _gauge(
-            "inspectd_queue_size", "Capacity of the acquisition queue (pipeline.queue_size)", s["queue"]["size"]
-        )
+        yield _gauge("inspectd_queue_depth", "Frames waiting between the pipeline's stages", s["queue"])
+        yield _gauge("inspectd_queue_size", "Capacity of the acquisition queue (pipeline.queue_size)", s["queue_size"])
         state = GaugeMetricFamily("inspectd_state", "Pipeline state (1 for the current one)", labels=["state"])
         for st in State:
             state.add_metric([st.name.lower()], 1.0 if st.name.lower() == s["state"] else 0.0)

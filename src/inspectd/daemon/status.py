@@ -2,6 +2,9 @@
 `/metrics`, `/healthz` and `/readyz` (inspectd/daemon/web/). Nothing here is on the frame path: a snapshot reads
 counters and flags the pipeline keeps anyway, so asking costs the frame loop nothing.
 
+The control socket's status is `daemon()` merged by Feedback.status (its `status_extra`) with the reject store,
+spool and sender counters; `snapshot()` is that whole answer, which /metrics reads.
+
 The two rules (docs/metrics.md, "Health and readiness"):
 
 - **ready** (`/readyz`) is the PLC's ready coil: the pipeline is running with its model loaded and warmed up and
@@ -120,8 +123,9 @@ class DaemonStatus:
 
     # --- the snapshot ---------------------------------------------------------------------------------------
 
-    def snapshot(self) -> dict:
-        """Everything, as plain JSON values (the control socket's status answer)."""
+    def daemon(self) -> dict:
+        """The daemon's own part, as plain JSON values: the control socket's `{"op": "status"}` (Feedback merges the
+        reject store, spool and sender counters into it)."""
         p, c = self.pipeline, self.dispatcher.counters
         health, ready = self.health(), self.readiness()
         age = self._frame_age()
@@ -135,7 +139,8 @@ class DaemonStatus:
             "fps": round(self.fps, 2),
             "frames": c.frames,
             "verdicts": {"pass": c.passed, "reject": c.rejected, "error": c.errors},
-            "queue": {"depth": p.queue_depth(), "size": p.frames.maxsize},
+            "queue": p.queue_depth(),
+            "queue_size": p.frames.maxsize,
             "camera": {
                 **self.camera,
                 "trigger": p.cam_cfg.trigger,
@@ -143,20 +148,18 @@ class DaemonStatus:
                 "last_image_age_s": None if age is None else round(age, 3),
                 "last_error": p.last_camera_error,
             },
-            "plc": None,
             "model": self.model,
             "runtime": self.runtime,
         }
         if self.plc is not None:
+            out["plc_link"] = self.plc.link_state
             out["plc"] = {
                 "mode": self.plc_mode,
                 "link": self.plc.link_state,
                 "clients": getattr(self.plc, "clients", None),
             }
-        if self.feedback is not None:
-            out.update(self.feedback.status())
         return out
 
-    def control_op(self, request: dict) -> dict:
-        """`{"op": "status"}` on the control socket."""
-        return {"ok": True, **self.snapshot()}
+    def snapshot(self) -> dict:
+        """Everything /metrics reads: the control socket's status answer, without "ok"."""
+        return self.feedback.status() if self.feedback is not None else self.daemon()

@@ -150,10 +150,10 @@ class Feedback:
 
     def handle(self, request: dict) -> dict:
         op = request.get("op")
-        if isinstance(op, str) and op in self.ops:  # the daemon's own ops (reload; status with the pipeline's state)
-            return self.ops[op](request)
         if op == "status":
             return {"ok": True, **self.status()}
+        if isinstance(op, str) and op in self.ops:
+            return self.ops[op](request)
         if op != "mark":
             known = ", ".join(["mark", "status", *self.ops])
             return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}

@@ -103,7 +103,12 @@ def test_metrics_parse_and_count_exactly_what_the_summary_line_counts(tmp_path, 
     assert status["state"] == "running" and status["ready"] and status["healthy"]
     assert status["frames"] == 30 and status["verdicts"] == verdicts
     assert status["plc"] == {"mode": "server", "link": "down", "clients": 0}
-    assert status["queue"]["size"] == 4 and "fps" in status and status["spool"]["oldest_age_s"] is None
+    assert (
+        status["queue_size"] == 4
+        and status["plc_link"] == "down"
+        and "fps" in status
+        and status["spool"]["oldest_age_s"] is None
+    )
 
 
 def test_the_grafana_dashboard_queries_only_metrics_the_daemon_serves(tmp_path, blur_model):

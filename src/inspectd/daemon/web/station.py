@@ -33,7 +33,7 @@ from inspectd.daemon.web.auth import LockedOutError, OperatorAuth, load_secret
 from inspectd.daemon.web.config import StationConfig
 
 COOKIE = "inspectd_station"
-_STATUS = {"unknown": 404, "conflict": 409, "invalid": 400, "unavailable": 503, "failed": 503}
+_STATUS = {"unknown": 404, "conflict": 409, "invalid": 400, "unavailable": 503, "failed": 503, "busy": 503}
 _NO_STORE = {"Cache-Control": "no-store"}
 _POLL_S = 0.25  # how often an event stream looks for a change (a dict walk of queue_length entries)
 _PING_S = 15.0
@@ -41,7 +41,7 @@ _PING_S = 15.0
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
-def _entry(e) -> dict:
+def _entry(e, mark: dict | None) -> dict:
     m = e.meta
     return {
         "id": e.id,
@@ -56,7 +56,7 @@ def _entry(e) -> dict:
         "height": m.get("height"),
         "pixel_threshold": m.get("pixel_threshold"),
         "model_name": m.get("model_name"),
-        "mark": m.get("mark"),
+        "mark": mark,
         "image": f"/rejects/{e.id}/image.png",
         "overlay": f"/rejects/{e.id}/overlay.png" if m.get("overlay") else None,
     }
@@ -85,7 +85,13 @@ class Station:
     # --- reading --------------------------------------------------------------------------------------------
 
     def queue(self) -> list[dict]:
-        return [_entry(e) for e in self.store.recent(self.cfg.queue_length)]
+        """The newest rejects, each with its mark as the Marker knows it (the mark journal, the source of truth;
+        the store's copy can lag behind it after a full disk)."""
+        marker = self.feedback.marker
+        return [
+            _entry(e, marker.earlier_mark(e.id, e) if marker is not None else e.mark)
+            for e in self.store.recent(self.cfg.queue_length)
+        ]
 
     def _state(self, request: Request) -> dict:
         return {
