@@ -68,7 +68,8 @@ def test_bringup_of_a_second_tile_batch_registers_a_fine_tuned_child(magnetic_ti
     short = _tree(magnetic_tile, tmp_path / "exp2-short", "exp2", good=12, test_good=3, defects={"blowhole": 3})
     base = tmp_path / "base"
     res = run_cli(
-        "train", "--data", str(a), "--out", str(base), "--hard-defects", str(a), "--hard-fraction", "0.5",
+        "train", "--kind", "autoencoder", "--data", str(a), "--out", str(base),
+        "--hard-defects", str(a), "--hard-fraction", "0.5",
         "--iterations", "30", "--checkpoint-dir", str(tmp_path / "ck"), *TINY, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
