@@ -598,6 +598,10 @@ def build_job(args: argparse.Namespace):
 
 
 def build_features_job(args: argparse.Namespace):
+    if args.hard_defects is not None or args.calibrate_with_test:
+        what = "--hard-defects" if args.hard_defects is not None else "--calibrate-with-test"
+        msg = f"{what} is an autoencoder option: add --kind autoencoder (the features kind uses good images only)"
+        raise ValueError(msg)
     if args.data is None:
         msg = "--kind features needs --data DIR (good images; the synthetic camera trains autoencoders)"
         raise ValueError(msg)
@@ -663,13 +667,12 @@ def reproduce_features_command(args: argparse.Namespace) -> str:
 
 
 def cmd_train_features(args: argparse.Namespace) -> int:
-    try:
-        from inspectd.training.features import BackboneError
-        from inspectd.training.features_job import run_features_job
-        from inspectd.training.onnx_export import ParityError
-    except ImportError as exc:  # torch or the backbone packages are not installed
-        print(f"inspectd train: the features kind needs {exc.name or exc}: install inspectd[train]", file=sys.stderr)
-        return EXIT_USAGE
+    # without torch this raises ModuleNotFoundError, which inspectd.cli turns into "needs torch ... inspectd[train]"
+    # (exit 2); a missing backbone package is a BackboneError naming the extra, below
+    from inspectd.training.features import BackboneError
+    from inspectd.training.features_job import run_features_job
+    from inspectd.training.onnx_export import ParityError
+
     try:
         job = build_features_job(args)
         result = run_features_job(job)
