@@ -1,4 +1,4 @@
-"""The label-check measurement of issue #7: corrupt a known 10 % of a labelled MVTec set, train checkers on the
+"""The label-check measurement: corrupt a known 10 % of a labelled MVTec set, train checkers on the
 corrupted labels, run the check, and count what it finds, per corruption kind.
 
     python -m research.label_experiment --data ../shared/datasets/magnetic-tile --work /tmp/labelcheck

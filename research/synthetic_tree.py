@@ -9,6 +9,7 @@ fabric, to check that a training recipe works untuned beyond magnetic tile, and 
     DIR/ground_truth/<kind>/<stem>_mask.png   its truth_mask, 0/255
 
     python -m research.synthetic_tree DIR [--train 600] [--test-good 100] [--test-defect 200] [--size 256]
+        [--color gray|bgr]
 """
 
 from __future__ import annotations
@@ -82,9 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-good", type=int, default=100)
     p.add_argument("--test-defect", type=int, default=200)
     p.add_argument("--size", type=int, default=256)
+    p.add_argument("--color", choices=("gray", "bgr"), default="gray")
     a = p.parse_args(argv)
     write_synthetic_tree(
-        a.out, train=a.train, test_good=a.test_good, test_defect=a.test_defect, width=a.size, height=a.size
+        a.out,
+        train=a.train,
+        test_good=a.test_good,
+        test_defect=a.test_defect,
+        width=a.size,
+        height=a.size,
+        color=a.color,
     )
     print(f"wrote {a.out}")
     return 0

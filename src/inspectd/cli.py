@@ -1,7 +1,8 @@
 """The `inspectd` console script: one entry point, subcommands contributed by each package.
 
-daemon/ contributes run, check-config and mark; collector/ contributes collect; export/ contributes train and
-ensemble (torch is imported only when train runs).
+daemon/ contributes run, check-config and mark; collector/ contributes collect; training/ contributes train and
+ensemble (torch is imported only when train runs: without the `train` extra such a command says which extra to
+install and exits 2).
 This dispatcher lives outside daemon/ so that daemon/ never imports export/ or calibration/.
 """
 
@@ -19,7 +20,9 @@ COMMAND_MODULES = (
     "inspectd.collector.cli",
     "inspectd.training.cli",
     "inspectd.evaluation.cli",
+    "inspectd.interop.cli",
     "inspectd.labelling.cli",
+    "inspectd.registry.cli",
 )
 
 
@@ -39,9 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# optional dependencies -> the extra of pyproject.toml that brings them
+EXTRAS = {"torch": "train", "onnx": "train"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").split(".")[0]
+        if top not in EXTRAS:
+            raise
+        extra = EXTRAS[top]
+        command = " ".join([args.command, *[a for a in argv[argv.index(args.command) + 1 :][:1] if a[:1] != "-"]])
+        print(
+            f"inspectd {command}: needs {top}, which is not installed: it comes with the `{extra}` extra "
+            f"(pip install 'inspectd[{extra}]', or in a checkout `.venv/bin/pip install -e '.[{extra}]'`; "
+            "torch==2.13.0, a CPU build will do). The daemon itself never needs it.",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

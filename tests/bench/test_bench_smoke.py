@@ -52,3 +52,27 @@ def test_pipeline_bench_smoke_reports_both_models(tmp_path):
             assert _number(m[key]), (key, m)
         assert m["frames"] == 24 and m["errors"] == 0 and m["gaps"] == 0
         assert m["threads"]["onnxruntime"] >= 1 and m["threads"]["numba"] >= 1
+
+
+def test_endpoint_bench_smoke_runs_the_daemon_with_and_without_http_under_load(tmp_path):
+    report = _run_bench("endpoint.py", tmp_path / "endpoint.json")
+    assert _number(report["emit"]["emit_us"]) and _number(report["emit"]["emit_us_while_scraping"])
+    assert report["emit"]["scrapes_during"] > 0
+    for mode in ("off", "on"):
+        (run,) = report["daemon"][mode]
+        assert run["frames"] == 30 and all(_number(run[k]) for k in ("fps", "latency_ms_p50", "latency_ms_p99"))
+    load = report["daemon"]["on"][0]["load"]
+    assert load["scrapes"] > 0 and load["events_bytes"] > 0
+
+
+def test_genicam_rate_bench_smoke_reports_camera_harvesters_and_daemon(tmp_path):
+    import pytest
+
+    pytest.importorskip("harvesters", reason="the genicam extra (harvesters, genicam with viky.cti) is not installed")
+    report = _run_bench("genicam_rate.py", tmp_path / "genicam.json")
+    assert {r["pixel_format"] for r in report["camera_alone"]} == {"Mono8", "RGBa8"}
+    for row in report["camera_alone"] + report["harvesters_alone"]:
+        assert _number(row["delivered_fps"]), row
+    for run in ("genicam", "synthetic_peer"):
+        summary = report["daemon"][run]
+        assert summary["frames"] == 10 and summary["error"] == 0, summary

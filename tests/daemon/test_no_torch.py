@@ -51,3 +51,21 @@ def test_the_train_command_registers_without_importing_torch():
     )
     proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_cli_registers_the_registry_without_importing_its_database_libraries():
+    """`inspectd run` builds the whole parser (every package's commands); the registry's must not pull in
+    SQLAlchemy, Alembic or psycopg (nor torch) until a registry command runs."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from inspectd.cli import build_parser
+        args = build_parser().parse_args(["run", "--config", "c.yaml"])
+        assert args.command == "run"
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("sqlalchemy", "alembic", "psycopg", "torch"))
+        assert not heavy, heavy
+        assert not any(m.startswith("inspectd.registry.") and m != "inspectd.registry.cli" for m in sys.modules)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -212,3 +212,48 @@ def test_a_failing_sink_does_not_stop_the_others():
     for seq in (1, 2, 3):
         disp.emit(Verdict(seq=seq, item_id=0, wall_time=0.0, code=Code.REJECT))
     assert len(good.verdicts) == 3
+
+
+class _Blocking(ScriptedCamera):
+    """Reads frames until read number `block_at`, which blocks until released (a hung mount, a FIFO)."""
+
+    def __init__(self, block_at: int, **kw) -> None:
+        super().__init__(**kw)
+        import threading
+
+        self.block_at = block_at
+        self.release = threading.Event()
+
+    def read(self, timeout_s: float):
+        if self.reads == self.block_at:
+            self.release.wait(30)
+        return super().read(timeout_s)
+
+
+def test_a_read_that_blocks_is_bounded_by_camera_timeout_s_and_reported_as_a_camera_fault(inspector):
+    cam = _Blocking(3, live=True)
+    sink = CollectSink()
+    pipe = Pipeline(cam, _Cfg(rate_hz=50, timeout_s=0.3), inspector, Dispatcher([sink]))
+    states = []
+    pipe.dispatcher.broadcast_state = states.append
+    pipe.start()
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not any(v.code is Code.ERROR for v in sink.verdicts):
+            time.sleep(0.02)
+        errors = [v for v in sink.verdicts if v.code is Code.ERROR]
+        assert errors and "did not return within" in errors[0].error, [v.error for v in sink.verdicts]
+        assert pipe.state is State.CAMERA_FAULT and int(State.CAMERA_FAULT) in states
+        assert pipe._healthy(), "acquisition is not stuck: the watchdog and heartbeat go on, reporting the fault"
+        n = len(sink.verdicts)
+        cam.release.set()  # the source answers again: the late read is dropped, the camera reopened
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not [v for v in sink.verdicts[n:] if v.code is not Code.ERROR]:
+            time.sleep(0.02)
+        assert [v for v in sink.verdicts[n:] if v.code is not Code.ERROR], "no frame after the source recovered"
+    finally:
+        t0 = time.monotonic()
+        pipe.stop("test")
+        assert pipe.wait(5)
+        assert time.monotonic() - t0 < 2
+    _assert_one_verdict_each_in_order(sink.verdicts, len(sink.verdicts))

@@ -85,14 +85,12 @@ def test_the_same_model_is_scored_three_ways_each_with_its_own_calibrated_thresh
 def test_the_report_shows_every_image_most_anomalous_first_and_its_pictures_exist(evaluated):
     _result, report, _ = evaluated
     page = (report / "index.html").read_text()
-    sources = re.findall(r"<img src='([^']+)'", page)
-    assert len(sources) == 12
-    assert all((report / s).is_file() and (report / s).stat().st_size > 0 for s in sources)
-    scores = [float(s) for s in re.findall(r"score ([0-9.]+)<br>", page)]
-    assert scores == sorted(scores, reverse=True)
-    assert all(p in page for p in ("input", "reconstruction", "heat map", "predicted regions", "ground truth"))
-    first_class = re.search(r"<tr><td>1</td><td>(\w+)<br>", page).group(1)
-    assert first_class == "spot"
+    rows = json.loads(re.search(r'<script type="application/json" id="rows">(.*?)</script>', page, re.S).group(1))
+    assert len(rows) == 12
+    assert all((report / f).is_file() and (report / f).stat().st_size > 0 for r in rows for f in r["panels"].values())
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert rows[0]["class"] == "spot"
+    assert set(rows[0]["panels"]) == {"input", "recon", "heat", "pred", "truth"}
 
 
 def test_without_ground_truth_masks_pixel_auroc_is_null(separable_model, tmp_path):

@@ -11,7 +11,8 @@ from inspectd.daemon.controls import DaemonControls
 from inspectd.feedback.channel import Feedback
 from inspectd.feedback.config import RejectsConfig
 from inspectd.feedback.control import ControlError, request
-from inspectd.feedback.marking import Marker, MarkError
+from inspectd.feedback.journal import MarkJournal
+from inspectd.feedback.marking import Marker
 from inspectd.feedback.protocol import encode_record, parse_record
 from inspectd.feedback.rejects import RejectStore
 from inspectd.feedback.spool import Spool
@@ -37,67 +38,100 @@ def parts(tmp_path):
     store.close()
 
 
+def _marker(store, spool) -> Marker:
+    return Marker(store, spool, MarkJournal(spool.dir))
+
+
 def test_marking_good_spools_one_record_and_marking_again_changes_nothing(parts):
     store, spool = parts
-    marker = Marker(store, spool)
+    marker = _marker(store, spool)
     first = marker.mark(mark="good", source="cli", seq=2)
     again = marker.mark(mark="good", source="cli", seq=2)
-    assert first["already"] is False and again["already"] is True
-    assert first["record_id"] == again["record_id"] == store.find(seq=2).id
-    assert spool.ids() == [first["record_id"]]
-    raw_meta, image = spool.read(first["record_id"])
+    assert first.outcome == "marked" and again.outcome == "already" and first.ok and again.ok
+    assert first.record_id == again.record_id == store.find(seq=2).id
+    assert spool.ids() == [first.record_id]
+    raw_meta, image = spool.read(first.record_id)
     meta = json.loads(raw_meta)
     assert meta["mark"] == "good" and meta["seq"] == 2 and meta["item_id"] == 2 and meta["marked_by"] == "cli"
     assert image == store.read_image(store.find(seq=2))
     # what the collector will check
     parsed, _ = parse_record(encode_record(meta, image), max_image_bytes=1 << 20)
-    assert parsed.id == first["record_id"]
+    assert parsed.id == first.record_id
+    assert marker.journal.get(first.record_id)["mark"] == "good", "the journal holds the mark"
 
 
 def test_a_mark_cannot_be_changed_and_the_error_names_the_earlier_one(parts):
     store, spool = parts
-    marker = Marker(store, spool)
+    marker = _marker(store, spool)
     marker.mark(mark="good", source="plc", seq=1)
-    with pytest.raises(MarkError, match=r"already marked good .* by plc") as exc:
-        marker.mark(mark="bad", source="cli", seq=1)
-    assert exc.value.kind == "conflict" and spool.depth == 1
+    conflict = marker.mark(mark="bad", source="cli", seq=1)
+    assert not conflict.ok and conflict.outcome == "conflict" and spool.depth == 1
+    assert "already marked good" in conflict.reason and "by plc" in conflict.reason
     bad = marker.mark(mark="bad", source="cli", seq=3)
-    assert json.loads(spool.read(bad["record_id"])[0])["mark"] == "bad"
+    assert json.loads(spool.read(bad.record_id)[0])["mark"] == "bad"
 
 
 def test_an_unknown_or_expired_seq_is_a_clear_error(parts):
     store, spool = parts
-    marker = Marker(store, spool)
-    with pytest.raises(MarkError, match="unknown or expired seq 99: no stored reject") as exc:
-        marker.mark(mark="good", source="cli", seq=99)
-    assert exc.value.kind == "unknown"
-    with pytest.raises(MarkError, match="out of range"):
-        marker.mark(mark="good", source="plc", plc=70000)
-    with pytest.raises(MarkError, match="'good' or 'bad'"):
-        marker.mark(mark="maybe", source="cli", seq=1)
+    marker = _marker(store, spool)
+    unknown = marker.mark(mark="good", source="cli", seq=99)
+    assert unknown.outcome == "unknown" and "unknown or expired seq 99: no stored reject" in unknown.reason
+    wrapped = marker.mark(mark="good", source="plc", plc=70000)
+    assert wrapped.outcome == "invalid" and "out of range" in wrapped.reason
+    maybe = marker.mark(mark="maybe", source="cli", seq=1)
+    assert maybe.outcome == "invalid" and "'good' or 'bad'" in maybe.reason
     assert spool.depth == 0
 
 
 def test_marks_survive_a_restart_so_a_repeated_mark_makes_no_second_record(parts, tmp_path):
     store, spool = parts
-    rid = Marker(store, spool).mark(mark="good", source="cli", seq=3)["record_id"]
+    rid = _marker(store, spool).mark(mark="good", source="cli", seq=3).record_id
     spool.remove(rid)  # sent and acknowledged
     store.close()
     store2 = RejectStore(store.cfg, line="line-7", camera="synthetic", model_sha256=SHA, pixel_threshold=0.3)
-    answer = Marker(store2, Spool(tmp_path / "spool")).mark(mark="good", source="cli", seq=3)
-    assert answer["already"] is True and answer["record_id"] == rid
+    answer = _marker(store2, Spool(tmp_path / "spool")).mark(mark="good", source="cli", seq=3)
+    assert answer.outcome == "already" and answer.record_id == rid
     store2.close()
+
+
+def test_the_journal_not_the_store_decides_so_a_lost_store_write_cannot_let_a_conflicting_mark_through(parts, tmp_path):
+    store, spool = parts
+    rid = _marker(store, spool).mark(mark="good", source="cli", seq=3).record_id
+    spool.remove(rid)  # sent and acknowledged: only the journal remembers now
+    store.close()
+    meta = json.loads((tmp_path / "rejects" / f"{rid}.json").read_text())
+    (tmp_path / "rejects" / f"{rid}.json").write_text(json.dumps(dict(meta, mark=None)))  # lost to a power cut
+    store2 = RejectStore(store.cfg, line="line-7", camera="synthetic", model_sha256=SHA, pixel_threshold=0.3)
+    marker = _marker(store2, Spool(tmp_path / "spool"))
+    assert marker.recover()["marks"] == 1 and store2.find(seq=3).mark["mark"] == "good", "the store is corrected"
+    answer = marker.mark(mark="bad", source="cli", seq=3)
+    assert answer.outcome == "conflict" and "already marked good" in answer.reason
+    store2.close()
+
+
+def test_a_spool_record_written_just_before_a_crash_is_taken_as_the_mark_at_the_next_start(parts, tmp_path):
+    store, spool = parts
+    entry = store.find(seq=1)
+    meta = {k: v for k, v in entry.meta.items() if k not in ("image", "overlay", "mark", "wall_time")}
+    spool.put(entry.id, dict(meta, mark="bad", marked_at="t", marked_by="cli"), store.read_image(entry), publish=False)
+    # the crash: no journal entry was written; the next start finds the record
+    marker = _marker(store, Spool(tmp_path / "spool"))
+    assert marker.recover()["recovered"] == 1
+    assert marker.mark(mark="good", source="plc", plc=1).outcome == "conflict"
+    assert marker.mark(mark="bad", source="cli", seq=1).outcome == "already"
 
 
 def test_the_plc_register_marks_the_newest_reject_with_that_16_bit_seq_without_waiting(parts):
     store, spool = parts
-    marker = Marker(store, spool)
-    marker.start()
-    controls = DaemonControls(pipeline=None, mark_good=marker.submit_plc_good)
-    controls.false_reject(2, source="plc")  # daemon seq 65537 is PLC seq 2 and newer than seq 2
-    controls.false_reject(500, source="plc")  # unknown: logged, never raised
-    assert wait_until(lambda: spool.depth == 1, 10)
-    marker.close()
+    fb = Feedback(store, spool)
+    fb.marker.start()
+    answers: list[str] = []
+    controls = DaemonControls(pipeline=None, mark_good=fb.mark_good)
+    controls.false_reject(2, source="plc", on_done=answers.append)  # daemon seq 65537 is PLC seq 2, newer than 2
+    controls.false_reject(500, source="plc", on_done=answers.append)  # unknown: answered, never raised
+    assert wait_until(lambda: len(answers) == 2, 10)
+    fb.marker.close()
+    assert answers == ["marked", "unknown"] and spool.depth == 1
     assert json.loads(spool.read(spool.ids()[0])[0])["seq"] == 65537
 
 
@@ -151,14 +185,31 @@ def test_a_mark_that_cannot_be_spooled_fails_clearly_and_can_be_made_again(parts
     from inspectd.feedback import spool as spool_module
 
     store, spool = parts
-    marker = Marker(store, spool)
+    marker = _marker(store, spool)
 
     def full(*_a, **_k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spool_module, "write_atomic", full)
-    with pytest.raises(MarkError, match=r"could not be written .*No space left") as exc:
-        marker.mark(mark="good", source="cli", seq=2)
-    assert exc.value.kind == "failed" and store.find(seq=2).mark is None and spool.depth == 0
+    failed = marker.mark(mark="good", source="cli", seq=2)
+    assert failed.outcome == "failed" and "could not be written" in failed.reason and "No space left" in failed.reason
+    assert store.find(seq=2).mark is None and spool.depth == 0 and marker.journal.get(store.find(seq=2).id) is None
     monkeypatch.undo()
-    assert marker.mark(mark="good", source="cli", seq=2)["already"] is False
+    assert marker.mark(mark="good", source="cli", seq=2).outcome == "marked"
+
+
+def test_a_mark_whose_journal_entry_cannot_be_written_withdraws_its_spool_record(parts, monkeypatch):
+    import errno
+
+    store, spool = parts
+    marker = _marker(store, spool)
+
+    def full(_entry):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(marker.journal, "append", full)
+    failed = marker.mark(mark="good", source="cli", seq=2)
+    assert failed.outcome == "failed" and "could not be recorded" in failed.reason
+    assert spool.depth == 0 and list(spool.dir.glob("*.rec")) == [], "the record never reached the sender"
+    monkeypatch.undo()
+    assert marker.mark(mark="good", source="cli", seq=2).outcome == "marked" and spool.depth == 1

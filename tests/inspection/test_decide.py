@@ -143,3 +143,19 @@ def test_decide_does_not_modify_the_map():
 def test_invalid_settings_are_rejected(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Decider(**kwargs)
+
+
+def test_an_image_score_above_the_image_threshold_rejects_without_regions():
+    d = Decider(pixel_threshold=0.5, min_region_area=1, image_threshold=0.5)
+    low = d.decide(blank(), image_score=0.4)
+    assert low.code is Code.PASS and low.score == pytest.approx(0.4)  # the model's own score, not the map's
+    assert d.decide(blank(), image_score=0.5).code is Code.PASS  # strictly above, as for pixels
+    high = d.decide(blank(), image_score=0.7)
+    assert high.code is Code.REJECT and high.regions == () and high.defect_area == 0
+    m = blank()
+    m[10:14, 10:14] = 0.9
+    assert d.decide(m, image_score=0.1).code is Code.REJECT  # a region still rejects a low score
+    with pytest.raises(ValueError, match="not finite"):
+        d.decide(blank(), image_score=float("nan"))
+    with pytest.raises(ValueError, match="image_threshold"):
+        Decider(0.5, 1, image_threshold=float("inf"))

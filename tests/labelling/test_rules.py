@@ -1,4 +1,4 @@
-"""Seed 000's rules on hand-made masks and probabilities with known answers."""
+"""The label-check rules on hand-made masks and probabilities with known answers."""
 
 from __future__ import annotations
 

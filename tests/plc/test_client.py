@@ -144,6 +144,7 @@ def test_triggers_and_false_rejects_are_polled_from_the_plc_and_cleared(plc):
         plc.write(READ + 2, [777])
         assert wait_until(lambda: controls.false_rejects == [(777, "plc")], 3)
         assert wait_until(lambda: plc.read(READ + 2, 1) == [0], 3)
+        assert wait_until(lambda: plc.read(WRITE + 14, 2) == [777, 1], 3), "the answer: marked (1)"
     finally:
         sink.close()
 

@@ -155,6 +155,8 @@ def test_false_reject_register_hands_the_seq_over_and_is_cleared(sink):
         assert resp.registers == [1234]  # the write is echoed as written; the clearing comes after
         assert wait_until(lambda: controls.false_rejects == [(1234, "plc")], 2)
         assert wait_until(lambda: c.read_holding_registers(21, count=1, device_id=1).registers == [0], 2)
+        # cleared together with the answer: 22 = the seq, 23 = 6 (failed: the controls raised)
+        assert c.read_holding_registers(22, count=2, device_id=1).registers == [1234, 6]
         c.write_register(21, 99, device_id=1)
         assert wait_until(lambda: controls.false_rejects == [(1234, "plc"), (99, "plc")], 2)
     finally:

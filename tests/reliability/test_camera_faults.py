@@ -185,3 +185,69 @@ def test_an_http_camera_that_refuses_connections_comes_up_and_goes_away(tmp_path
     assert [v["item_id"] for v in verdicts(d)] == items, "one verdict per PLC item, in order, with its id"
     assert sum(1 for v in verdicts(d) if v["code"] == "error") == sum(1 for x in codes.values() if x == 3)
     assert d.events("camera_lost") or d.events("camera_open_failed")
+
+
+def test_a_fifo_named_like_an_image_in_a_folder_camera_is_an_error_verdict_not_a_hang(tmp_path, blur_model):
+    """Issue 24, item 3: a FIFO `x.png` blocked acquisition forever while ready, state and the heartbeat looked
+    healthy, and SIGTERM needed 13 s."""
+    import os
+
+    folder = tmp_path / "images"
+    _fill(folder, 3)
+    os.mkfifo(folder / "item1x.png")  # sorts between item1 and item2; nobody ever writes to it
+    port = free_port()
+    cam = f"          type: folder\n          path: {folder}\n          loop: true\n          rate_hz: 20"
+    d = run_daemon(config(tmp_path, blur_model, cam, extra=plc_section(port)))
+    c = plc_client(port)
+    try:
+        assert wait_until(lambda: len(verdicts(d)) >= 12, 10), f"acquisition stalled at {len(verdicts(d))} verdicts"
+        bad = [v for v in verdicts(d) if v["source"].endswith("item1x.png")]
+        assert bad and all(v["code"] == "error" and "not a regular file" in v["error"] for v in bad), bad
+        assert plc_view(c)["state"] == 1, "the folder itself is fine"
+    finally:
+        c.close()
+        t0 = time.monotonic()
+        code = d.stop()
+        stop_s = time.monotonic() - t0
+    assert code == 0 and stop_s < 5, (code, stop_s)
+    assert_accounted(d)
+
+
+def test_a_source_that_blocks_in_open_is_a_camera_fault_within_its_bound_and_triggers_get_error_verdicts(
+    tmp_path, blur_model
+):
+    """A source where no timeout of its own reaches (OpenCV opening a FIFO blocks in open(2) until a writer comes):
+    camera.open_timeout_s bounds it; the PLC sees state 2 and ready 0, its triggers are answered with error
+    verdicts, the heartbeat moves, and SIGTERM is not held up."""
+    import os
+
+    fifo = tmp_path / "camera.fifo"
+    os.mkfifo(fifo)
+    port = free_port()
+    cam = (
+        f"          type: opencv\n          source: {fifo}\n          trigger: plc\n          timeout_s: 0.5\n"
+        "          open_timeout_s: 1.0\n" + _reconnect()
+    )
+    d = run_daemon(config(tmp_path, blur_model, cam, extra=plc_section(port)))
+    c = plc_client(port)
+    try:
+        assert d.wait_event("camera_open_failed", 10), "the blocked open was never reported"
+        assert "did not return within 1 s" in d.events("camera_open_failed")[0]["error"]
+        assert wait_until(lambda: plc_view(c)["state"] == 2 and not plc_view(c)["ready"], 3), plc_view(c)
+        v = plc_view(c)
+        assert wait_until(lambda: plc_view(c)["heartbeat"] != v["heartbeat"], 3), "heartbeat must move"
+        for item_id in (11, 12, 13):
+            seq = plc_view(c)["last_seq"]
+            assert not c.write_register(20, item_id, device_id=1).isError()
+            assert not c.write_coil(8, True, device_id=1).isError()
+            assert wait_until(lambda: not c.read_coils(8, count=1, device_id=1).bits[0], 5), "trigger not answered"
+            assert wait_until(lambda s=seq: plc_view(c)["last_seq"] == s + 1, 5)
+            assert plc_view(c)["last_code"] == 3
+    finally:
+        c.close()
+        t0 = time.monotonic()
+        code = d.stop()
+        stop_s = time.monotonic() - t0
+    assert code == 0 and stop_s < 5, (code, stop_s)
+    assert_accounted(d, expect_frames=3)
+    assert [v["item_id"] for v in verdicts(d)] == [11, 12, 13]

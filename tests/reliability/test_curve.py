@@ -33,13 +33,13 @@ def _dealer(ctx, endpoint: str, keys: tuple[bytes, bytes, bytes] | None):
 
 def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_line_pc(tmp_path, blur_model):
     keys, allowed = tmp_path / "keys", tmp_path / "allowed"
-    for name in ("collector", "line-1", "intruder"):
+    for name in ("collector", "line-7", "intruder"):
         res = run_cli("keygen", "--out", str(keys), "--name", name, timeout=60)
         assert res.returncode == 0, res.stderr
-    assert stat.S_IMODE((keys / "line-1.key_secret").stat().st_mode) == 0o600
-    assert run_cli("keygen", "--out", str(keys), "--name", "line-1", timeout=60).returncode == 2, "never overwritten"
+    assert stat.S_IMODE((keys / "line-7.key_secret").stat().st_mode) == 0o600
+    assert run_cli("keygen", "--out", str(keys), "--name", "line-7", timeout=60).returncode == 2, "never overwritten"
     allowed.mkdir()
-    (allowed / "line-1.key").write_bytes((keys / "line-1.key").read_bytes())
+    (allowed / "line-7.key").write_bytes((keys / "line-7.key").read_bytes())
     res = run_cli(
         "collect",
         "--bind",
@@ -76,10 +76,10 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
         intruder.send_multipart(encode_record(*record("intruder-1")))
         assert intruder.poll(1500) == 0, "a client whose key is not allowed gets no answer"
         line = _dealer(
-            ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "line-1.key_secret"))
+            ctx, f"tcp://127.0.0.1:{port}", (server_public, *zmq.auth.load_certificate(keys / "line-7.key_secret"))
         )
-        line.send_multipart(encode_record(*record("line-1-direct")))
-        assert line.poll(5000) and line.recv_multipart()[1] == b"line-1-direct"
+        line.send_multipart(encode_record(*record("line-7-direct")))
+        assert line.poll(5000) and line.recv_multipart()[1] == b"line-7-direct"
         for s in (plain, intruder, line):
             s.close()
         # the daemon with feedback.curve: its marks arrive
@@ -90,7 +90,7 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
                 (
                     "  log_interval_s: 1\n  curve:\n"
                     f"    server_public_key: {keys / 'collector.key'}\n"
-                    f"    client_secret_key: {keys / 'line-1.key_secret'}\n"
+                    f"    client_secret_key: {keys / 'line-7.key_secret'}\n"
                 ),
             )
         )
@@ -106,5 +106,5 @@ def test_curve_collector_refuses_unauthenticated_clients_and_serves_the_allowed_
     finally:
         ctx.destroy(linger=0)  # closes the sockets a failed assertion left open; term() would wait for them forever
         assert c.stop() == 0
-    assert sorted(m["id"] for m in meta_lines(out)) == sorted(["line-1-direct", *ids])
+    assert sorted(m["id"] for m in meta_lines(out)) == sorted(["line-7-direct", *ids])
     assert c.events("curve_enabled")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from tests.support.collector import Daemon, collector, daemon_config, meta_lines
 from tests.support.helpers import make_blur_model
 from tests.support.net import free_port, wait_until
 from tests.support.plc import plc_client
-from tests.support.reliability import assert_accounted, plc_section, plc_view
+from tests.support.reliability import assert_accounted, plc_section, plc_view, small_tmpfs
 
 
 @pytest.fixture(scope="module")
@@ -27,17 +26,8 @@ def blur_model(tmp_path_factory) -> Path:
 @pytest.fixture
 def small_disk(tmp_path):
     """A 384 KiB tmpfs at tmp_path/rejects: a disk that really fills (ENOSPC). Needs mount rights (root)."""
-    where = tmp_path / "rejects"
-    where.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=384k", "tmpfs", str(where)], capture_output=True, timeout=10
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip()[:200]}); needs root")
-    try:
+    with small_tmpfs(tmp_path / "rejects") as where:
         yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
 
 
 def _stored(d: Daemon) -> list[dict]:

@@ -111,3 +111,41 @@ def test_model_corrupted_under_a_running_daemon_is_refused_on_reload_and_a_good_
     (live / "model.onnx").write_bytes(b"\0" * 100)
     res = run_cli("run", "--config", str(cfg), "--max-frames", "1", timeout=120)
     assert res.returncode == 2 and "sha256" in res.stderr
+
+
+def test_a_reload_follows_model_path_to_a_new_directory_and_thresholds_recalibrated_in_place(tmp_path, models):
+    """Issue 24, item 4: both answered "model unchanged" and kept the old thresholds. The README's upgrade procedure
+    (copy a new directory, point model.path at it, reload; recalibrate the manifest's thresholds, reload) relies on
+    both."""
+    a, b = models
+    first, second = tmp_path / "models" / "v1", tmp_path / "models" / "v2"
+    shutil.copytree(a, first)
+    shutil.copytree(b, second)
+    cfg = daemon_config(tmp_path, first, free_port())
+    d = Daemon(cfg)
+    try:
+        d.frames(10)
+        assert wait_verdicts(d, 10) and all(v["code"] == "reject" for v in d.events("verdict"))
+        # 1. the upgrade: model.path points at a new directory
+        cfg.write_text(cfg.read_text().replace(str(first), str(second)))
+        res = run_cli("reload", "--config", str(cfg), timeout=120)
+        assert res.returncode == 0 and "model reloaded" in res.stdout, (res.stdout, res.stderr)
+        assert d.events("model_reloaded")[-1]["sha256"] == _sha(b)
+        # 2. recalibration in place: the same model.onnx, a new pixel threshold in its manifest (SIGHUP this time)
+        m = json.loads((second / "manifest.json").read_text())
+        m["thresholds"]["pixel"] = 1.9  # nothing in a synthetic fabric frame differs that much: every item passes
+        (second / "manifest.json").write_text(json.dumps(m))
+        d.proc.send_signal(signal.SIGHUP)
+        assert d.wait_event("model_reloaded", 60, count=2), d.lines[-10:]
+        reloaded = d.events("model_reloaded")[-1]
+        assert reloaded["pixel_threshold"] == 1.9 and "pixel_threshold" in reloaded["changed"], reloaded
+        d.frames(10)
+        assert wait_verdicts(d, 20)
+        assert [v["code"] for v in d.events("verdict")[10:]] == ["pass"] * 10, "the new threshold is in use"
+        # 3. nothing changed since: unchanged
+        res = run_cli("reload", "--config", str(cfg), timeout=120)
+        assert res.returncode == 0 and "model unchanged" in res.stdout, res.stdout
+    finally:
+        code = d.stop()
+    assert code == 0
+    assert_accounted(d, expect_frames=20)

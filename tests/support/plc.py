@@ -56,11 +56,13 @@ class FakeControls:
         for ack in acks:
             ack()
 
-    def false_reject(self, seq: int, *, source: str) -> None:
+    def false_reject(self, seq: int, *, source: str, on_done=None) -> None:
         with self._lock:
             self.false_rejects.append((seq, source))
         if self.fail_false_reject:
             raise KeyError(f"seq {seq} is not in the reject store (expired)")
+        if on_done is not None:
+            on_done("marked")
 
 
 class StandInPlc:

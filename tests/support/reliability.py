@@ -3,7 +3,10 @@ and the accounting every fault test ends with (one verdict per item, in order, n
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from tests.support.collector import Proc
@@ -73,3 +76,38 @@ def plc_view(client) -> dict:
         "frames": regs[8] << 16 | regs[9],
         "errors": regs[12] << 16 | regs[13],
     }
+
+
+@contextlib.contextmanager
+def small_tmpfs(where: Path, size: str = "384k"):
+    """A tiny tmpfs mounted at `where`: a disk that really fills (ENOSPC). Skips the test where mounting is not
+    allowed (it needs root, as in CI's container)."""
+    import pytest
+
+    where.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True, timeout=10
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({res.stderr.decode().strip()[:200]}); needs root")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True, timeout=10)
+
+
+def fill_disk(where: Path) -> Path:
+    """Fill the file system holding `where` to its last byte (every write fails with ENOSPC from now on);
+    returns the filler file, to delete when space is to be freed."""
+    filler = where / "filler.bin"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for chunk in (65536, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * chunk)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+    return filler

@@ -1,4 +1,4 @@
-"""Seed 001's hard-defect set (target 0 inside the mask) and the native-resolution random crops of tiled models."""
+"""The hard-defect set (target 0 inside the mask) and the native-resolution random crops of tiled models."""
 
 from __future__ import annotations
 

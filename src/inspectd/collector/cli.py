@@ -1,6 +1,7 @@
 """`inspectd collect --bind ADDR --out DIR`: run the collector until SIGTERM/SIGINT.
 
-Exit codes: 0 clean stop; 2 bad arguments (address cannot be bound, output directory unusable).
+Exit codes: 0 clean stop; 2 bad arguments (address cannot be bound, output directory unusable, a non-loopback
+address without CURVE keys and without --insecure).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from inspectd.core import logs
+from inspectd.core.netaddr import endpoint_is_local
 from inspectd.core.systemd import Notifier, install_signal_handlers
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -30,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "rejects), DIR/test/confirmed_defect/ (confirmed defects), DIR/meta.jsonl.",
     )
     p.add_argument(
-        "--bind", required=True, help="ZeroMQ endpoint to bind, e.g. tcp://0.0.0.0:5561 or tcp://127.0.0.1:5561"
+        "--bind",
+        required=True,
+        help="ZeroMQ endpoint to bind, e.g. tcp://192.168.10.5:5561 (needs CURVE keys) or tcp://127.0.0.1:5561",
     )
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--max-image-mb", type=float, default=64.0, help="largest accepted PNG in MiB (default 64)")
@@ -46,7 +50,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--curve-allowed-clients",
         metavar="DIR",
-        help="directory of the line PCs' public key files (*.key); only those clients are served",
+        help="directory of the line PCs' public key files, one LINE.key per line PC, named after its `line:`; only "
+        "those clients are served, each only for its own line",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --bind without CURVE: anyone who reaches the port can store forged records "
+        "(logged as an error); without it such a bind is refused",
     )
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto")
@@ -80,10 +91,24 @@ def cmd_collect(args: argparse.Namespace) -> int:
         print(f"inspectd collect: --out {args.out}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        curve, auth = _curve(args)
+        curve, auth, line_keys = _curve(args)
     except ValueError as exc:
         print(f"inspectd collect: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if curve is None and not endpoint_is_local(args.bind):
+        if not args.insecure:
+            print(
+                f"inspectd collect: --bind {args.bind} reaches beyond this machine but no CURVE keys were given: "
+                "anyone on the network could store forged training data. Give --curve-secret-key and "
+                "--curve-allowed-clients (docs/operations.md, 'Security'), bind 127.0.0.1, or pass --insecure",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
+        log.error(
+            "collector_insecure",
+            bind=args.bind,
+            detail="--insecure: no CURVE; anyone who reaches this port can store records in the training data",
+        )
     try:
         collector = Collector(
             args.bind,
@@ -91,10 +116,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
             max_image_bytes=int(args.max_image_mb * 1024 * 1024),
             max_pixels=int(args.max_megapixels * 1e6),
             curve_keypair=curve,
+            line_keys=line_keys,
         )
     except zmq.ZMQError as exc:
         print(
-            f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://0.0.0.0:5561)",
+            f"inspectd collect: --bind {args.bind}: {exc} (expected a free endpoint such as tcp://127.0.0.1:5561)",
             file=sys.stderr,
         )
         return EXIT_USAGE
@@ -116,10 +142,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _curve(args: argparse.Namespace):
-    """(keypair, running authenticator) for --curve-secret-key / --curve-allowed-clients, or (None, None).
-    ValueError with a message when the files are missing or unusable."""
+    """(keypair, running authenticator, {client public key: line name}) for --curve-secret-key /
+    --curve-allowed-clients, or (None, None, None). ValueError with a message when the files are missing or
+    unusable."""
     if args.curve_secret_key is None and args.curve_allowed_clients is None:
-        return None, None
+        return None, None, None
     if args.curve_secret_key is None or args.curve_allowed_clients is None:
         raise ValueError("--curve-secret-key and --curve-allowed-clients go together (CURVE needs both)")
     import zmq
@@ -137,13 +164,24 @@ def _curve(args: argparse.Namespace):
         raise ValueError(f"--curve-allowed-clients {clients}: expected a directory with the line PCs' *.key files")
     if not zmq.has("curve"):
         raise ValueError("this libzmq was built without CURVE support")
+    line_keys: dict[str, str] = {}
+    for path in sorted(clients.glob("*.key")):
+        try:
+            client_public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--curve-allowed-clients: {path}: {exc}") from exc
+        if client_public.decode() in line_keys:
+            raise ValueError(
+                f"--curve-allowed-clients: {path} holds the same key as {line_keys[client_public.decode()]}.key"
+            )
+        line_keys[client_public.decode()] = path.stem
     auth = ThreadAuthenticator(zmq.Context.instance(), log=_QuietLog())
     auth.start()
     auth.configure_curve(domain="*", location=str(clients))
     structlog.get_logger("inspectd.collect").info(
-        "curve_enabled", allowed_clients=len(list(clients.glob("*.key"))), public_key=public.decode()
+        "curve_enabled", allowed_clients=len(line_keys), lines=sorted(line_keys.values()), public_key=public.decode()
     )
-    return (public, secret), auth
+    return (public, secret), auth, line_keys
 
 
 class _QuietLog:

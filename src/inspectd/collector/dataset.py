@@ -14,13 +14,13 @@ that record was never acknowledged, so its sender sends it again.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 
 import structlog
 
+from inspectd.core import untrusted
 from inspectd.core.clock import iso_utc
 from inspectd.core.durable import fsync_dir, remove_temp_files, write_atomic
 from inspectd.feedback.protocol import RecordMeta
@@ -38,7 +38,7 @@ class Dataset:
             (self.out / sub).mkdir(parents=True, exist_ok=True)
             remove_temp_files(self.out / sub)
         self.meta_path = self.out / META_FILE
-        self._ids: set[str] = set()
+        self._marks: dict[str, str] = {}  # id -> mark
         self._load()
 
     def _load(self) -> None:
@@ -56,16 +56,21 @@ class Dataset:
         bad = 0
         for line in data.splitlines():
             try:
-                self._ids.add(json.loads(line)["id"])
+                row = untrusted.loads(line)
+                self._marks[str(row["id"])] = str(row.get("mark"))
             except (ValueError, KeyError, TypeError):
                 bad += 1
-        log.info("dataset_opened", out=str(self.out), records=len(self._ids), unreadable_lines=bad)
+        log.info("dataset_opened", out=str(self.out), records=len(self._marks), unreadable_lines=bad)
 
     def __contains__(self, rid: str) -> bool:
-        return rid in self._ids
+        return rid in self._marks
+
+    def mark_of(self, rid: str) -> str | None:
+        """The mark a stored record has (good/bad), None when it is not stored."""
+        return self._marks.get(rid)
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return len(self._marks)
 
     @staticmethod
     def relpath(meta: RecordMeta) -> Path:
@@ -104,7 +109,7 @@ class Dataset:
                     "marked_by",
                 )
             }
-            lines.append(json.dumps({**head, **row, "file": str(self.relpath(meta)), "received_at": now}))
+            lines.append(untrusted.dumps({**head, **row, "file": str(self.relpath(meta)), "received_at": now}))
         new_file = not self.meta_path.exists()
         data = ("\n".join(lines) + "\n").encode()
         fd = os.open(self.meta_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -122,4 +127,4 @@ class Dataset:
             os.close(fd)
         if new_file:
             fsync_dir(self.out)
-        self._ids.update(meta.id for meta, _ in records)
+        self._marks.update((meta.id, meta.mark) for meta, _ in records)

@@ -1,11 +1,13 @@
 """The collector's ROUTER loop: receive, validate, store (fsync), then acknowledge.
 
 Every message is checked before anything is written: frame count, protocol tag, meta JSON against the record
-schema (inspectd/feedback/protocol.py), image size in bytes, PNG signature, pixel count, a full decode with OpenCV
-and its
-size and channels against the meta. A message that fails is refused: a nack `[b"inspectd.nack.v1", id, reason]`
-goes back (the sender moves that record aside instead of resending it forever), a warning is logged, and the loop
-goes on. ZeroMQ itself disconnects a peer that sends a frame beyond `max_image_bytes` + 1 MiB (ZMQ_MAXMSGSIZE), so
+schema (inspectd/feedback/protocol.py: strict JSON, finite numbers, nested at most 32 deep), image size in bytes,
+the PNG header (size, 8-bit gray or RGB as the meta says, pixel count) before a single pixel is decoded, then a full
+decode with OpenCV. With CURVE, a record must name the line whose key it came with. A record whose id is stored
+already is acknowledged again (a resend) if it carries the same mark, and refused if it carries the other one.
+A message that fails is refused: a nack `[b"inspectd.nack.v1", id, reason]` goes back (the sender moves that record
+aside instead of resending it forever), a warning is logged, and the loop goes on. ZeroMQ itself disconnects a peer
+that sends a frame beyond `max_image_bytes` + 1 MiB (ZMQ_MAXMSGSIZE), so
 no such frame is ever held in memory.
 
 Messages are handled in batches (whatever has arrived, up to 256): the new records of a batch are stored with one
@@ -25,7 +27,16 @@ import structlog
 import zmq
 
 from inspectd.collector.dataset import Dataset
-from inspectd.feedback.protocol import ACK_TAG, MAX_META_BYTES, NACK_TAG, RecordMeta, Refused, parse_record, png_size
+from inspectd.feedback.protocol import (
+    ACK_TAG,
+    MAX_META_BYTES,
+    NACK_TAG,
+    RecordMeta,
+    Refused,
+    check_png,
+    parse_record,
+    png_header,
+)
 
 log = structlog.get_logger("inspectd.collect")
 
@@ -42,8 +53,10 @@ class Collector:
         max_pixels: int = 100_000_000,
         context: zmq.Context | None = None,
         curve_keypair: tuple[bytes, bytes] | None = None,
+        line_keys: dict[str, str] | None = None,
     ) -> None:
         self.dataset = dataset
+        self.line_keys = line_keys  # CURVE: client public key (z85) -> the only line name it may send records for
         self.max_image_bytes = max_image_bytes
         self.max_pixels = max_pixels
         self.stored = self.duplicates = self.refused = self.store_failures = 0
@@ -69,29 +82,40 @@ class Collector:
         while not stop.is_set():
             if not poller.poll(200):
                 continue
-            batch = []
+            batch, senders = [], []
             for _ in range(BATCH):
                 try:
-                    batch.append(self.sock.recv_multipart(zmq.NOBLOCK))
+                    frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
+                batch.append([f.bytes for f in frames])
+                senders.append(_user_id(frames[-1]))
             if batch:
-                self.handle(batch)
+                self.handle(batch, senders)
 
     # --- one batch ----------------------------------------------------------------------------------------
 
-    def handle(self, messages: list[list[bytes]]) -> None:
+    def handle(self, messages: list[list[bytes]], senders: list[str | None] | None = None) -> None:
+        """One batch of messages; senders[i] is message i's CURVE client key (z85), None without CURVE."""
         replies: list[list[bytes]] = []
         new: dict[str, tuple[RecordMeta, bytes]] = {}
         acks: list[tuple[bytes, str]] = []
-        for frames in messages:
+        for i, frames in enumerate(messages):
             peer, body = frames[0], frames[1:]
             try:
                 meta, image = self._check(body)
+                self._check_sender(meta, senders[i] if senders else None)
+                stored = self.dataset.mark_of(meta.id) or (new[meta.id][0].mark if meta.id in new else None)
+                if stored is not None and stored != meta.mark:
+                    raise Refused(
+                        f"record {meta.id} was stored as {stored}; a conflicting {meta.mark} mark is refused "
+                        "(the line PC refuses it too; correct the collected data by hand)",
+                        meta.id,
+                    )
             except Refused as exc:
                 self._refuse(peer, exc, replies)
                 continue
-            if meta.id in self.dataset or meta.id in new:
+            if stored is not None:
                 self.duplicates += 1
                 log.info("duplicate", id=meta.id, detail="already stored; acknowledged again")
             else:
@@ -131,11 +155,22 @@ class Collector:
             except zmq.ZMQError as exc:  # peer gone or its queue full: it will resend
                 log.warning("reply_not_sent", error=str(exc))
 
+    def _check_sender(self, meta: RecordMeta, sender: str | None) -> None:
+        """With CURVE, a line PC's key speaks for its own line only (its file in --curve-allowed-clients is
+        <line>.key): a record naming another line is refused."""
+        if self.line_keys is None:
+            return
+        line = self.line_keys.get(sender or "")
+        if line != meta.line:
+            raise Refused(
+                f"record says line {meta.line!r} but was sent with the key of line {line!r} (a line PC may only "
+                f"send its own records; its key file in the allowed-clients directory must be {meta.line}.key)",
+                meta.id,
+            )
+
     def _check(self, body: list[bytes]) -> tuple[RecordMeta, bytes]:
         meta, image = parse_record(body, max_image_bytes=self.max_image_bytes)
-        width, height = png_size(image)
-        if width * height > self.max_pixels:
-            raise Refused(f"image is {width}x{height} pixels (limit {self.max_pixels})", meta.id)
+        check_png(png_header(image), meta, max_pixels=self.max_pixels)  # before a single pixel is decoded
         decoded = cv2.imdecode(np.frombuffer(image, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if decoded is None:
             raise Refused("image does not decode as a PNG (corrupt data)", meta.id)
@@ -160,3 +195,12 @@ class Collector:
             "refused": self.refused,
             "store_failures": self.store_failures,
         }
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP user id of a message (the client's CURVE public key, z85), None without CURVE."""
+    try:
+        value = frame.get("User-Id")
+    except (zmq.ZMQError, KeyError, ValueError):
+        return None
+    return value if isinstance(value, str) else None

@@ -51,8 +51,9 @@ class TensorSpec(_Strict):
 
 
 class PreprocessSpec(_Strict):
-    # gray: frames are converted to one channel; bgr: three channels in OpenCV's BGR order
-    color: Literal["gray", "bgr"]
+    # gray: frames are converted to one channel; bgr: three channels in OpenCV's BGR order; rgb: three channels in
+    # RGB order (what anomalib's models take)
+    color: Literal["gray", "bgr", "rgb"]
     # the model sees (pixel_uint8 / divide - mean) / std ; the SSIM map compares in [0, 1] after `/ divide`
     divide: float = Field(255.0, gt=0)
     mean: float = 0.0
@@ -107,6 +108,9 @@ class Thresholds(_Strict):
     pixel: float = Field(ge=0, description="difference-map value above which a pixel is defective")
     min_region_area: int = Field(ge=1, description="regions smaller than this (frame pixels) are ignored")
     model_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="the model.onnx these were calibrated for")
+    # an image score above this rejects the image too, whatever its regions (None: the region rule alone); an
+    # anomalib model's own image threshold (its pred_label), moved out of the graph by `inspectd import-anomalib`
+    image: float | None = Field(None, description="image-score threshold (None: regions alone decide)")
     method: str = ""
     calibrated_at: str = ""
 
@@ -138,13 +142,33 @@ class EnsembleSpec(_Strict):
     members: tuple[MemberSpec, ...] = Field(min_length=1)
 
 
+class AnomalibSpec(_Strict):
+    """A model exported by anomalib (>= 2.0, `engine.export(export_type="onnx")`) and wrapped by
+    `inspectd import-anomalib`: its pre-processing (resize, ImageNet normalisation) and its post-processing (min-max
+    normalisation around its threshold: 0.5 = anomalib's threshold, values in [0, 1]) stay inside the graph; the
+    graph's input is RGB in [0, 1]; its thresholded outputs (pred_label, pred_mask) were removed and their thresholds
+    moved to `thresholds` (image, pixel), where inspectd's calibration can change them."""
+
+    score_output: str = Field(min_length=1, description="the graph output with the image score (pred_score)")
+    graph_image_threshold: float = Field(description="the threshold the graph applied to the score (pred_label)")
+    graph_pixel_threshold: float = Field(description="the threshold the graph applied to the map (pred_mask)")
+    removed_outputs: tuple[str, ...] = ()
+    source: str = Field("", description="the anomalib export this directory was made from")
+    source_sha256: str = ""
+    anomalib_version: str = Field("", description="as stated at import (the ONNX file does not record it)")
+
+
+MAX_ANOMALIB_PIXEL = 1.0  # anomalib's normalised maps lie in [0, 1]
+
+
 class Manifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     name: str
     # autoencoder: the output is a reconstruction, scored by the Gaussian-SSIM map; features: the output is the
     # anomaly map itself ([N, 1, H, W], in [0, 1), a memory bank's nearest-neighbour distance); classifier: a
-    # supervised defect map (the label checkers). MAP_KINDS are those the daemon's Inspector turns into maps.
-    kind: Literal["autoencoder", "features", "classifier"]
+    # supervised defect map (the label checkers); anomalib: an imported anomalib export (its own map and score).
+    # MAP_KINDS are those the daemon's Inspector turns into maps.
+    kind: Literal["autoencoder", "features", "classifier", "anomalib"]
     onnx: OnnxSpec
     input: TensorSpec
     output: TensorSpec
@@ -157,6 +181,8 @@ class Manifest(_Strict):
     created: str = ""
     # more models judging every frame with this one (None: this model alone); thresholds are then the combination's
     ensemble: EnsembleSpec | None = None
+    # kind anomalib: the export's contract (score output, the thresholds taken out of the graph)
+    anomalib: AnomalibSpec | None = None
 
     @property
     def identity(self) -> str:
@@ -178,7 +204,9 @@ class Manifest(_Strict):
     @property
     def pixel_limit(self) -> float:
         """The highest thresholds.pixel this model's map allows: 2 (the SSIM map's range), 1 for a classifier's
-        defect probability, an ensemble's more."""
+        defect probability, an anomalib map's own range, an ensemble's more."""
+        if self.kind == "anomalib":
+            return MAX_ANOMALIB_PIXEL
         if self.ensemble is not None:
             return MAX_ENSEMBLE_PIXEL
         return 1.0 if self.kind == "classifier" else 2.0
@@ -191,7 +219,7 @@ class Manifest(_Strict):
                 f"({self.onnx.sha256[:12]}…): the thresholds were calibrated for another model; recalibrate"
             )
             raise ValueError(msg)
-        expected_c = 1 if self.preprocess.color == "gray" else 3
+        expected_c = 1 if self.preprocess.color == "gray" else 3  # bgr, rgb
         if self.input.channels != expected_c:
             msg = f"input has {self.input.channels} channels but preprocess.color is {self.preprocess.color!r}"
             raise ValueError(msg)
@@ -210,6 +238,15 @@ class Manifest(_Strict):
         if self.thresholds.pixel > self.pixel_limit:
             what = "the difference map's range" if self.ensemble is None else "an ensemble's limit"
             msg = f"thresholds.pixel {self.thresholds.pixel} is above {self.pixel_limit:g} ({what})"
+            raise ValueError(msg)
+        if (self.kind == "anomalib") != (self.anomalib is not None):
+            msg = "kind 'anomalib' and the manifest's anomalib section go together (one without the other)"
+            raise ValueError(msg)
+        if self.kind == "anomalib" and (self.output.shape[1] != 1 or self.preprocess.color != "rgb"):
+            msg = (
+                f"an anomalib model's map output must have one channel (got {list(self.output.shape)}) and its "
+                f"input RGB (preprocess.color {self.preprocess.color!r})"
+            )
             raise ValueError(msg)
         if self.kind == "classifier" and self.output.shape[1:] != (1, *self.input.hw):
             msg = (

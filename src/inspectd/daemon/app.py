@@ -1,8 +1,9 @@
 """The composition root: builds the daemon's parts from a validated Config, runs them, closes them in order.
 
     camera ─► Pipeline (preprocess, model, SSIM map, decide) ─► Dispatcher ─► PLC sink (first: time-critical),
-                                                                              log sink, reject store
+                                                                              log sink, reject store, metrics
     PLC requests / control socket ─► DaemonControls ─► pipeline triggers, marking (feedback)
+    DaemonStatus ─► control socket status, HTTP endpoint (/metrics, /healthz, /readyz, recheck station)
 
 Every part that is started is registered on one ExitStack, so every exit path (a refused part at start, a crash,
 SIGTERM) closes what was opened, newest first; each close is idempotent.
@@ -17,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+import numba
+import onnxruntime
 import structlog
 
 from inspectd import __version__
@@ -27,8 +30,10 @@ from inspectd.daemon.config import Config
 from inspectd.daemon.controls import DaemonControls
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.daemon.logsink import LogSink
+from inspectd.daemon.metrics import Metrics
 from inspectd.daemon.pipeline import Pipeline, thread_budget
 from inspectd.daemon.reload import ModelReloader
+from inspectd.daemon.status import DaemonStatus
 from inspectd.feedback.channel import Feedback, camera_name
 from inspectd.inspection._numba_env import ensure_numba_cache_dir
 from inspectd.inspection.inspector import Inspector
@@ -96,7 +101,9 @@ class App:
             raise StartupError(str(exc), EXIT_CONFIG) from exc
         stack.callback(self.feedback.close)  # control socket, queued marks, then the sender's bounded flush
         plc_sinks = [self.plc] if self.plc is not None else []
-        self.dispatcher = Dispatcher([*plc_sinks, LogSink(cfg.logging.verdicts), *self.feedback.sinks])
+        self.metrics = Metrics() if cfg.http is not None else None
+        metrics_sinks = [self.metrics.sink] if self.metrics is not None else []  # last: after the PLC, log, store
+        self.dispatcher = Dispatcher([*plc_sinks, LogSink(cfg.logging.verdicts), *self.feedback.sinks, *metrics_sinks])
         self.pipeline = Pipeline(
             self.camera,
             cfg.camera,
@@ -110,17 +117,82 @@ class App:
             numba_threads=self.budget.numba,
         )
         self.dispatcher.attach(DaemonControls(self.pipeline, mark_good=self.feedback.mark_good))
+        self.daemon_status = self._daemon_status(inspector)
+        # the control socket's status: the same picture /metrics and /healthz read
+        self.feedback.status_extra = self.daemon_status.daemon
         self.feedback.start()
         self.reloader = ModelReloader(
             cfg,
             self.pipeline,
+            config_path=config_path,
             intra_op_threads=self.budget.onnxruntime,
-            on_swapped=lambda new: self.feedback.set_model(
-                model_sha256=new.manifest.identity, model_name=new.manifest.name, pixel_threshold=new.pixel_threshold
-            ),
+            on_swapped=self._model_swapped,
         )
         self.feedback.ops["reload"] = self.reloader.handle
         install_signal_handlers(lambda name: self.pipeline.stop(f"signal {name}"), on_reload=self.reloader.request)
+        self.http = self._serve_http(stack)
+
+    def _daemon_status(self, inspector: Inspector) -> DaemonStatus:
+        """The one picture of the daemon that the control socket, /metrics, /healthz and /readyz report."""
+        m, info, cfg = inspector.manifest, inspector.detector.info, self.cfg
+        return DaemonStatus(
+            pipeline=self.pipeline,
+            dispatcher=self.dispatcher,
+            camera=self.camera.describe(),
+            plc=self.plc,
+            plc_mode=cfg.plc.mode if cfg.plc is not None else "server",
+            feedback=self.feedback,
+            info={
+                "model": {
+                    "name": m.name,
+                    "sha256": m.identity,
+                    "kind": m.kind,
+                    "preprocess": m.preprocess.mode,
+                    "pixel_threshold": inspector.pixel_threshold,
+                },
+                "runtime": {
+                    "onnxruntime": onnxruntime.__version__,
+                    "providers": ",".join(info.obtained),
+                    "on_gpu": info.on_gpu,
+                    "onnxruntime_threads": self.budget.onnxruntime,
+                    "numba": numba.__version__,
+                    "numba_threads": self.budget.numba,
+                },
+            },
+            frame_age_limit_s=cfg.http.frame_age_limit_s if cfg.http is not None else None,
+        )
+
+    def _model_swapped(self, new: Inspector) -> None:
+        """After a hot reload: rejects stored from now on, and the status, name the new model."""
+        m = new.manifest
+        self.feedback.set_model(model_sha256=m.identity, model_name=m.name, pixel_threshold=new.pixel_threshold)
+        self.daemon_status.set_model(name=m.name, sha256=m.identity, pixel_threshold=new.pixel_threshold)
+
+    def _serve_http(self, stack: contextlib.ExitStack):
+        """/metrics, /healthz, /readyz and the recheck station (`http:`), in a thread of this process."""
+        if self.cfg.http is None or self.metrics is None:
+            return None
+        # imported only when configured: a line PC without `http:` never loads Starlette and uvicorn
+        from inspectd.daemon.web import serve
+        from inspectd.daemon.web.server import HttpError
+
+        self.metrics.watch(self.daemon_status)
+        try:
+            http = serve(
+                self.cfg.http,
+                status=self.daemon_status,
+                metrics=self.metrics,
+                feedback=self.feedback,
+                line=self.cfg.line,
+            )
+        except ConfigError as exc:
+            log.error("http_refused", error=str(exc))
+            raise StartupError(str(exc), EXIT_CONFIG) from exc
+        except HttpError as exc:
+            log.error("http_start_failed", error=str(exc))
+            raise StartupError(f"http: {exc}", EXIT_FAILURE) from exc
+        stack.callback(http.close)  # registered after feedback: closed before it (no station mark after the marker)
+        return http
 
     def _load_model(self) -> Inspector:
         cache_dir = ensure_numba_cache_dir()
@@ -186,10 +258,15 @@ class App:
         drained = pipeline.wait(cfg.pipeline.drain_timeout_s)
         gaps = self.dispatcher.flush()
         self.dispatcher.close()
+        if self.http is not None:
+            self.http.close()  # before the marker closes: no station mark arrives after it
         self.feedback.close()
         if not drained:
             log.error("drain_timeout", detail="frames still in inspection when the drain timeout ran out")
         print(json.dumps(self.dispatcher.summary()), flush=True)
+        if pipeline.config_error is not None:  # the camera refused its configuration: restarting cannot help
+            print(f"inspectd: {pipeline.config_error}", file=sys.stderr)
+            return EXIT_CONFIG
         crashed = pipeline.stop_reason == "acquisition crashed"
         return EXIT_FAILURE if (crashed or gaps or not drained) else EXIT_OK
 
@@ -198,6 +275,7 @@ class App:
         pipeline = self.pipeline
         last_status, last_frames = time.monotonic(), 0
         while not pipeline.stop_event.wait(0.2) and pipeline.running:
+            self.daemon_status.tick()  # a (time, frames) sample: the fps of the status, /metrics
             now = time.monotonic()
             if now - last_status < self.cfg.service.status_interval_s:
                 continue

@@ -76,9 +76,11 @@ def register_control(sub: argparse._SubParsersAction) -> None:
 
     r = sub.add_parser(
         "reload",
-        help="reload the running daemon's model from model.path (validated first; the old one stays on failure)",
-        description="Asks the running daemon, over its control socket, to load the model directory at model.path, "
-        "check it (manifest, sha256, shapes, warm-up) and swap it in between frames. Same as `systemctl reload "
+        help="reload the running daemon's model: the config's model section is read again (validated first; the old "
+        "model stays on failure)",
+        description="Asks the running daemon, over its control socket, to read the config file's model: section "
+        "again, load the model directory at model.path, check it (manifest, sha256, shapes, warm-up) and swap it in "
+        "between frames if its path, sha256 or thresholds changed. Same as `systemctl reload "
         "inspectd` / SIGHUP, but waits for the answer. Exit 0 reloaded (or unchanged), 2 refused or no daemon.",
     )
     r.add_argument("--config", default="config.yaml", help="the daemon's YAML config (default: ./config.yaml)")
@@ -135,7 +137,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if answer.get("changed"):
         print(
-            f"model reloaded: {answer.get('name')} sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')})"
+            f"model reloaded ({', '.join(answer.get('what') or ['model'])} changed): {answer.get('name')} at "
+            f"{answer.get('path')}, sha256 {answer.get('sha256')} (was {answer.get('previous_sha256')}), pixel "
+            f"threshold {answer.get('pixel_threshold')}, min region area {answer.get('min_region_area')}"
         )
     else:
         print(f"model unchanged: sha256 {answer.get('sha256')}")

@@ -12,17 +12,20 @@ Relative paths are taken relative to the config file's directory. Loading does n
 from __future__ import annotations
 
 import difflib
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from inspectd.core.errors import ConfigError, ModelError
-from inspectd.core.manifest import load_manifest
+from inspectd.core.errors import ConfigError
 from inspectd.core.schema import ConfigPath, StrictModel
 from inspectd.daemon.cameras import CAMERA_TYPES, CameraConfigBase
+from inspectd.daemon.checks import check_paths
 from inspectd.daemon.pipeline import Overrun
+from inspectd.daemon.web.config import HttpConfig
 from inspectd.feedback.config import ControlConfig, FeedbackConfig, RejectsConfig
 from inspectd.inspection.detector import DEFAULT_PROVIDERS
 from inspectd.plc.config import PlcConfig
@@ -143,6 +146,9 @@ class Config(StrictModel):
         None, description="spool and collector for marked rejects (needs `rejects:`); absent = marks are refused"
     )
     control: ControlConfig | None = Field(None, description="the control socket of `inspectd mark`; absent = none")
+    http: HttpConfig | None = Field(
+        None, description="the HTTP endpoint: /metrics, /healthz, /readyz and the recheck station; absent = none"
+    )
 
     @model_validator(mode="after")
     def _plc_trigger_needs_plc(self) -> Config:
@@ -152,6 +158,13 @@ class Config(StrictModel):
         client = self.plc.client if self.plc is not None and self.plc.mode == "client" else None
         if self.camera.trigger == "plc" and client is not None and client.read_address is None:
             msg = "camera.trigger is plc, but plc.client.read_address is null (where the PLC's triggers are read)"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _station_needs_rejects(self) -> Config:
+        if self.http is not None and self.http.station is not None and self.rejects is None:
+            msg = "there is an `http.station` section but no `rejects:` section (the station shows stored rejects)"
             raise ValueError(msg)
         return self
 
@@ -274,6 +287,14 @@ def _format_error(err: Any, data: Any, lines: dict[tuple, int], source: str) -> 
 
 
 def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    try:
+        return _parse_config(text, source, base_dir)
+    except RecursionError:  # YAML nested thousands deep: PyYAML recurses
+        msg = f"{source}: not valid YAML: nested too deeply"
+        raise ConfigError(msg) from None
+
+
+def _parse_config(text: str, source: str, base_dir: Path | None) -> Config:
     lines = _line_map(text, source)
     try:
         data = yaml.safe_load(text)
@@ -298,24 +319,58 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
         raise ConfigError(msg) from exc
 
 
-def load_config(path: str | Path) -> Config:
-    path = Path(path)
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few KB; more is the wrong file
+
+
+def read_config_text(path: Path) -> str:
+    """The text of a config file. ConfigError for anything that is not a readable regular file of sensible size:
+    a FIFO would block a plain read forever and /dev/zero never ends, so the file is opened non-blocking and
+    checked before it is read."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError as exc:
         msg = f"config file {path} does not exist (expected a YAML file such as the repository's config.yaml)"
         raise ConfigError(msg) from exc
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         msg = f"config file {path} cannot be read: {exc}"
         raise ConfigError(msg) from exc
-    return parse_config(text, source=str(path), base_dir=path.resolve().parent)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a device"
+                if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+                else "not a regular file"
+            )
+            msg = f"config file {path} is {kind} (expected a YAML file such as the repository's config.yaml)"
+            raise ConfigError(msg)
+        if st.st_size > MAX_CONFIG_BYTES:
+            msg = f"config file {path} is {st.st_size} bytes (limit {MAX_CONFIG_BYTES}): not a config file?"
+            raise ConfigError(msg)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        msg = f"config file {path} cannot be read: {exc}"
+        raise ConfigError(msg) from exc
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"config file {path} cannot be read: not UTF-8 text ({exc})"
+        raise ConfigError(msg) from exc
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    return parse_config(read_config_text(path), source=str(path), base_dir=path.resolve().parent)
 
 
 def check_runtime(cfg: Config) -> None:
-    """Checks that need the filesystem: the model directory and its manifest (hash included)."""
-
-    try:
-        load_manifest(cfg.model.path)
-    except ModelError as exc:
-        msg = f"model.path: {exc}"
-        raise ConfigError(msg) from exc
+    """Checks that need the filesystem (inspectd check-config): the model directory and its manifest (hash
+    included), the camera's source, and every path the daemon writes (inspectd/daemon/checks.py)."""
+    check_paths(cfg)

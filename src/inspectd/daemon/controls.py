@@ -14,7 +14,7 @@ log = structlog.get_logger("inspectd.controls")
 
 
 class DaemonControls:
-    def __init__(self, pipeline, *, mark_good: Callable[[int, str], None] | None = None) -> None:
+    def __init__(self, pipeline, *, mark_good: Callable[..., None] | None = None) -> None:
         self._pipeline = pipeline
         self._mark_good = mark_good  # the reject store's mark-good path, where one is configured
 
@@ -26,11 +26,16 @@ class DaemonControls:
             return
         self._pipeline.trigger(item_id, on_taken)
 
-    def false_reject(self, seq: int, *, source: str) -> None:
+    def false_reject(self, seq: int, *, source: str, on_done: Callable[[str], None] | None = None) -> None:
+        """The PLC's register 21: mark the reject with this 16-bit seq good; on_done(outcome) once it is decided."""
         if self._mark_good is None:
             log.warning("false_reject_not_stored", seq=seq, source=source, reason="no reject store configured")
+            if on_done is not None:
+                on_done("unavailable")
             return
         try:
-            self._mark_good(seq, source)
-        except Exception as exc:  # unknown or expired seq, disk trouble: logged, never fatal
-            log.warning("false_reject_failed", seq=seq, source=source, error=str(exc))
+            self._mark_good(seq, source, on_done)
+        except Exception as exc:  # marking promises not to raise; the PLC must still get an answer
+            log.error("false_reject_failed", seq=seq, source=source, error=repr(exc))
+            if on_done is not None:
+                on_done("failed")

@@ -23,7 +23,11 @@ sinks are flushed by the caller.
 
 Liveness: the scoring thread's loop calls ``notifier.watchdog()`` and ``dispatcher.heartbeat()`` (systemd's
 watchdog and the PLC's heartbeat register), but only while no stage has been stuck on one frame for longer than
-`stall_s`: a hung inference stops the pings just as a hung scoring step does.
+`stall_s`: a hung inference stops the pings just as a hung scoring step does. Acquisition is covered too: every
+camera call is bounded (BoundedCamera: `camera.timeout_s` for a read, `camera.open_timeout_s` for an open), so a
+source that blocks (a FIFO, a hung mount) is an error verdict and a camera fault (ready 0, state 2) within its
+bound, SIGTERM is not held up by it, and the acquisition thread stuck in a call beyond its bound stops the pings.
+A frame outside `camera.frame_size` is that item's error verdict.
 
 Threads: the scoring thread sets its own Numba thread count (`numba_threads`; Numba's count is per calling
 thread); onnxruntime's comes from its session options. :func:`thread_budget` is the rule that splits the cores.
@@ -38,14 +42,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
-from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.errors import CameraError, ConfigError, EndOfStream
 from inspectd.core.systemd import Notifier
 from inspectd.core.types import Camera, Capture, Code, Frame, Verdict
 from inspectd.daemon.cameras.base import CameraConfigBase
+from inspectd.daemon.cameras.bounded import BoundedCamera
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
 
@@ -155,8 +160,13 @@ class Pipeline:
         numba_threads: int = 0,
         stall_s: float = 2.0,
     ) -> None:
-        self.camera = camera
+        self.camera = BoundedCamera(
+            camera,
+            read_timeout_s=camera_cfg.timeout_s,
+            open_timeout_s=camera_cfg.open_timeout_s,
+        )
         self.cam_cfg = camera_cfg
+        self._frame_size = camera_cfg.frame_size
         self.inspector = inspector
         self.dispatcher = dispatcher
         self.notifier = notifier or Notifier({})
@@ -176,12 +186,23 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.state = State.STARTING
         self.stop_reason: str | None = None
+        # the camera refused its configuration (an unknown GenICam node...): reopening cannot help; exit 2
+        self.config_error: str | None = None
         self._seq = 0
         self._camera_open = False
+        # the camera's last word, for health checks (inspectd/daemon/status.py): when it last delivered an image
+        # (time.monotonic()) and, when its newest open or read failed, why (None after a good image)
+        self.last_image_at: float | None = None
+        self.last_camera_error: str | None = None
         self._inference_failures = 0
         self._stages = _Stages(inspector)
         # per processing stage: time.monotonic() when it took its current frame, None while it waits for one
-        self._busy_since: dict[str, float | None] = {"prepare": None, "inference": None, "scoring": None}
+        self._busy_since: dict[str, float | None] = {
+            "camera": None,  # in a camera call (open/read/close), bounded by BoundedCamera
+            "prepare": None,
+            "inference": None,
+            "scoring": None,
+        }
         self._threads = [
             threading.Thread(target=self._acquire_loop, name="acquisition", daemon=True),
             threading.Thread(target=self._prepare_loop, name="prepare", daemon=True),
@@ -223,6 +244,20 @@ class Pipeline:
         self._stages = _Stages(inspector)
         self.inspector = inspector
 
+    @property
+    def camera_open(self) -> bool:
+        return self._camera_open
+
+    def stalled(self) -> str | None:
+        """The stage that has been working on one frame for longer than stall_s (the camera: longer than its call's
+        bound plus stall_s), or None."""
+        now = time.monotonic()
+        for name, t in list(self._busy_since.items()):
+            limit = self.stall_s + (self.camera.longest_call_s if name == "camera" else 0.0)
+            if t is not None and now - t >= limit:
+                return name
+        return None
+
     def queue_depth(self) -> int:
         """Frames admitted but not yet answered that wait in a queue (not those a stage is working on)."""
         return self.frames.qsize() + self._to_infer.qsize() + self._to_score.qsize()
@@ -258,9 +293,15 @@ class Pipeline:
     def _open_camera(self, backoff: float) -> float:
         """Try to open the camera; returns the next backoff (0 when open)."""
         try:
-            self.camera.open()
+            self._camera_call(self.camera.open)
+        except ConfigError as exc:
+            self.config_error = str(exc)
+            log.error("camera_refused", error=str(exc))
+            self.stop("camera configuration refused")
+            return backoff
         except Exception as exc:  # CameraError, or a driver's own exception: a fault to retry, not a crash
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_camera_error = f"camera cannot open: {exc}"
             self._set_state(State.CAMERA_FAULT, error=str(exc))
             log.warning("camera_open_failed", error=str(exc), retry_in_s=round(backoff, 2))
             self.stop_event.wait(backoff)
@@ -329,6 +370,7 @@ class Pipeline:
                 self.camera.close()
             except Exception as exc:
                 log.debug("camera_close_failed", error=repr(exc))
+            self.camera.shutdown()
 
     def _fail_pending_triggers(self, reason: str) -> None:
         while self._budget_left():
@@ -342,7 +384,7 @@ class Pipeline:
     def _acquire_one(self, item_id: int, on_taken: Callable[[], None] | None = None) -> None:
         t0 = time.monotonic()
         try:
-            capture: Capture = self.camera.read(self.cam_cfg.timeout_s)
+            capture: Capture = self._camera_call(lambda: self.camera.read(self.cam_cfg.timeout_s))
         except EndOfStream:
             if self.cam_cfg.trigger != "free_run":
                 self._error(self._next_seq(), item_id, "trigger not served: end of stream")
@@ -350,6 +392,7 @@ class Pipeline:
             raise
         except Exception as exc:  # CameraError, or a driver's own exception: error verdict, then reopen
             exc = exc if isinstance(exc, CameraError) else CameraError(f"{type(exc).__name__}: {exc}")
+            self.last_camera_error = f"camera: {exc}"
             self._error(self._next_seq(), item_id, f"camera: {exc}", t0=t0)
             _acknowledge(on_taken)
             self._lose_camera(exc)
@@ -357,8 +400,14 @@ class Pipeline:
         _acknowledge(on_taken)
         seq = self._next_seq()
         if capture.image is None:
-            self._error(seq, item_id, f"bad frame: {capture.error or 'no image'}", capture.source, t0)
+            self.last_camera_error = f"bad frame: {capture.error or 'no image'}"
+            self._error(seq, item_id, self.last_camera_error, capture.source, t0)
             return
+        why = self._size_refusal(capture.image)
+        if why is not None:
+            self._error(seq, item_id, f"bad frame: {why}", capture.source, t0)
+            return
+        self.last_image_at, self.last_camera_error = t0, None
         frame = Frame(seq=seq, capture=capture, t_acquired=t0, wall_time=time.time(), item_id=item_id)
         if self.block_on_full:
             self.frames.put(frame)  # the worker always drains, so this returns
@@ -368,6 +417,12 @@ class Pipeline:
         except queue.Full:
             log.warning("queue_overrun", seq=seq, queue_size=self.frames.maxsize)
             self._error(seq, item_id, "queue overrun: inspection slower than the camera", capture.source, t0)
+
+    def _size_refusal(self, image) -> str | None:
+        shape: tuple = getattr(image, "shape", ())
+        if len(shape) < 2:
+            return None  # not an image array at all: preprocessing refuses it with its own message
+        return self._frame_size.refusal(int(shape[1]), int(shape[0]))
 
     # --- processing stages --------------------------------------------------------------------------------
 
@@ -410,9 +465,17 @@ class Pipeline:
         self._stage_loop("inference", self._to_infer, self._to_score, infer)
 
     def _healthy(self) -> bool:
-        """No stage has been working on one frame for longer than stall_s."""
-        now = time.monotonic()
-        return all(t is None or now - t < self.stall_s for t in list(self._busy_since.values()))
+        """No stage has been working on one frame for longer than stall_s, and the acquisition thread has not been
+        in one camera call for longer than the call's bound plus stall_s (BoundedCamera makes that impossible
+        unless acquisition itself is stuck)."""
+        return self.stalled() is None
+
+    def _camera_call(self, fn: Callable[[], Any]) -> Any:
+        self._busy_since["camera"] = time.monotonic()
+        try:
+            return fn()
+        finally:
+            self._busy_since["camera"] = None
 
     def _score_loop(self) -> None:
         if self.numba_threads > 0:

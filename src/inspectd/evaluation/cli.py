@@ -41,7 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also write DIR/index.html: per image input, reconstruction, heat map, regions, ground truth",
     )
     p.add_argument(
-        "--report-max", type=int, default=None, metavar="N", help="keep only the N most anomalous images in the report"
+        "--report-max",
+        type=int,
+        default=None,
+        metavar="N",
+        help="keep at most N images in the report: every missed defect and false reject, then the most anomalous",
     )
     p.add_argument(
         "--score",

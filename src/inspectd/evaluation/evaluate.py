@@ -158,6 +158,21 @@ class PixelHistogram:
         out.neg = self.neg + other.neg
         return out
 
+    def curves(self) -> dict | None:
+        """ROC (fpr, tpr) and PR (recall, precision) points from the highest bin down; None without both labels."""
+        tp = np.cumsum(self.pos[::-1]).astype(np.float64)
+        fp = np.cumsum(self.neg[::-1]).astype(np.float64)
+        if tp[-1] == 0 or fp[-1] == 0:
+            return None
+        keep = np.r_[tp[0] + fp[0] > 0, (np.diff(tp) > 0) | (np.diff(fp) > 0)]  # bins that hold pixels
+        tp, fp = tp[keep], fp[keep]
+        return {
+            "fpr": np.r_[0.0, fp / fp[-1]],
+            "tpr": np.r_[0.0, tp / tp[-1]],
+            "recall": tp / tp[-1],
+            "precision": tp / np.maximum(tp + fp, 1),
+        }
+
     def auroc(self) -> tuple[float | None, float | None]:
         """(AUROC, bound on its binning error)."""
         p, n = self.pos.astype(np.float64), self.neg.astype(np.float64)
@@ -236,6 +251,13 @@ class _ScoreResults:
             self.pixel_counts["fn"] += int(np.count_nonzero(~pred & truth))
         return rec
 
+    def pixel_histogram(self) -> PixelHistogram:
+        """Every pixel with ground truth: the good images' and each defect class's."""
+        total = self.hist_good
+        for h in self.hist_class.values():
+            total = total.merged(h)
+        return total
+
     def summary(self) -> dict:
         recs = self.records
         scores = np.array([r["score"] for r in recs])
@@ -243,9 +265,7 @@ class _ScoreResults:
         rejected = np.array([r["reject"] for r in recs])
         known = self.thresholds is not None
         out: dict = {"score": self.score, "image_auroc": metrics.auroc(scores, y)}
-        total = self.hist_good
-        for h in self.hist_class.values():
-            total = total.merged(h)
+        total = self.pixel_histogram()
         out["pixel_auroc"], out["pixel_auroc_tie_bound"] = total.auroc()
         image_prf = metrics.prf(
             int(np.count_nonzero(rejected & y)),
@@ -331,7 +351,7 @@ def evaluate(
         runs.append(_ScoreResults(s, insp, thr))
     base.warmup()
     for r in runs:
-        if r.inspector is not base:
+        if r.inspector is not base and not r.inspector.anomalib:
             r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
 
     writer = None
@@ -415,7 +435,7 @@ def evaluate(
         }
     out = json_safe(out)
     if writer is not None:
-        out["report"] = str(writer.finish(out, report_max))
+        out["report"] = str(writer.finish(out, report_max, pixels=runs[0].pixel_histogram()))
     return out
 
 

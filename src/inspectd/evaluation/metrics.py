@@ -74,3 +74,34 @@ def prf(tp: int, fp: int, fn: int) -> dict:
     else:
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"f1": f1, "precision": precision, "recall": recall, "tp": int(tp), "fp": int(fp), "fn": int(fn)}
+
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(false positive rate, true positive rate) at every threshold "score >= t", from (0, 0) to (1, 1); None when
+    one class is missing. Its trapezoid area is auroc() (ties counted half)."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0 or n_pos == y.size:
+        return None
+    tp, fp = _cumulative_hits(s, y)
+    return np.r_[0.0, fp / (y.size - n_pos)], np.r_[0.0, tp / n_pos]
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(recall, precision) at every threshold "score >= t", highest threshold first; None without positives."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(labels).ravel().astype(bool)
+    n_pos = int(np.count_nonzero(y))
+    if n_pos == 0:
+        return None
+    tp, fp = _cumulative_hits(s, y)
+    return tp / n_pos, tp / np.maximum(tp + fp, 1)
+
+
+def _cumulative_hits(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """True and false positives at each distinct threshold, from the highest score down."""
+    order = np.argsort(-s, kind="stable")
+    ranked, hits = s[order], y[order]
+    last = np.r_[ranked[1:] != ranked[:-1], True]
+    return np.cumsum(hits)[last].astype(np.float64), np.cumsum(~hits)[last].astype(np.float64)

@@ -1,33 +1,46 @@
-"""`inspectd evaluate --report DIR`: one HTML page, most anomalous image first.
+"""`inspectd evaluate --report DIR`: a page a quality engineer reads in ten seconds, then the images behind it.
 
-Per image one JPEG strip (DIR/images/<n>.jpg) of five panels: the input, the model's reconstruction (stitched
-like the score map), the score map as a heat map over the input (the reject store's rendering: JET, the pixel
-threshold at mid-scale), the predicted regions (pixels of the regions the decision keeps, red, with their boxes),
-and the ground truth (mask in green; good images have none). DIR/index.html lists them by image score, with the
-file, class, score, verdict and the run's metrics on top. Images are written during the run, so memory stays flat.
+DIR/index.html opens with the summary (docs/evaluation-report.md): what the calibrated thresholds do (a sentence,
+the key numbers, the confusion matrix), then ROC and precision-recall curves and the score histograms of good vs
+defective images (DIR/roc.png, pr.png, scores.png; matplotlib, the `report` extra), then the per-class table.
+Below it the images, most anomalous first, 24 to a page, filterable by outcome (missed defects, false rejects)
+and class, each a card of five captioned panels: input, reconstruction, heat map (the reject store's rendering:
+JET, the pixel threshold at mid-scale), the predicted regions (red, boxed) and the ground truth (green). Panels are
+small JPEGs (DIR/images/) that the browser loads only for the page shown; the rows are a JSON block in the page
+(report.js renders them), so the page stays small whatever the number of images. Panels are written during the
+run, so memory stays flat.
 """
 
 from __future__ import annotations
 
-import html
 import json
+import shutil
 from pathlib import Path
 
 import cv2
+import jinja2
 import numpy as np
 
+from inspectd.evaluation.plots import draw_all, require_matplotlib
 from inspectd.feedback.rejects import render_overlay
 from inspectd.inspection.decide import find_regions
 
-PANEL_HEIGHT = 200
-PANELS = ("input", "reconstruction", "heat map", "predicted regions", "ground truth")
+PANEL_HEIGHT = 240
+PANELS = (
+    ("input", "input"),
+    ("recon", "reconstruction"),
+    ("heat", "heat map"),
+    ("pred", "predicted regions"),
+    ("truth", "ground truth"),
+)
+ASSETS = Path(__file__).parent / "report_assets"
 
 
 def _bgr(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
 
 
-def _tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray:
+def _tint(image: np.ndarray, mask: np.ndarray | None, colour: tuple[int, int, int]) -> np.ndarray:
     out = _bgr(image).copy()
     if mask is not None and mask.any():
         layer = np.zeros_like(out)
@@ -39,8 +52,16 @@ def _tint(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int]) -> 
     return out
 
 
+def outcome(defective: bool, rejected: bool) -> str:
+    """missed (a defect passed), false_reject (a good image rejected), found, passed."""
+    if defective:
+        return "found" if rejected else "missed"
+    return "false_reject" if rejected else "passed"
+
+
 class ReportWriter:
     def __init__(self, out_dir: str | Path, *, pixel_threshold: float, min_region_area: int) -> None:
+        require_matplotlib()
         self.dir = Path(out_dir)
         (self.dir / "images").mkdir(parents=True, exist_ok=True)
         self.pixel_threshold = float(pixel_threshold)
@@ -48,83 +69,89 @@ class ReportWriter:
         self.rows: list[dict] = []
 
     def add(self, index: int, item, image, recon, score_map, decision, truth, record: dict) -> None:
-
         pred = find_regions(score_map, self.pixel_threshold, self.min_region_area).mask()
         predicted = _tint(image, pred, (0, 0, 255))
         for r in decision.regions:
             cv2.rectangle(predicted, (r.x, r.y), (r.x + r.w - 1, r.y + r.h - 1), (0, 255, 255), 1)
-        panels = [
-            _bgr(image),
-            _bgr(recon) if recon is not None else np.zeros_like(_bgr(image)),
-            render_overlay(image, score_map, self.pixel_threshold, decision.regions),
-            predicted,
-            _tint(image, truth, (0, 200, 0)) if truth is not None else _bgr(image),
-        ]
+        pictures = {
+            "input": _bgr(image),
+            "recon": _bgr(recon) if recon is not None else np.zeros_like(_bgr(image)),
+            "heat": render_overlay(image, score_map, self.pixel_threshold, decision.regions),
+            "pred": predicted,
+            "truth": _tint(image, truth, (0, 200, 0)) if truth is not None else _bgr(image),
+        }
         h, w = image.shape[:2]
         scale = PANEL_HEIGHT / h
         size = (max(1, round(w * scale)), PANEL_HEIGHT)
-        gap = np.full((PANEL_HEIGHT, 4, 3), 255, np.uint8)
-        strip = []
-        for p in panels:
-            strip += [cv2.resize(p, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST), gap]
-        name = f"images/{index:05d}.jpg"
-        cv2.imwrite(str(self.dir / name), np.hstack(strip[:-1]), [cv2.IMWRITE_JPEG_QUALITY, 85])
-        self.rows.append({"img": name, **{k: record[k] for k in ("file", "class", "score", "reject", "defect_area")}})
-
-    def finish(self, summary: dict, limit: int | None = None) -> Path:
-        rows = sorted(self.rows, key=lambda r: -r["score"])
-        if limit is not None:
-            keep = {r["img"] for r in rows[:limit]}
-            for r in rows[limit:]:
-                (self.dir / r["img"]).unlink(missing_ok=True)
-            rows = [r for r in rows if r["img"] in keep]
-        head = {
-            k: summary.get(k)
-            for k in (
-                "model_name",
-                "model_sha256",
-                "score",
-                "image_auroc",
-                "pixel_auroc",
-                "f1",
-                "precision",
-                "recall",
-                "thresholds",
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_NEAREST
+        files = {}
+        for key, picture in pictures.items():
+            name = f"images/{index:05d}-{key}.jpg"
+            cv2.imwrite(
+                str(self.dir / name),
+                cv2.resize(picture, size, interpolation=interpolation),
+                [cv2.IMWRITE_JPEG_QUALITY, 85],
             )
-        }
-        per_class = summary.get("per_class", {})
-        e = html.escape
-        lines = [
-            "<!doctype html><html><head><meta charset='utf-8'><title>inspectd evaluation</title>",
-            "<style>body{font-family:sans-serif;margin:1em}td,th{padding:2px 8px;text-align:left;vertical-align:top}"
-            ".reject{color:#b00}.pass{color:#070}img{display:block}</style></head><body>",
-            f"<h1>inspectd evaluate: {e(str(summary.get('model_name')))}</h1>",
-            f"<pre>{e(json.dumps(head, indent=1))}</pre>",
-            "<table><tr><th>class</th><th>n</th><th>image AUROC</th><th>pixel AUROC</th><th>rejected</th></tr>",
-        ]
-        for cls, c in per_class.items():
-            lines.append(
-                f"<tr><td>{e(cls)}</td><td>{c.get('n')}</td><td>{_fmt(c.get('image_auroc'))}</td>"
-                f"<td>{_fmt(c.get('pixel_auroc'))}</td><td>{_fmt(c.get('reject_rate'))}</td></tr>"
-            )
-        lines.append("</table>")
-        lines.append(
-            f"<p>{len(rows)} images, most anomalous first. Panels: {', '.join(PANELS)} (heat map: the pixel threshold "
-            "is mid-scale; predicted: the pixels of the regions the decision keeps, boxes around them; ground truth "
-            "in green).</p><table>"
+            files[key] = name
+        defective = record["class"] != "good"
+        self.rows.append(
+            {
+                "file": Path(record["file"]).name,
+                "class": record["class"],
+                "score": round(float(record["score"]), 5),
+                "reject": bool(record["reject"]),
+                "area": int(record["defect_area"]),
+                "truth_area": record.get("truth_area"),
+                "outcome": outcome(defective, bool(record["reject"])),
+                "ratio": round(w / h, 4),  # the panels' width / height, so the page lays them out before they load
+                "panels": files,
+            }
         )
-        for rank, r in enumerate(rows, 1):
-            verdict = "reject" if r["reject"] else "pass"
-            lines.append(
-                f"<tr><td>{rank}</td><td>{e(r['class'])}<br>{e(Path(r['file']).name)}<br>score {r['score']:.4f}<br>"
-                f"<span class='{verdict}'>{verdict}</span> (area {r['defect_area']})</td>"
-                f"<td><img src='{e(r['img'])}' loading='lazy' alt='{e(Path(r['file']).name)}'></td></tr>"
-            )
-        lines.append("</table></body></html>")
+
+    def _keep(self, rows: list[dict], limit: int | None) -> list[dict]:
+        """At most `limit` rows: every miss and false reject first, then the most anomalous; the rest deleted."""
+        if limit is None or len(rows) <= limit:
+            return rows
+        wrong = [r for r in rows if r["outcome"] in ("missed", "false_reject")]
+        rest = [r for r in rows if r["outcome"] not in ("missed", "false_reject")]
+        keep = {id(r) for r in (wrong + rest)[:limit]}
+        for r in rows:
+            if id(r) not in keep:
+                for name in r["panels"].values():
+                    (self.dir / name).unlink(missing_ok=True)
+        return [r for r in rows if id(r) in keep]
+
+    def finish(self, summary: dict, limit: int | None = None, *, pixels=None) -> Path:
+        """Write the plots and DIR/index.html; `pixels` (a PixelHistogram) adds the pixel-level curves."""
+        everything = sorted(self.rows, key=lambda r: -r["score"])
+        scores = np.array([r["score"] for r in everything], dtype=np.float64)
+        defective = np.array([r["class"] != "good" for r in everything], dtype=bool)
+        rejected = np.array([r["reject"] for r in everything], dtype=bool)
+        calibrated = summary.get("confusion") is not None
+        plots = draw_all(self.dir, scores, defective, rejected if calibrated else None, pixels)
+        rows = self._keep(everything, limit)
+        for name in ("report.css", "report.js"):
+            shutil.copyfile(ASSETS / name, self.dir / name)
         path = self.dir / "index.html"
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(_page(summary, plots, rows, n_all=len(everything)), encoding="utf-8")
         return path
 
 
-def _fmt(v) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _page(summary: dict, plots: dict, rows: list[dict], *, n_all: int) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(ASSETS)), autoescape=True, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["num"] = lambda v, digits=3: f"{v:.{digits}f}" if isinstance(v, (int, float)) else "–"
+    env.filters["pct"] = lambda n, d: "–" if not d else f"{100.0 * n / d:.1f} %"
+    counts = {k: sum(r["outcome"] == k for r in rows) for k in ("missed", "false_reject", "found", "passed")}
+    return env.get_template("index.html.j2").render(
+        s=summary,
+        c=summary.get("confusion"),
+        plots=plots,
+        rows=rows,
+        n_all=n_all,
+        counts=counts,
+        classes=sorted({r["class"] for r in rows}),
+        # raw text inside <script type="application/json">: no "<" at all, so nothing can close or open a tag
+        rows_json=json.dumps(rows, separators=(",", ":")).replace("<", "\\u003c"),
+    )

@@ -49,7 +49,10 @@ FEATURES_SCORE = "features-knn"  # a features model's own map (its graph's outpu
 
 
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn."""
+    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn;
+    `anomalib` for an anomalib model (its graph's own anomaly map, which has no variants)."""
+    if manifest.kind == "anomalib":
+        return "anomalib"
     if manifest.kind == "features" and manifest.ensemble is None:
         return FEATURES_SCORE
     return f"{manifest.ssim.window}-ssim"
@@ -74,7 +77,8 @@ def variant_thresholds(manifest, score: str) -> dict | None:
     `inspectd train` recorded for this model (training.score_variants, bound to the same sha256), else None."""
     if score == native_score(manifest):
         t = manifest.thresholds
-        return {"pixel": t.pixel, "min_region_area": t.min_region_area, "source": "manifest thresholds"}
+        out = {"pixel": t.pixel, "min_region_area": t.min_region_area, "source": "manifest thresholds"}
+        return out if t.image is None else {**out, "image": t.image}
     rec = (manifest.training or {}).get("score_variants", {}).get(score)
     if not rec or rec.get("model_sha256") != manifest.onnx.sha256:
         return None
@@ -90,6 +94,9 @@ def variant_inspector(inspector, score: str):
     t = variant_thresholds(m, score)
     if score == native_score(m):
         return inspector, t
+    if m.kind == "anomalib":
+        msg = f"{m.name!r} is an anomalib model: it is scored by its own anomaly map only (no {score!r} variant)"
+        raise ValueError(msg)
     if m.kind == "features":
         msg = f"{m.name!r} is a features model: its map is its graph's own output ({FEATURES_SCORE}), no variant"
         raise ValueError(msg)

@@ -228,7 +228,9 @@ def calibrate(
 
 
 def write_thresholds(model_dir: str | Path, result: Calibration, *, calibrated_at: str) -> Manifest:
-    """Rewrite the model directory's manifest with the calibrated thresholds (bound to the current model.onnx)."""
+    """Rewrite the model directory's manifest with the calibrated thresholds (bound to the current model.onnx).
+    The region rule alone decides afterwards: an image threshold (an anomalib model's own, thresholds.image) is
+    dropped, since the calibration chose the pixel threshold and area for every calibration good image to pass."""
     manifest = load_manifest(model_dir)
     thresholds = Thresholds(
         pixel=min(manifest.pixel_limit, max(0.0, result.pixel)),

@@ -18,7 +18,8 @@ import structlog
 from inspectd.core.errors import ConfigError
 from inspectd.feedback.config import FeedbackSettings
 from inspectd.feedback.control import ControlServer
-from inspectd.feedback.marking import Marker, MarkError
+from inspectd.feedback.journal import MarkJournal
+from inspectd.feedback.marking import Marker, MarkResult, refused
 from inspectd.feedback.rejects import MIB, RejectStore
 from inspectd.feedback.sender import Sender
 from inspectd.feedback.spool import Spool
@@ -44,15 +45,20 @@ class Feedback:
         spool: Spool | None = None,
         sender: Sender | None = None,
         control_path=None,
+        journal: MarkJournal | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
         self.sender = sender
-        self.marker = Marker(store, spool) if store is not None and spool is not None else None
+        self.marker = None
+        if store is not None and spool is not None:
+            self.marker = Marker(store, spool, journal or MarkJournal(spool.dir))
+            self.marker.recover()
         self.control = ControlServer(control_path, self.handle) if control_path is not None else None
-        self.ops: dict[
-            str, Callable[[dict], dict]
-        ] = {}  # more control-socket ops, e.g. "reload" (inspectd/daemon/reload.py)
+        # more control-socket ops, e.g. "reload" (inspectd/daemon/reload.py)
+        self.ops: dict[str, Callable[[dict], dict]] = {}
+        # more fields for {"op": "status"}: the daemon's state, fps, queue depth, PLC link (inspectd/daemon/app.py)
+        self.status_extra: Callable[[], dict] | None = None
 
     @classmethod
     def open(
@@ -75,6 +81,12 @@ class Feedback:
                     pixel_threshold=pixel_threshold,
                 )
             if feedback is not None:
+                if feedback.insecure:
+                    log.error(
+                        "feedback_insecure",
+                        collector=feedback.collector,
+                        detail="feedback.insecure: records go to the collector unencrypted and unauthenticated",
+                    )
                 spool = Spool(
                     feedback.spool_dir,
                     max_records=feedback.spool_max_records,
@@ -93,9 +105,27 @@ class Feedback:
         return [self.store] if self.store is not None else []
 
     @property
-    def mark_good(self) -> Callable[[int, str], None] | None:
-        """For DaemonControls: the PLC's register 21 (16-bit seq) -> a good mark, enqueued (never blocks)."""
-        return self.marker.submit_plc_good if self.marker is not None else None
+    def mark_good(self) -> Callable[..., None] | None:
+        """For DaemonControls: the PLC's register 21 (16-bit seq) -> a good mark, queued (never blocks);
+        `on_done(outcome)` once it is durable or refused."""
+        marker = self.marker
+        if marker is None:
+            return None
+
+        def submit(plc_seq: int, source: str, on_done: Callable[[str], None] | None = None) -> None:
+            marker.submit(plc_seq, source=source, on_done=None if on_done is None else lambda r: on_done(r.outcome))
+
+        return submit
+
+    def mark(
+        self, *, mark: str, source: str, seq: int | None = None, plc: int | None = None, reject_id: str | None = None
+    ) -> MarkResult:
+        """The marking API for every front end (control socket, a recheck-station page): a MarkResult, ok or a
+        refusal with its reason (inspectd/feedback/marking.py); `unavailable` when marking is not configured."""
+        if self.marker is None:
+            missing = "rejects: and feedback: sections" if self.store is None else "feedback: section"
+            return refused("unavailable", f"marking is not configured: the daemon's config has no {missing}")
+        return self.marker.mark(mark=mark, source=source, seq=seq, plc=plc, reject_id=reject_id)
 
     def start(self) -> None:
         if self.marker is not None:
@@ -127,22 +157,12 @@ class Feedback:
         if op != "mark":
             known = ", ".join(["mark", "status", *self.ops])
             return {"ok": False, "error": f"unknown op {op!r} (expected one of: {known})", "kind": "invalid"}
-        if self.marker is None:
-            missing = "rejects: and feedback: sections" if self.store is None else "feedback: section"
-            return {
-                "ok": False,
-                "error": f"marking is not configured: the daemon's config has no {missing}",
-                "kind": "unavailable",
-            }
         seq, rid, mark = request.get("seq"), request.get("reject_id"), request.get("mark")
         if (seq is None) == (rid is None) or not isinstance(seq if rid is None else rid, int if rid is None else str):
             return {"ok": False, "error": "give an integer seq or a string reject_id", "kind": "invalid"}
-        if mark not in ("good", "bad"):
-            return {"ok": False, "error": f"mark must be good or bad, got {mark!r}", "kind": "invalid"}
-        try:
-            return self.marker.mark(mark=mark, source="cli", seq=seq, reject_id=rid)
-        except MarkError as exc:
-            return {"ok": False, "error": str(exc), "kind": exc.kind}
+        if isinstance(seq, bool) or not isinstance(mark, str):
+            return {"ok": False, "error": "give an integer seq and a mark 'good' or 'bad'", "kind": "invalid"}
+        return self.mark(mark=mark, source="cli", seq=seq, reject_id=rid).as_dict()
 
     def set_model(self, *, model_sha256: str, model_name: str, pixel_threshold: float) -> None:
         """After a model hot reload: rejects stored from now on name the new model and its threshold."""
@@ -151,10 +171,17 @@ class Feedback:
 
     def status(self) -> dict:
         out: dict = {}
+        if self.status_extra is not None:
+            out.update(self.status_extra())
         if self.store is not None:
             out["rejects"] = self.store.stats()
         if self.spool is not None:
-            out["spool"] = {"depth": self.spool.depth, "bytes": self.spool.nbytes, "evicted": self.spool.evicted}
+            out["spool"] = {
+                "depth": self.spool.depth,
+                "bytes": self.spool.nbytes,
+                "evicted": self.spool.evicted,
+                "oldest_age_s": self.spool.oldest_age_s(),
+            }
         if self.sender is not None:
             s = self.sender.stats
             out["sender"] = {

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from pydantic import Field, field_validator, model_validator
 
+from inspectd.core.netaddr import endpoint_is_local
 from inspectd.core.schema import ConfigPath, StrictModel
 
 _ENDPOINT = re.compile(r"^(tcp://[^\s:/]+:\d{1,5}|ipc://\S+)$")
@@ -73,7 +74,17 @@ class FeedbackConfig(StrictModel):
     log_interval_s: float = Field(
         60.0, gt=0, le=86400, description="how often the spool depth is logged (event `spool`)"
     )
-    curve: CurveConfig | None = Field(None, description="CURVE keys (encryption + authentication); null = plain TCP")
+    curve: CurveConfig | None = Field(
+        None,
+        description="CURVE keys (encryption + authentication); required for a collector beyond this PC unless insecure",
+    )
+    insecure: bool = Field(
+        False,
+        description=(
+            "allow plain TCP (no CURVE) to a collector on another machine: anyone on the network can read and forge "
+            "records (logged as an error at every start); false = refused"
+        ),
+    )
 
     @field_validator("collector")
     @classmethod
@@ -87,6 +98,17 @@ class FeedbackConfig(StrictModel):
     def _order(self) -> FeedbackConfig:
         if self.backoff_max_s < self.backoff_initial_s:
             msg = f"backoff_max_s ({self.backoff_max_s}) must be >= backoff_initial_s ({self.backoff_initial_s})"
+            raise ValueError(msg)
+        return self
+
+    @model_validator(mode="after")
+    def _secure(self) -> FeedbackConfig:
+        if self.curve is None and not self.insecure and not endpoint_is_local(self.collector):
+            msg = (
+                f"collector {self.collector} is on another machine but there is no `curve:` section: records would "
+                "travel unencrypted and anyone could forge them; add feedback.curve keys (docs/operations.md, "
+                "'Security'), or set feedback.insecure: true to accept that"
+            )
             raise ValueError(msg)
         return self
 

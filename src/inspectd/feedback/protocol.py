@@ -14,24 +14,26 @@ and for a record it will never accept (malformed; resending cannot help):
 
 A record leaves the line PC's spool only on its ack; a nacked one is moved aside (`spool/refused/`). The record id
 is made once, when the reject is stored, so every resend carries the same id and the collector de-duplicates on it.
-`meta_json` is a UTF-8 JSON object checked by `RecordMeta`; unknown extra fields are kept (newer senders).
+`meta_json` is a UTF-8 JSON object checked by `RecordMeta` (strict JSON: no NaN or Infinity, nested at most 32
+deep); unknown extra fields are kept (newer senders).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import struct
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from inspectd.core import untrusted
+from inspectd.core.imageheader import PNG_MAGIC, ImageHeader, header
 
 RECORD_TAG = b"inspectd.false_reject.v1"
 ACK_TAG = b"inspectd.ack.v1"
 NACK_TAG = b"inspectd.nack.v1"
 
 MAX_META_BYTES = 64 * 1024
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ids become file names on the collector: a strict alphabet, no path separators, no leading dot
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 _ID_RE = re.compile(ID_PATTERN)
@@ -54,7 +56,7 @@ class RecordMeta(BaseModel):
     seq: int = Field(ge=1, description="the daemon's frame sequence number (per daemon run)")
     plc_seq: int = Field(ge=1, le=65535, description="the seq as the PLC saw it (16-bit, wraps 65535 -> 1)")
     item_id: int = Field(ge=0, le=65535, description="the PLC's item id at trigger time (0 = none)")
-    score: float = Field(description="the image's anomaly score")
+    score: float = Field(allow_inf_nan=False, description="the image's anomaly score (finite)")
     time: str = Field(min_length=1, max_length=64, description="when the frame was taken (ISO 8601, UTC)")
     marked_at: str = Field(min_length=1, max_length=64, description="when the operator marked it (ISO 8601, UTC)")
     marked_by: str = Field(min_length=1, max_length=32, description="plc or cli")
@@ -76,16 +78,46 @@ def valid_id(text: str) -> bool:
     return bool(_ID_RE.match(text))
 
 
+_ID_FIELD = re.compile(rb'"id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._-]{0,127})"')
+
+
+def _salvage_id(raw: bytes) -> str:
+    """The record id of a meta that is not valid JSON (NaN, nested too deep), when it plainly says one."""
+    m = _ID_FIELD.search(raw[:MAX_META_BYTES])
+    return m.group(1).decode() if m else ""
+
+
 def encode_record(meta: dict, image_png: bytes) -> list[bytes]:
     return [RECORD_TAG, json.dumps(meta, separators=(",", ":"), sort_keys=True).encode(), image_png]
 
 
+def png_header(data: bytes) -> ImageHeader:
+    """A PNG's IHDR (size, channels, bit depth), without decoding; Refused when it is not a PNG."""
+    if not bytes(data[:8]).startswith(PNG_MAGIC):
+        raise Refused("image is not a PNG (bad signature or header)")
+    try:
+        return header(data)
+    except ValueError as exc:
+        raise Refused(f"image is not a PNG ({exc})") from None
+
+
 def png_size(data: bytes) -> tuple[int, int]:
     """(width, height) from a PNG's IHDR chunk, without decoding; Refused when it is not a PNG."""
-    if len(data) < 33 or not data.startswith(PNG_MAGIC) or data[12:16] != b"IHDR":
-        raise Refused("image is not a PNG (bad signature or header)")
-    width, height = struct.unpack(">II", data[16:24])
-    return width, height
+    h = png_header(data)
+    return h.width, h.height
+
+
+def check_png(h: ImageHeader, meta: RecordMeta, *, max_pixels: int) -> None:
+    """What a record's image must be before anyone decodes it: the size and channels its meta says, 8-bit gray or
+    RGB (as the line PC writes it), at most `max_pixels`. Refused otherwise."""
+    if h.pixels > max_pixels:
+        raise Refused(f"image is {h.width}x{h.height} pixels (limit {max_pixels})", meta.id)
+    if (h.width, h.height) != (meta.width, meta.height):
+        raise Refused(f"image is {h.width}x{h.height} but meta says {meta.width}x{meta.height}", meta.id)
+    if h.bit_depth != 8 or h.channels != meta.channels:
+        raise Refused(
+            f"image is {h.describe()}; expected 8-bit with {meta.channels} channel(s) as its meta says", meta.id
+        )
 
 
 def parse_record(frames: list[bytes], *, max_image_bytes: int) -> tuple[RecordMeta, bytes]:
@@ -99,9 +131,9 @@ def parse_record(frames: list[bytes], *, max_image_bytes: int) -> tuple[RecordMe
     if len(raw_meta) > MAX_META_BYTES:
         raise Refused(f"meta_json is {len(raw_meta)} bytes (limit {MAX_META_BYTES})")
     try:
-        data = json.loads(bytes(raw_meta).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise Refused(f"meta_json is not valid UTF-8 JSON: {exc}") from exc
+        data = untrusted.loads(raw_meta, max_bytes=MAX_META_BYTES)
+    except ValueError as exc:  # the id, if it can be found, so that the sender moves the record aside
+        raise Refused(f"meta_json is not valid UTF-8 JSON: {exc}", _salvage_id(bytes(raw_meta))) from exc
     if not isinstance(data, dict):
         raise Refused(f"meta_json must be a JSON object, got {type(data).__name__}")
     rid = data.get("id") if isinstance(data.get("id"), str) and valid_id(data["id"]) else ""

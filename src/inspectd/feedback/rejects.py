@@ -13,7 +13,9 @@ JSON exists is complete):
 
 The store keeps at most `max_count` rejects and `max_mb` MiB; the oldest go first. At start the index is rebuilt
 from the JSON files, so rejects (and their marks) survive restarts; leftovers of interrupted writes are removed.
-Store files are not fsynced (a power cut may lose the last seconds of rejects); a mark's spool record is.
+Store files are not fsynced (a power cut may lose the last seconds of rejects). A mark is copied into the reject's
+JSON for people browsing the store, but the truth is the fsynced mark journal (inspectd/feedback/journal.py): at
+start every entry is given the journal's mark.
 
 The id (`<line>-<UTC time>-<seq>-<random>`) is made when the reject is stored; a mark's record carries the same id.
 """
@@ -35,6 +37,7 @@ import cv2
 import numpy as np
 import structlog
 
+from inspectd.core import untrusted
 from inspectd.core.clock import compact_utc, iso_utc
 from inspectd.core.durable import remove_temp_files, write_atomic
 from inspectd.core.types import Code, Verdict, plc_seq
@@ -169,17 +172,58 @@ class RejectStore:
                     return entry
         return None
 
+    def recent(self, limit: int) -> list[StoredReject]:
+        """The newest `limit` stored rejects, newest first (copies: a later mark does not change them)."""
+        with self._lock:
+            out: list[StoredReject] = []
+            for entry in reversed(self._index.values()):
+                if len(out) >= limit:
+                    break
+                out.append(StoredReject(entry.id, entry.seq, entry.plc_seq, entry.wall_time, entry.nbytes, entry.meta))
+            return out
+
+    def file_of(self, reject_id: str, which: str) -> Path | None:
+        """The path of a stored reject's `image` or `overlay` PNG; None when there is no such reject or file."""
+        with self._lock:
+            entry = self._index.get(reject_id)
+            name = entry.meta.get(which) if entry is not None and which in ("image", "overlay") else None
+        return self.dir / name if name else None
+
     def read_image(self, entry: StoredReject) -> bytes:
         with self._lock:
             return (self.dir / entry.meta["image"]).read_bytes()
 
     def record_mark(self, entry: StoredReject, mark: dict) -> None:
-        """Persist an operator's mark in the reject's JSON (survives restarts). Not fsynced: the spool record is the
-        durable copy, and a mark lost to a power cut, made again, gets the same record id (no second record)."""
+        """Keep a copy of an operator's mark in the reject's JSON, for people and pages browsing the store. Not
+        fsynced and allowed to fail (OSError): the mark journal (inspectd/feedback/journal.py) is the truth. The
+        entry carries the mark from now on either way."""
         with self._lock:
-            meta = dict(entry.meta, mark=mark)
-            write_atomic(self.dir / f"{entry.id}.json", _json(meta), fsync=False)
-            entry.meta = meta
+            entry.meta = dict(entry.meta, mark=mark)
+            write_atomic(self.dir / f"{entry.id}.json", _json(entry.meta), fsync=False)
+
+    def entries(self) -> list[StoredReject]:
+        with self._lock:
+            return list(self._index.values())
+
+    def apply_marks(self, journal) -> int:
+        """At start: give every entry the mark the journal holds for it (the store's JSON may have lost it to a
+        power cut or a full disk); returns how many entries were corrected."""
+        corrected = 0
+        for entry in self.entries():
+            note = journal.get(entry.id)
+            if note is None:  # the journal lacks it only if a write failed: keep what the store says
+                continue
+            want = {k: note.get(k) for k in ("mark", "at", "by", "record_id")}
+            have = entry.mark
+            if have is not None and have.get("mark") == want["mark"]:
+                continue
+            corrected += 1
+            log.warning("reject_store_mark_corrected", id=entry.id, store=have and have.get("mark"), journal=want)
+            try:
+                self.record_mark(entry, want)
+            except OSError as exc:
+                log.warning("mark_not_saved_in_store", id=entry.id, error=str(exc), detail="the mark journal has it")
+        return corrected
 
     def set_model(self, *, model_sha256: str, model_name: str, pixel_threshold: float) -> None:
         """A model hot reload: rejects stored from now on carry the new model's sha256, name and threshold."""
@@ -295,7 +339,7 @@ class RejectStore:
         referenced: set[str] = set()
         for path in self.dir.glob("*.json"):
             try:
-                meta = json.loads(path.read_text(encoding="utf-8"))
+                meta = untrusted.loads(path.read_bytes())
                 image = self.dir / meta["image"]
                 nbytes = path.stat().st_size + image.stat().st_size
                 if image.stat().st_size == 0:

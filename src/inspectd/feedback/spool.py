@@ -22,6 +22,7 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from pathlib import Path
@@ -70,6 +71,7 @@ class Spool:
         self._lock = threading.Lock()
         self._added = threading.Condition(self._lock)
         self._index: OrderedDict[str, int] = OrderedDict()  # id -> file size, oldest first
+        self._staged: dict[str, int] = {}  # written, not yet published to the sender (put(publish=False))
         self._bytes = 0
         self.evicted = 0
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -97,18 +99,43 @@ class Spool:
 
     # --- writing ------------------------------------------------------------------------------------------
 
-    def put(self, rid: str, meta: dict, image: bytes) -> bool:
-        """Store a record durably; False when a record with this id is already waiting (idempotent)."""
+    def put(self, rid: str, meta: dict, image: bytes, *, publish: bool = True) -> bool:
+        """Store a record durably; False when a record with this id is already waiting (idempotent).
+
+        publish=False writes it (durably) but keeps it from the sender until `publish(rid)`, so that a mark can be
+        recorded in the mark journal first and the record withdrawn (`discard`) if that fails. After a crash in
+        between, the record is found at the next start like any other (and the mark recovered from it)."""
         data = encode(meta, image)
         with self._lock:
-            if rid in self._index:
+            if rid in self._index or rid in self._staged:
                 return False
             self._make_room(len(data))
             write_atomic(self._path(rid), data)  # temp, fsync, rename, fsync dir
-            self._index[rid] = len(data)
-            self._bytes += len(data)
-            self._added.notify_all()
+            if publish:
+                self._index[rid] = len(data)
+                self._bytes += len(data)
+                self._added.notify_all()
+            else:
+                self._staged[rid] = len(data)
         return True
+
+    def publish(self, rid: str) -> None:
+        """Hand a record written with publish=False to the sender."""
+        with self._lock:
+            size = self._staged.pop(rid, None)
+            if size is None:
+                return
+            self._index[rid] = size
+            self._bytes += size
+            self._added.notify_all()
+
+    def discard(self, rid: str) -> None:
+        """Withdraw a record written with publish=False (it never reached the sender)."""
+        with self._lock:
+            if self._staged.pop(rid, None) is None:
+                return
+            _unlink(self._path(rid))
+            fsync_dir(self.dir)
 
     def _make_room(self, size: int) -> None:
         while self._index and (len(self._index) + 1 > self.max_records or self._bytes + size > self.max_bytes):
@@ -178,6 +205,17 @@ class Spool:
             if not self._index:
                 self._added.wait(timeout)
             return bool(self._index)
+
+    def oldest_age_s(self) -> float | None:
+        """Seconds since the oldest waiting record was written; None when the spool is empty."""
+        with self._lock:
+            oldest = next(iter(self._index), None)
+        if oldest is None:
+            return None
+        try:
+            return max(0.0, time.time() - self._path(oldest).stat().st_mtime)
+        except OSError:  # acknowledged and removed meanwhile
+            return None
 
     @property
     def depth(self) -> int:

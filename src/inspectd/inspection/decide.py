@@ -2,7 +2,9 @@
 
 A pixel is defective when its score is strictly greater than the pixel threshold. Defective pixels are grouped
 into 8-connected regions; regions smaller than `min_region_area` pixels are noise and ignored. Any region left
-means REJECT. The image score (for logs, the PLC register and calibration) is a reduction of the whole map.
+means REJECT. The image score (for logs, the PLC register and calibration) is a reduction of the whole map, or the
+model's own image score where it has one (an anomalib model's pred_score); with an image threshold (manifest
+thresholds.image) a score strictly above it rejects the image as well, regions or not.
 
 `find_regions` is the one definition of that region rule: the decision, calibration (thresholds), evaluation
 (pixel metrics at the calibrated thresholds) and the labelling assistant's pre-labels all call it.
@@ -98,7 +100,14 @@ def reduce_map(score_map: np.ndarray, reduction: str) -> float:
 class Decider:
     """Applies one model's calibrated thresholds to difference maps; cheap to build, reused for every frame."""
 
-    def __init__(self, pixel_threshold: float, min_region_area: int, reduction: str = "max", max_regions: int = 16):
+    def __init__(
+        self,
+        pixel_threshold: float,
+        min_region_area: int,
+        reduction: str = "max",
+        max_regions: int = 16,
+        image_threshold: float | None = None,
+    ):
         if not math.isfinite(pixel_threshold):
             msg = f"pixel_threshold must be a finite number, got {pixel_threshold!r}"
             raise ValueError(msg)
@@ -111,19 +120,29 @@ class Decider:
         if int(max_regions) != max_regions or max_regions < 0:
             msg = f"max_regions must be an integer >= 0, got {max_regions!r}"
             raise ValueError(msg)
+        if image_threshold is not None and not math.isfinite(image_threshold):
+            msg = f"image_threshold must be a finite number or None, got {image_threshold!r}"
+            raise ValueError(msg)
+        self.image_threshold = None if image_threshold is None else float(image_threshold)
         self.pixel_threshold = float(pixel_threshold)
         self.min_region_area = int(min_region_area)
         self.reduction = reduction
         self.max_regions = int(max_regions)
 
-    def decide(self, score_map: np.ndarray, parts: Sequence[tuple[str, np.ndarray]] = ()) -> Decision:
+    def decide(
+        self,
+        score_map: np.ndarray,
+        parts: Sequence[tuple[str, np.ndarray]] = (),
+        image_score: float | None = None,
+    ) -> Decision:
         """float HxW difference map -> Decision(code, score, regions largest first, defect_area of all regions).
 
         parts: (name, map) of the maps `score_map` combines (an ensemble's divided maps, same shape); each region
         records in `found_by` the names whose map is above the pixel threshold somewhere inside it.
+        `image_score`: the model's own image score (else the map's reduction is the score).
 
-        Raises ValueError for a map that is not 2-D and non-empty, or that holds NaN/inf (the pipeline turns it
-        into an ERROR verdict).
+        Raises ValueError for a map that is not 2-D and non-empty, or that holds NaN/inf, or a non-finite image
+        score (the pipeline turns it into an ERROR verdict).
         """
         m = np.asarray(score_map)
         if m.ndim != 2 or m.size == 0 or not np.issubdtype(m.dtype, np.floating):
@@ -137,13 +156,21 @@ class Decider:
                 "is broken for this frame; expected finite scores"
             )
             raise ValueError(msg)
-        score = peak if self.reduction == "max" else reduce_map(m, self.reduction)
+        if image_score is not None:
+            score = float(image_score)
+            if not math.isfinite(score):
+                msg = f"image score {image_score!r} is not finite: the model output is broken for this frame"
+                raise ValueError(msg)
+        else:
+            score = peak if self.reduction == "max" else reduce_map(m, self.reduction)
+        by_score = self.image_threshold is not None and score > self.image_threshold
+        without_regions = Code.REJECT if by_score else Code.PASS  # the image score alone
         if peak <= self.pixel_threshold:  # fast path: nothing above the threshold, no labelling needed
-            return Decision(code=Code.PASS, score=score, regions=(), defect_area=0)
+            return Decision(code=without_regions, score=score, regions=(), defect_area=0)
 
         found = find_regions(m, self.pixel_threshold, self.min_region_area)
         if found.kept.size == 0:
-            return Decision(code=Code.PASS, score=score, regions=(), defect_area=0)
+            return Decision(code=without_regions, score=score, regions=(), defect_area=0)
         kept = found.kept[: self.max_regions]
         regions = tuple(self._region(m, found.labels, found.stats, int(label), parts) for label in kept)
         return Decision(code=Code.REJECT, score=score, regions=regions, defect_area=found.defect_area)

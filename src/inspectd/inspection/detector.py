@@ -111,6 +111,9 @@ class Detector:
         self._check_graph()
         self.input_name = self.manifest.input.name
         self.output_name = self.manifest.output.name
+        # an anomalib model also gives its image score (manifest anomalib.score_output): run_all() returns both
+        extra = self.manifest.anomalib
+        self.output_names = [self.output_name] + ([extra.score_output] if extra is not None else [])
         self.fixed_batch = self.manifest.input.shape[0]
 
     def _check_graph(self) -> None:
@@ -140,6 +143,14 @@ class Detector:
             )
             raise ModelError(msg)
         self._check_shape("output", _dims(by_name[m.output.name].shape), list(m.output.shape))
+        if m.anomalib is not None:
+            score = by_name.get(m.anomalib.score_output)
+            if score is None or score.type != "tensor(float)":
+                msg = (
+                    f"the model has no float output {m.anomalib.score_output!r} (it has {sorted(by_name)}); the "
+                    "manifest's anomalib.score_output names the image score"
+                )
+                raise ModelError(msg)
 
     def _check_shape(self, what: str, graph: list, manifest: list) -> None:
         if len(graph) != len(manifest):
@@ -155,15 +166,23 @@ class Detector:
                 raise ModelError(msg)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        """Reconstruct a float32 NCHW batch. A model with a fixed batch size is fed in slices."""
+        """Reconstruct a float32 NCHW batch (an anomalib model: its anomaly map). A model with a fixed batch size is
+        fed in slices."""
+        return self._run([self.output_name], batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Every output the manifest names, in `output_names` order (the map, then an anomalib model's score)."""
+        return self._run(self.output_names, batch)
+
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         if self.fixed_batch is None or batch.shape[0] == self.fixed_batch:
-            return self.session.run([self.output_name], {self.input_name: batch})[0]
+            return self.session.run(names, {self.input_name: batch})
         step = self.fixed_batch
         parts = [
-            self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch[i : i + step])})[0]
+            self.session.run(names, {self.input_name: np.ascontiguousarray(batch[i : i + step])})
             for i in range(0, batch.shape[0], step)
         ]
-        return np.concatenate(parts, axis=0)
+        return [np.concatenate([p[k] for p in parts], axis=0) for k in range(len(names))]
 
     def warmup(self, runs: int = 3) -> float:
         """Run the model a few times on a neutral input (first runs allocate and optimise); returns seconds."""
@@ -171,9 +190,10 @@ class Detector:
         batch = np.full((self.fixed_batch or 1, c, h, w), 0.5, dtype=np.float32)
         t0 = time.perf_counter()
         for _ in range(runs):
-            out = self.run(batch)
+            outs = self.run_all(batch)
+        out = outs[0]
         expected = (batch.shape[0], *self.manifest.output.shape[1:])
-        if out.shape != expected or not np.isfinite(out).all():
+        if out.shape != expected or not all(np.isfinite(o).all() for o in outs):
             msg = (
                 f"warm-up output has shape {out.shape} (expected {expected}) or non-finite values: the model is broken"
             )

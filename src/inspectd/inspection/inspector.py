@@ -19,6 +19,11 @@ session and SSIM kernel), divides every model's frame-sized map by that model's 
 maps (max or mean) before the one decision, at the ensemble's thresholds; each region records which models' divided
 maps found it (``Region.found_by``). Everything else (reconstruction, timings) is this directory's own model's.
 
+An anomalib model (manifest kind ``anomalib``, made by ``inspectd import-anomalib``) has no reconstruction: its
+graph outputs the anomaly map itself (normalised, in [0, 1]) and an image score. The map replaces the SSIM map
+(stitched to frame size and decided by the same region rule) and the model's score is the image score, which
+rejects by itself above the manifest's image threshold (thresholds.image).
+
 Thread safety: each stage may run in its own thread, but a stage must not run in two threads at once (``finish``
 owns the SSIM kernel's scratch buffers; ``infer`` one onnxruntime session, which is itself thread-safe). A
 ``Pending`` belongs to one frame and is handed from stage to stage, never shared.
@@ -59,6 +64,7 @@ class Pending:
 
     prepared: Prepared
     output: np.ndarray | None = None  # the model's raw output (NCHW), set by infer()
+    score: np.ndarray | None = None  # an anomalib model's image score per batch item, set by infer()
     timings_ms: dict[str, float] = field(default_factory=dict)
     members: list[Pending] = field(default_factory=list)  # an ensemble's other models, in manifest order
 
@@ -87,7 +93,10 @@ class Inspector:
         self.map_name = str(models[0].get("name") or m.name) if m.ensemble is not None else m.name
         self.pixel_threshold = m.thresholds.pixel if pixel_threshold is None else float(pixel_threshold)
         self.min_region_area = m.thresholds.min_region_area if min_region_area is None else int(min_region_area)
-        self.decider = Decider(self.pixel_threshold, self.min_region_area, m.score.reduction)
+        self.decider = Decider(
+            self.pixel_threshold, self.min_region_area, m.score.reduction, image_threshold=m.thresholds.image
+        )
+        self.anomalib = m.kind == "anomalib"  # the model's map and score, no reconstruction
         self.members: list[tuple[Inspector, float]] = []  # (member, divide_by) of an ensemble
         if m.ensemble is not None:
             self.members = self._open_members()
@@ -136,7 +145,10 @@ class Inspector:
     def infer(self, pending: Pending) -> Pending:
         """Stage 2: run the model on the prepared batch (onnxruntime releases the GIL meanwhile)."""
         t0 = time.perf_counter()
-        pending.output = self.detector.run(pending.prepared.batch)
+        if self.anomalib:
+            pending.output, pending.score = self.detector.run_all(pending.prepared.batch)
+        else:
+            pending.output = self.detector.run(pending.prepared.batch)
         for (member, _), part in zip(self.members, pending.members, strict=False):
             member.infer(part)
         pending.timings_ms["inference"] = (time.perf_counter() - t0) * 1e3
@@ -151,7 +163,10 @@ class Inspector:
         t0 = time.perf_counter()
         score_map, recon, parts, maps = self._map(pending, model_scores=model_scores)
         t1 = time.perf_counter()
-        decision = self.decider.decide(score_map, maps)
+        image_score = None
+        if self.anomalib and pending.score is not None:  # tiles: the most anomalous tile's score
+            image_score = float(np.max(pending.score))
+        decision = self.decider.decide(score_map, maps, image_score)
         timings["ssim"] = (t1 - t0) * 1e3
         timings["decide"] = (time.perf_counter() - t1) * 1e3
         return Inspection(score_map, decision, timings, recon if keep_reconstruction else None, parts)
@@ -242,8 +257,9 @@ def _ssim_maps(inspector: Inspector, prepared: Prepared, output: np.ndarray) -> 
 
 
 def _feature_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
-    """features: the graph's output already is the anomaly map of every tile ([N, 1, H, W], in [0, 1))."""
-    return np.ascontiguousarray(output[:, 0], dtype=np.float32), None
+    """features (in [0, 1)) and anomalib: the graph's output already is the anomaly map of every tile
+    ([N, 1, h, w]; one per tile, or the one resized frame)."""
+    return np.ascontiguousarray(np.asarray(output, dtype=np.float32)[:, 0]), None
 
 
 def _probability_maps(insp: Inspector, prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
@@ -255,8 +271,14 @@ def _probability_maps(insp: Inspector, prepared: Prepared, output: np.ndarray) -
     return np.clip(out[:, 0].astype(np.float32), 0.0, 1.0), None
 
 
+def _anomalib_maps(_inspector: Inspector, _prepared: Prepared, output: np.ndarray) -> tuple[np.ndarray, None]:
+    """anomalib: the graph's own anomaly map of every tile (or the one resized frame), N x 1 x h x w."""
+    return np.ascontiguousarray(np.asarray(output, dtype=np.float32)[:, 0]), None
+
+
 TILE_MAPS: dict[str, Callable[[Inspector, Prepared, np.ndarray], tuple[np.ndarray, np.ndarray | None]]] = {
     "autoencoder": _ssim_maps,
     "features": _feature_maps,
     "classifier": _probability_maps,
+    "anomalib": _anomalib_maps,
 }

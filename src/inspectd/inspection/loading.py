@@ -48,6 +48,7 @@ def load_inspector(settings: ModelSettings, *, intra_op_threads: int) -> LoadedM
         intra_op_threads=intra_op_threads,
     )
     inspector = Inspector(detector, pixel_threshold=settings.pixel_threshold, min_region_area=settings.min_region_area)
-    jit_s = ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
+    # an anomalib model's map comes from its graph: no SSIM kernel to compile
+    jit_s = 0.0 if inspector.anomalib else ssim.warmup([inspector.ssim], channels=inspector.preprocessor.channels)
     warm_s = inspector.warmup()  # raises ModelError on a wrong output shape or non-finite output
     return LoadedModel(inspector, jit_s, warm_s)

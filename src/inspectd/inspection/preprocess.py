@@ -265,6 +265,8 @@ class Preprocessor:
         n = 1 if image.ndim == 2 else image.shape[2]
         if self.channels == 1:
             code = {1: None, 3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}[n]
+        elif self.spec.color == "rgb":  # frames are BGR (OpenCV's order); an RGB model gets its channels swapped
+            code = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}[n]
         else:
             code = {1: cv2.COLOR_GRAY2BGR, 3: None, 4: cv2.COLOR_BGRA2BGR}[n]
         return image if code is None else cv2.cvtColor(image, code)

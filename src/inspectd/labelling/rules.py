@@ -1,4 +1,4 @@
-"""Seed 000's label-check rules as pure functions on masks and probabilities (no I/O, no models).
+"""The label-check rules as pure functions on masks and probabilities (no I/O, no models).
 
 - One checker: the match between the labelled region and the checker's predicted region is their IoU
   (intersection pixels / union pixels); a label whose IoU is below `iou_threshold` (default 0.8) is anomalous.

@@ -1,4 +1,4 @@
-"""The PLC link over Modbus TCP: the reject gate's view of inspectd (README "The PLC (Modbus TCP)").
+"""The PLC link over Modbus TCP: the reject gate's view of inspectd (docs/plc.md).
 
 config.py      the `plc:` config section (register addresses, server and client options)
 book.py        what the PLC is told, without addresses: result, toggles, counters, ring, heartbeat, state

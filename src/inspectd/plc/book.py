@@ -19,8 +19,21 @@ RUNNING, STOPPING = 1, 4  # inspectd.daemon.pipeline.State values (not imported:
 # client-mode status block: word offsets from plc.client.write_address (server-mode offsets where they exist)
 OFF_HEARTBEAT, OFF_STATE, OFF_SEQ, OFF_CODE, OFF_SCORE, OFF_AREA, OFF_ITEM, OFF_FLAGS = range(8)
 OFF_COUNTERS = 8  # 6 words
+OFF_FR_ACK, OFF_FR_RESULT = 14, 15  # the false-reject seq answered last, and its result
 OFF_RING = 16  # 16 words
 FLAG_READY, FLAG_TOGGLE, FLAG_PASS, FLAG_REJECT = 1, 2, 4, 8
+
+# the answer to a false-reject request (register false_reject_result): 1 and 2 = the mark is durable, 3.. = refused
+FALSE_REJECT_RESULTS = {
+    "marked": 1,  # marked good now
+    "already": 2,  # it was marked good before (nothing new)
+    "unknown": 3,  # no stored reject has that seq (it passed, was never stored, or was evicted)
+    "conflict": 4,  # it was marked bad before; a mark is final on the line
+    "invalid": 5,  # seq out of range
+    "failed": 6,  # the disk refused the record: nothing marked, try again
+    "busy": 7,  # too many marks waiting: try again
+    "unavailable": 8,  # marking is not configured on this line PC (no rejects:/feedback: sections)
+}
 
 
 def saturate16(value: float) -> int:
@@ -63,6 +76,8 @@ class ResultBook:
         self.toggle = False
         self.frames = self.rejects = self.errors = 0
         self.ring: deque[PlcResult] = deque(maxlen=RING_SLOTS)  # newest at the left
+        self.false_reject_ack = 0  # the false-reject seq answered last
+        self.false_reject_result = 0  # its FALSE_REJECT_RESULTS code
         self._last_beat: float | None = None
 
     @property
@@ -86,6 +101,10 @@ class ResultBook:
         self._last_beat = now
         self.heartbeat = (self.heartbeat + 1) & 0xFFFF
         return True
+
+    def answer_false_reject(self, seq: int, outcome: str) -> None:
+        self.false_reject_ack = int(seq) & 0xFFFF
+        self.false_reject_result = FALSE_REJECT_RESULTS.get(outcome, FALSE_REJECT_RESULTS["failed"])
 
     def set_state(self, state: int) -> bool:
         """True when it changed. STOPPING is final: nothing moves the PLC's view back to running."""
@@ -128,20 +147,22 @@ class ResultBook:
         )
 
     def block(self) -> list[int]:
-        """The client-mode status block (32 words); see the README for the layout."""
+        """The client-mode status block (32 words); see docs/plc.md for the layout."""
         words = [0] * CLIENT_BLOCK_WORDS
         words[OFF_HEARTBEAT] = self.heartbeat
         words[OFF_STATE] = self.state
         words[OFF_SEQ : OFF_SEQ + 5] = self.result_words()
         words[OFF_FLAGS] = self.flags()
         words[OFF_COUNTERS : OFF_COUNTERS + 6] = self.counter_words()
+        words[OFF_FR_ACK], words[OFF_FR_RESULT] = self.false_reject_ack, self.false_reject_result
         words[OFF_RING : OFF_RING + 2 * RING_SLOTS] = self.ring_words()
         return words
 
     def with_live_fields(self, block: list[int]) -> list[int]:
-        """A result block taken earlier, with the heartbeat, state and ready bit as they are now."""
+        """A result block taken earlier, with the heartbeat, state, ready bit and false-reject answer as now."""
         out = list(block)
         out[OFF_HEARTBEAT] = self.heartbeat
         out[OFF_STATE] = self.state
         out[OFF_FLAGS] = (out[OFF_FLAGS] & ~FLAG_READY) | (FLAG_READY * self.ready)
+        out[OFF_FR_ACK], out[OFF_FR_RESULT] = self.false_reject_ack, self.false_reject_result
         return out

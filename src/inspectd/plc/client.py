@@ -7,7 +7,8 @@ last 8); heartbeat() and on_state() mark the live fields dirty. A slow or dead P
 inspection: verdicts are still produced, counted and logged, and `plc_link` events say the link is down.
 
 The thread, per pass: writes each queued result as one 32-register write (FC16) at `write_address`; rewrites the
-block when the heartbeat or state changed; writes 0 into a served trigger request or false-reject register; polls
+block when the heartbeat, state or false-reject answer changed; writes 0 into a served trigger request, and into
+the false-reject register once that mark is durable or refused (its answer is in block words 14-15); polls
 the 3 request registers at `read_address` every `poll_interval_s`. Any failure (refused, timeout, an exception
 answer) closes the connection; it is reopened with doubling backoff (`reconnect`).
 """
@@ -49,7 +50,8 @@ class ModbusClientSink:
         self._dropped = 0
         self._ack_trigger_due = False
         self._trigger_outstanding = False
-        self._false_reject_clearing: int | None = None
+        self._false_reject_clearing: int | None = None  # handed over, not yet answered
+        self._false_reject_clear_due: int | None = None  # answered: clear the PLC's register
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -58,6 +60,11 @@ class ModbusClientSink:
     @property
     def link_state(self) -> str:
         return "up" if self._link_up else "down"
+
+    @property
+    def clients(self) -> int:
+        """1 while inspectd's connection to the PLC is up, else 0 (the same field as server mode's)."""
+        return 1 if self._link_up else 0
 
     def start(self) -> None:
         self.requests.start()
@@ -200,6 +207,14 @@ class ModbusClientSink:
             return
         with self._lock:
             ack_due = self._ack_trigger_due
+            clear_due = self._false_reject_clear_due
+        if clear_due is not None:
+            self._check(
+                client.write_register(c.read_address + 2, 0, device_id=c.device_id), "clear the false-reject register"
+            )
+            with self._lock:
+                if self._false_reject_clear_due == clear_due:
+                    self._false_reject_clear_due = None
         if ack_due:
             self._check(client.write_register(c.read_address, 0, device_id=c.device_id), "clear the trigger request")
             with self._lock:
@@ -224,12 +239,17 @@ class ModbusClientSink:
         if not false_reject:
             self._false_reject_clearing = None
             return
-        if false_reject != self._false_reject_clearing:  # a new mark (a repeated read of one being cleared is not)
+        if false_reject != self._false_reject_clearing:  # a new mark (a repeated read of one in progress is not)
             self._false_reject_clearing = false_reject
-            self.requests.false_reject(false_reject)
-        self._check(
-            client.write_register(c.read_address + 2, 0, device_id=c.device_id), "clear the false-reject register"
-        )
+            self.requests.false_reject(false_reject, lambda outcome: self._false_reject_answered(false_reject, outcome))
+
+    def _false_reject_answered(self, seq: int, outcome: str) -> None:
+        """The mark is durable or refused: the answer goes into the status block, then the register is cleared."""
+        with self._lock:
+            self.book.answer_false_reject(seq, outcome)
+            self._false_reject_clear_due = seq
+            self._live_dirty = True
+        self._wake.set()
 
     def _write_block(self, client: ModbusTcpClient, block: list[int]) -> None:
         self._check(

@@ -1,4 +1,4 @@
-"""The `plc:` section: the Modbus TCP link to the PLC that drives the reject gate (README "The PLC").
+"""The `plc:` section: the Modbus TCP link to the PLC that drives the reject gate (docs/plc.md).
 
 Server mode (the PLC polls inspectd) uses the register map of docs/plc.md, every address configurable; client
 mode (inspectd writes into the PLC) writes one contiguous status block and polls one request block. Config models
@@ -12,12 +12,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from inspectd.core.netaddr import is_loopback_host
 from inspectd.core.schema import BackoffConfig, StrictModel
 
 RING_SLOTS = 8  # results in the ring: [seq, code] pairs, newest first
 COUNTER_WORDS = 6  # frames, rejects, errors: uint32 each, high word first
 CLIENT_BLOCK_WORDS = 32  # the status block inspectd writes into the PLC in client mode
 CLIENT_REQUEST_WORDS = 3  # trigger request, item id, false-reject seq: what inspectd reads from the PLC
+LOOPBACK = ("127.0.0.1", "::1")  # the default write allow-list: this PC only
 
 
 def _check_disjoint(spans: dict[str, tuple[int, int]], what: str) -> None:
@@ -104,7 +106,23 @@ class HoldingMap(StrictModel):
         ge=0,
         le=65535,
         description=(
-            "holding register the PLC writes: seq of a rejected item an operator found good; inspectd clears it to 0"
+            "holding register the PLC writes: seq of a rejected item an operator found good; inspectd clears it to 0 "
+            "once the mark is durable or refused (the answer is in false_reject_ack / false_reject_result)"
+        ),
+    )
+    false_reject_ack: int = Field(
+        22,
+        ge=0,
+        le=65535,
+        description="holding register: the false-reject seq answered last (see false_reject_result)",
+    )
+    false_reject_result: int = Field(
+        23,
+        ge=0,
+        le=65535,
+        description=(
+            "holding register: the answer for false_reject_ack: 1 marked, 2 already marked, 3 unknown or expired "
+            "seq, 4 marked bad before, 5 invalid, 6 failed (disk: try again), 7 busy, 8 marking not configured"
         ),
     )
     ring: int = Field(
@@ -158,29 +176,56 @@ class ServerConfig(StrictModel):
             "on stop, keep answering this long after setting ready = 0 and state = 4, so a polling PLC reads them"
         ),
     )
-    allow_writes_from: tuple[str, ...] | None = Field(
-        None,
+    allow_writes_from: tuple[str, ...] = Field(
+        LOOPBACK,
         description=(
-            "IP addresses allowed to write (trigger, item id, false reject); writes from any other peer get "
-            "exception 01 and change nothing, reads stay open; null = any peer (set it to the PLC's address)"
+            "IP addresses or networks (e.g. 192.168.10.20, 192.168.10.0/24) allowed to write (trigger, item id, "
+            "false reject); writes from any other peer get exception 01 and change nothing, reads stay open. "
+            "Default: this PC only, so a PLC on the network must be listed (required when host is not loopback)"
         ),
     )
     coils: CoilMap = Field(default_factory=CoilMap)
     holding: HoldingMap = Field(default_factory=HoldingMap)
 
+    @field_validator("allow_writes_from", mode="before")
+    @classmethod
+    def _not_null(cls, value):
+        if value is None:
+            msg = (
+                "null (writes from any peer) is not allowed: list the PLC's address(es), e.g. [192.168.10.20] "
+                "(0.0.0.0/0 admits everyone and is logged as an error)"
+            )
+            raise ValueError(msg)
+        return value
+
     @field_validator("allow_writes_from")
     @classmethod
-    def _ip_addresses(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
-        if value is None:
-            return None
+    def _ip_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         out = []
         for text in value:
             try:
-                out.append(str(ipaddress.ip_address(text.strip())))
+                net = ipaddress.ip_network(text.strip(), strict=False)
             except ValueError:
-                msg = f"{text!r} is not an IP address (expected e.g. 192.168.10.20; host names are not resolved)"
+                msg = (
+                    f"{text!r} is not an IP address or network (expected e.g. 192.168.10.20 or 192.168.10.0/24; "
+                    "host names are not resolved)"
+                )
                 raise ValueError(msg) from None
+            out.append(str(net.network_address) if net.num_addresses == 1 else str(net))
         return tuple(out)
+
+    @model_validator(mode="after")
+    def _writers_named(self) -> ServerConfig:
+        if not is_loopback_host(self.host) and "allow_writes_from" not in self.model_fields_set:
+            msg = (
+                f"host {self.host} is reachable from the network, but allow_writes_from is not set: list the PLC's "
+                "address(es), e.g. allow_writes_from: [192.168.10.20] (by default only this PC may write)"
+            )
+            raise ValueError(msg)
+        return self
+
+    def writers(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(text, strict=False) for text in self.allow_writes_from)
 
 
 class PlcReconnectConfig(BackoffConfig):

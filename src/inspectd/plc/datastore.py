@@ -79,6 +79,7 @@ class PlcDatastore(ModbusServerContext):
         ) = b.result_words()
         regs[h.counters : h.counters + COUNTER_WORDS] = b.counter_words()
         regs[h.ring : h.ring + 2 * RING_SLOTS] = b.ring_words()
+        regs[h.false_reject_ack], regs[h.false_reject_result] = b.false_reject_ack, b.false_reject_result
 
     def update(self, change: Callable[[ResultBook], object]) -> None:
         """Apply a change to the book and the tables as one step no reader can interleave with."""
@@ -98,9 +99,13 @@ class PlcDatastore(ModbusServerContext):
             if self._outstanding_triggers == 0:
                 self.coils[self.c.trigger] = False
 
-    def clear_false_reject(self, seq: int) -> None:
-        """The false-reject seq was handed over: clear the register (unless the PLC already wrote another)."""
+    def answer_false_reject(self, seq: int, outcome: str) -> None:
+        """The mark for this false-reject seq is durable (or refused): publish the answer, then clear the register
+        (unless the PLC already wrote another seq), all in one step."""
         with self.lock:
+            self.book.answer_false_reject(seq, outcome)
+            self.regs[self.h.false_reject_ack] = self.book.false_reject_ack
+            self.regs[self.h.false_reject_result] = self.book.false_reject_result
             if self.regs[self.h.false_reject_seq] == seq:
                 self.regs[self.h.false_reject_seq] = 0
 
@@ -117,13 +122,20 @@ class PlcDatastore(ModbusServerContext):
             return self.regs, _REG_FCS[func_code], self._writable_regs
         return None
 
-    def get_values(self, func_code: int, address: int, count: int) -> list | ExcCodes:
+    def check_read(self, func_code: int, address: int, count: int) -> ExcCodes | None:
+        """What a read would answer, without reading: None when it would succeed, else its exception code."""
         table = self._table(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
-        values, _, _ = table
-        if count < 1 or address < 0 or address + count > len(values):
+        if count < 1 or address < 0 or address + count > len(table[0]):
             return ExcCodes.ILLEGAL_ADDRESS
+        return None
+
+    def get_values(self, func_code: int, address: int, count: int) -> list | ExcCodes:
+        bad = self.check_read(func_code, address, count)
+        if bad is not None:
+            return bad
+        values = self._table(func_code)[0]  # type: ignore[index]
         with self.lock:
             return values[address : address + count]
 

@@ -37,7 +37,7 @@ class DefectConfig:
     """Shape distribution and sizes. Lengths are fractions of the image's shorter side."""
 
     shape_weights: tuple[float, float, float] = (0.6, 0.2, 0.2)  # ellipse, rectangle, triangle
-    n_points: int = 16  # polygon vertices sampled on the ellipse (the seed fixes 16)
+    n_points: int = 16  # polygon vertices sampled on the ellipse (the method fixes 16)
     min_long: float = 0.06  # the ellipse's long semi-axis a exceeds this (a "length threshold")
     max_long: float = 0.25  # ... and stays below this
     min_aspect: float = 0.08  # b / a lies in [min_aspect, max_aspect] with max_aspect < 1: a > b, thin

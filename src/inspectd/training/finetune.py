@@ -7,7 +7,7 @@ chosen by the sample count.
   `training.model` facts give the architecture). Then it checks that PyTorch reproduces the parent's ONNX output
   (max abs difference <= 1e-4): the fine-tune continues exactly the function the line runs, or refuses.
 - Stop rule: training stops when the loss (mean of the last `stop_window` batches) is at or below a threshold that
-  depends on the number of training samples. Seed 002's table, the default: 100-500 samples -> 0.1-0.3,
+  depends on the number of training samples. The standard table, the default: 100-500 samples -> 0.1-0.3,
   500-5000 -> 0.01-0.1, 5000-10000 -> 0.001-0.01. The bands meet at their ends, so the default is the line through
   (100, 0.3), (500, 0.1), (5000, 0.01), (10000, 0.001), interpolated in log(count) and log(threshold) and held
   flat beyond its ends: fewer samples, a higher threshold (less fitting of a small set). The iteration cap (and

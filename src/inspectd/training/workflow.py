@@ -191,6 +191,9 @@ def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
 
         parent = load_parent(job.init)
         pp = parent.manifest.preprocess
+        if pp.color == "rgb":  # only anomalib models take RGB, and load_parent refuses those already
+            msg = f"--init {job.init}: an RGB model cannot be continued (expected an autoencoder from `inspectd train`)"
+            raise ValueError(msg)
         job = replace(
             job,
             model=parent.model_config,

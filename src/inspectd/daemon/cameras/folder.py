@@ -3,13 +3,16 @@
 Ground truth follows the MVTec AD layout: `.../test/good/x.png` is good, `.../test/<defect>/x.png` is defective
 with its mask at `.../ground_truth/<defect>/x_mask.png`; an image in any other `good/` directory is good; other
 images have no truth. A file that cannot be decoded becomes an error capture (image None), not an exception, so
-the pipeline gives that one item an error verdict and goes on.
+the pipeline gives that one item an error verdict and goes on; so does one that is not a regular file (a FIFO
+would block the read forever) and one whose header declares a size outside `camera.frame_size` (checked before
+decoding: a 389 KB PNG can declare 20000 × 20000 pixels).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -20,6 +23,7 @@ from pydantic import Field, field_validator
 
 from inspectd.core import mvtec
 from inspectd.core.errors import CameraError, EndOfStream
+from inspectd.core.imageheader import header
 from inspectd.core.types import Capture
 from inspectd.daemon.cameras.base import CameraConfigBase, ConfigPath, register
 
@@ -100,6 +104,25 @@ def mvtec_truth(path: Path) -> tuple[bool | None, Path | None]:
     return (True, mask) if mask is not None else (None, None)
 
 
+def read_regular_file(path: Path, *, max_bytes: int) -> np.ndarray:
+    """The bytes of a regular file. OSError for anything else: a FIFO or device named like an image would block a
+    plain open() or read() forever (opened non-blocking here, and refused), a file larger than max_bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "device" if stat.S_ISCHR(st.st_mode) else "special file"
+            msg = f"not a regular file (a {kind}; expected an image file)"
+            raise OSError(msg)
+        if st.st_size > max_bytes:
+            msg = f"{st.st_size} bytes, larger than any frame within camera.frame_size (limit {max_bytes})"
+            raise OSError(msg)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return np.frombuffer(f.read(max_bytes + 1), np.uint8)
+    finally:
+        os.close(fd)
+
+
 def decode(data: bytes | np.ndarray, what: str) -> np.ndarray:
     """Bytes of an image file -> uint8 HxW or HxWx3 BGR. Raises ValueError saying why it cannot."""
     buf = np.frombuffer(data, np.uint8) if isinstance(data, bytes) else data
@@ -149,7 +172,7 @@ def convert(img: np.ndarray, color: str) -> np.ndarray:
 def load_mask(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     """A 0/255 uint8 mask from a file (0/1 masks are scaled), or None if missing, undecodable or the wrong size."""
     try:
-        m = decode(np.fromfile(path, np.uint8), str(path))
+        m = decode(read_regular_file(path, max_bytes=shape[0] * shape[1] * 8 + (1 << 20)), str(path))
     except (OSError, ValueError):
         return None
     if m.ndim == 3:
@@ -207,14 +230,21 @@ class FolderCamera:
 
     def _load(self, item: _Item) -> Capture:
         source = str(item.path)
+        bounds = self.cfg.frame_size
         try:
-            data = np.fromfile(item.path, np.uint8)
+            data = read_regular_file(item.path, max_bytes=int(bounds.max_megapixels * 1e6) * 8 + (1 << 20))
         except OSError as e:
             return Capture(image=None, source=source, truth=item.truth, error=f"cannot read {source}: {e}")
         try:
+            if data.size:  # the header first: its size is checked before a single pixel is decoded
+                h = header(data.data)
+                why = bounds.refusal(h.width, h.height)
+                if why is not None:
+                    return Capture(image=None, source=source, truth=item.truth, error=f"{source}: {why}")
             img = decode(data, source)
         except ValueError as e:
-            return Capture(image=None, source=source, truth=item.truth, error=str(e))
+            msg = str(e) if str(e).startswith("cannot") else f"cannot decode {source} as an image: {e}"
+            return Capture(image=None, source=source, truth=item.truth, error=msg)
         mask = None
         if item.truth is False:
             mask = np.zeros(img.shape[:2], np.uint8)

@@ -1,0 +1,112 @@
+"""The registry's schema: what the Alembic migration creates is exactly tables.py on both backends; a database
+on a schema this inspectd does not know, or one that is not a registry, is refused (exit 2) and left untouched;
+SQLite runs in WAL with full sync; an unreachable server is exit 1 and the password never shows."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+from sqlalchemy import text
+
+from inspectd.registry import db
+from inspectd.registry.tables import metadata
+from tests.support.net import free_port
+
+
+def test_the_migrated_schema_is_the_metadata(registry):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    reg = registry.open()
+    try:
+        assert reg.schema == "created"
+        with reg.read() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+            assert diff == [], diff
+            assert db.current_revision(conn) == db.head_revision() == "0001"
+    finally:
+        reg.close()
+    again = registry.open()
+    assert again.schema == "current"
+    again.close()
+
+
+def test_a_registry_on_a_newer_schema_is_refused_and_left_alone(registry):
+    reg = registry.open()
+    with reg.write() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '0099_future'"))
+    reg.close()
+    for args in (("list",), ("upgrade",)):
+        res = registry.cli(*args)
+        assert res.returncode == 2, res.stdout + res.stderr
+        assert "schema revision '0099_future', which this inspectd does not know" in res.stderr
+        assert "upgrade inspectd on this machine" in res.stderr
+    reg = db.create(db.parse_url(registry.api_url or registry.url))
+    with reg.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0099_future"
+    reg.dispose()
+
+
+def test_a_database_with_our_table_names_but_no_version_is_not_taken_over(sqlite_registry):
+    con = sqlite3.connect(sqlite_registry.url)
+    con.execute("CREATE TABLE models (id INTEGER PRIMARY KEY, what TEXT)")
+    con.commit()
+    con.close()
+    res = sqlite_registry.cli("list")
+    assert res.returncode == 2 and "is not an inspectd registry" in res.stderr
+    con = sqlite3.connect(sqlite_registry.url)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")] == ["models"]
+    con.close()
+
+
+def test_sqlite_runs_in_wal_mode_with_full_sync(sqlite_registry):
+    reg = sqlite_registry.open()
+    try:
+        with reg.read() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    finally:
+        reg.close()
+
+
+def test_the_migration_downgrades_and_upgrades_again(sqlite_registry):
+    from alembic import command
+
+    reg = sqlite_registry.open()
+    with reg.write() as conn:
+        cfg = db.alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "base")
+    with reg.read() as conn:
+        assert set(conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'").scalars()) == {
+            "alembic_version"
+        }
+    reg.close()
+    res = sqlite_registry.cli("upgrade")
+    assert res.returncode == 0 and "schema created (revision 0001)" in res.stdout, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://x@h/db", "scheme 'mysql' is not supported"),
+        ("sqlite://", "needs a file"),
+        ("sqlite:////nonexistent-dir/x.db", "directory /nonexistent-dir does not exist"),
+    ],
+)
+def test_bad_registry_urls_exit_2(url, expected):
+    from tests.support.helpers import run_cli
+
+    res = run_cli("registry", "list", "--registry", url)
+    assert res.returncode == 2 and expected in res.stderr, res.stderr
+
+
+def test_an_unreachable_server_is_exit_1_and_hides_the_password():
+    from tests.support.helpers import run_cli
+
+    res = run_cli("registry", "list", "--registry", f"postgresql://u:s3cret@127.0.0.1:{free_port()}/db")
+    assert res.returncode == 1, res.stderr
+    assert "cannot open the registry postgresql+psycopg://u:***@127.0.0.1" in res.stderr
+    assert "s3cret" not in res.stderr + res.stdout
