@@ -16,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 
-from inspectd.core.manifest import Manifest, OnnxSpec, PreprocessSpec, ScoreSpec, TensorSpec, sha256_file
+from inspectd.core.manifest import Manifest, OnnxSpec, ScoreSpec, TensorSpec, sha256_file
 from inspectd.evaluation import thresholds as calib
 from inspectd.inspection.preprocess import Preprocessor
 from inspectd.training import data as D
@@ -32,7 +32,7 @@ from inspectd.training.onnx_export import (
     utc_now,
 )
 from inspectd.training.train import STDERR, ProgressStream
-from inspectd.training.workflow import _split
+from inspectd.training.workflow import _split, preprocess_spec
 
 # Tiles per onnxruntime run (the manifest's fixed batch; the Detector feeds larger batches in slices; the graph itself
 # takes any batch). It bounds the k-NN's [tiles x positions, bank] intermediate on megapixel frames: 4 x 576 x 10,000
@@ -78,21 +78,6 @@ class FeaturesResult:
                 f"total time:   {self.seconds:.0f} s",
             ]
         )
-
-
-def preprocess_spec(job: FeaturesJob) -> PreprocessSpec:
-    return PreprocessSpec(
-        color=job.color,
-        divide=255.0,
-        mean=0.0,
-        std=1.0,
-        mode=job.mode,
-        tile_overlap=job.tile_overlap,
-        interpolation="area",
-        normalize=job.normalize,
-        normalize_to=job.normalize_to,
-        scale=job.scale,
-    )
 
 
 def run_features_job(job: FeaturesJob, *, log: ProgressStream | None = STDERR) -> FeaturesResult:

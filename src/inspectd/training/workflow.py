@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 
@@ -178,6 +178,40 @@ def _hard_defect_facts(job: TrainJob, hard: list, target_value: int, parent) -> 
     return {"hard_defects": facts}
 
 
+class FrameSettings(Protocol):
+    """How a job's frames become model input: what `preprocess_spec` reads (TrainJob and FeaturesJob have it)."""
+
+    @property
+    def color(self) -> Literal["gray", "bgr"]: ...
+    @property
+    def mode(self) -> Literal["resize", "tile"]: ...
+    @property
+    def tile_overlap(self) -> int: ...
+    @property
+    def scale(self) -> float: ...
+    @property
+    def normalize(self) -> Literal["none", "median"]: ...
+    @property
+    def normalize_to(self) -> float: ...
+
+
+def preprocess_spec(job: FrameSettings) -> PreprocessSpec:
+    """The manifest's preprocessing for a job's frames: uint8 / 255, area interpolation, the job's colour, resize or
+    tiles, scale and exposure normalisation."""
+    return PreprocessSpec(
+        color=job.color,
+        divide=255.0,
+        mean=0.0,
+        std=1.0,
+        mode=job.mode,
+        tile_overlap=job.tile_overlap,
+        interpolation="area",
+        normalize=job.normalize,
+        normalize_to=job.normalize_to,
+        scale=job.scale,
+    )
+
+
 def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
@@ -265,18 +299,7 @@ def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     train_cfg = replace(train_cfg, ssim_size=ssim_spec.size, ssim_sigma=ssim_spec.sigma)  # loss = the daemon's window
     result = train(model, dataset, train_cfg, checkpoint_dir=ckpt_dir, resume=job.resume, log=log)
 
-    preprocess = PreprocessSpec(
-        color=job.color,
-        divide=255.0,
-        mean=0.0,
-        std=1.0,
-        mode=job.mode,
-        tile_overlap=job.tile_overlap,
-        interpolation="area",
-        normalize=job.normalize,
-        normalize_to=job.normalize_to,
-        scale=job.scale,
-    )
+    preprocess = preprocess_spec(job)
     if parent is not None:
         preprocess = parent.manifest.preprocess
     held_set = D.TrainingSet(held_out, geometry, augment=D.AugmentConfig.off(), defect_prob=0.0)
