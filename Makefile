@@ -16,11 +16,6 @@ demo: $(RUNTIME_STAMP)
 test: lint postgres-server browser
 	$(PY) -m pytest
 
-# the review page's tests look at it in a real headless Chromium (Debian's); installed once, where apt is at hand
-browser:
-	@command -v chromium >/dev/null || ! command -v apt-get >/dev/null || [ "$$(id -u)" != 0 ] || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
-
 # ruff (lint + format), mypy, and the import-linter layer contracts in pyproject.toml
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -32,6 +32,40 @@ def test_the_migrated_schema_is_the_metadata(registry):
     again.close()
 
 
+def test_a_schema_another_process_commits_during_the_check_is_taken_as_current(registry, monkeypatch):
+    """CI saw this race on PostgreSQL: two processes open an empty registry; one commits the new schema between
+    the other's "which revision?" and "which tables?" statements, and the other called it damaged (exit 2). Here
+    the other process's commit lands exactly there, every time."""
+    from alembic import command
+
+    url = db.parse_url(registry.api_url or registry.url)
+    other = db.create(url)
+    creating = db.transaction(other, write=True)
+    conn = creating.__enter__()
+    db._lock(conn)
+    cfg = db.alembic_config()
+    cfg.attributes["connection"] = conn
+    command.upgrade(cfg, "head")  # created, not yet committed
+    real = db.current_revision
+    seen: list[str | None] = []
+
+    def revision_then_the_other_commits(c):
+        rev = real(c)
+        if not seen:
+            creating.__exit__(None, None, None)
+        seen.append(rev)
+        return rev
+
+    monkeypatch.setattr(db, "current_revision", revision_then_the_other_commits)
+    engine = db.create(url)
+    try:
+        assert db.ensure_schema(engine) == "current"
+        assert seen[0] is None and seen[-1] == db.head_revision()
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
 def test_a_registry_on_a_newer_schema_is_refused_and_left_alone(registry):
     reg = registry.open()
     with reg.write() as conn:

@@ -194,13 +194,15 @@ def _check(conn: Connection, url: URL, *, allow_upgrade: bool) -> str | None:
 def ensure_schema(engine: Engine, *, upgrade: bool = False) -> str:
     """Create the schema of an empty database, refuse an unusable one, upgrade an older one when asked; returns
     what happened: 'current', 'created' or 'upgraded'."""
-    with transaction(engine, write=False) as conn:
-        todo = _check(conn, engine.url, allow_upgrade=upgrade)
-    if todo is None:
-        return "current"
+    with transaction(engine, write=False) as conn:  # the common case, without the lock: nothing to do
+        if current_revision(conn) == head_revision():
+            return "current"
+    # Everything else is decided under the lock only. Outside it, another process may commit a new schema between
+    # two statements of one check (PostgreSQL's READ COMMITTED gives each statement a new snapshot): "no version"
+    # then "our tables" read as a damaged registry although it is a just-created one.
     with transaction(engine, write=True) as conn:
         _lock(conn)
-        todo = _check(conn, engine.url, allow_upgrade=upgrade)  # again, under the lock: another process may have won
+        todo = _check(conn, engine.url, allow_upgrade=upgrade)
         if todo is None:
             return "current"
         cfg = alembic_config()
