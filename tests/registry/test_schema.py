@@ -105,6 +105,34 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(sqlite_registry):
         reg.close()
 
 
+def test_connections_opening_a_new_sqlite_file_at_once_all_get_it(tmp_path):
+    """Switching a new file to WAL answers "database is locked" at once (no busy handler) while another connection
+    does the same: CI saw two `registry add` processes fail that way. Three connections (one engine each, as three
+    processes would have) race on a new file, 300 times; before the fix about one race in ten failed."""
+    import threading
+
+    failures: list[BaseException] = []
+    for round_ in range(300):
+        engines = [db.create(db.parse_url(str(tmp_path / f"r{round_}.db"))) for _ in range(3)]
+        together = threading.Barrier(len(engines))
+
+        def open_at_once(engine, together=together):
+            together.wait()
+            try:
+                engine.connect().close()
+            except Exception as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=open_at_once, args=(e,)) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        for e in engines:
+            e.dispose()
+    assert failures == [], f"{len(failures)} failed, first: {failures[0]}"
+
+
 def test_the_migration_downgrades_and_upgrades_again(sqlite_registry):
     from alembic import command
 

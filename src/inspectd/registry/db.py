@@ -17,6 +17,8 @@ line PCs), the same SQL through SQLAlchemy 2; the schema is created and checked 
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -75,6 +77,28 @@ def shown(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def _enter_wal(cur: sqlite3.Cursor, url: URL) -> None:
+    """PRAGMA journal_mode = WAL, waiting out other connections. Switching a new file to WAL answers "database is
+    locked" at once, without SQLite's busy handler, while another process is doing the same (seen with two `registry
+    add` on a fresh file), so this retries within the busy timeout. A file system without WAL support (a network
+    share) keeps another mode: refused, as the registry's durability rests on WAL + full sync."""
+    deadline = time.monotonic() + SQLITE_BUSY_S
+    while True:
+        try:
+            mode = str(cur.execute("PRAGMA journal_mode = WAL").fetchone()[0]).lower()
+            break
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    if mode != "wal":
+        msg = (
+            f"the SQLite registry {shown(url)} cannot run in WAL mode (it stays {mode!r}): put it on a local disk, "
+            "or use PostgreSQL for a registry shared between PCs"
+        )
+        raise RegistryError(msg)
+
+
 def _sqlite_engine(url: URL) -> Engine:
     path = Path(url.database or "")
     if not path.parent.is_dir():
@@ -87,7 +111,7 @@ def _sqlite_engine(url: URL) -> Engine:
         dbapi_conn.isolation_level = None  # SQLAlchemy emits BEGIN itself (below): real transactions, DDL included
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_S * 1000)}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _enter_wal(cur, url)
         cur.execute("PRAGMA synchronous = FULL")
         cur.execute("PRAGMA foreign_keys = ON")
         cur.close()
