@@ -49,6 +49,38 @@ def _percentiles(values: list[float], scale: float = 1.0) -> dict[str, float | N
     }
 
 
+def _poll(client, items: int, poll_ms: float, rate_hz: float, settle_s: float, done: threading.Event):
+    """Read registers 0-47 every poll_ms, as a PLC would, until every item was seen or settle_s after the producer
+    is done (bounded even if it stalls); returns when each seq was first seen, the seqs seen in register 2 alone,
+    and the number of polls."""
+    seen_at: dict[int, float] = {}
+    seen_last_seq: set[int] = set()
+    polls = 0
+    period = poll_ms / 1000.0
+    started = next_poll = time.perf_counter()
+    end_by = None
+    while True:
+        regs = client.read_holding_registers(0, count=48, device_id=1).registers
+        t_read = time.perf_counter()
+        polls += 1
+        seen_last_seq.add(regs[2])
+        for seq in (regs[2], *regs[32:48:2]):
+            if seq and seq not in seen_at:
+                seen_at[seq] = t_read
+        if done.is_set():
+            end_by = end_by or time.perf_counter() + settle_s
+            if len(seen_at) >= items or time.perf_counter() > end_by:
+                break
+        elif time.perf_counter() - started > items / rate_hz * 3 + 30:
+            break  # bounded even if the producer stalls
+        next_poll += period
+        if (wait := next_poll - time.perf_counter()) > 0:
+            time.sleep(wait)
+        else:
+            next_poll = time.perf_counter()  # a late poll does not cause a burst of catch-up polls
+    return seen_at, seen_last_seq, polls
+
+
 def run(items: int, poll_ms: float, rate_hz: float, settle_s: float = 1.0) -> dict:
     from pymodbus.client import ModbusTcpClient
 
@@ -82,35 +114,10 @@ def run(items: int, poll_ms: float, rate_hz: float, settle_s: float = 1.0) -> di
     if not client.connect():
         sink.close()
         raise SystemExit(f"cannot connect to the sink on 127.0.0.1:{port}")
-    seen_at: dict[int, float] = {}
-    seen_last_seq: set[int] = set()
-    polls = 0
     producer = threading.Thread(target=produce, name="producer")
-    period = poll_ms / 1000.0
-    started = time.perf_counter()
     producer.start()
-    next_poll = time.perf_counter()
-    end_by = None
     try:
-        while True:
-            regs = client.read_holding_registers(0, count=48, device_id=1).registers
-            t_read = time.perf_counter()
-            polls += 1
-            seen_last_seq.add(regs[2])
-            for seq in (regs[2], *regs[32:48:2]):
-                if seq and seq not in seen_at:
-                    seen_at[seq] = t_read
-            if done.is_set():
-                end_by = end_by or time.perf_counter() + settle_s
-                if len(seen_at) >= items or time.perf_counter() > end_by:
-                    break
-            elif time.perf_counter() - started > items / rate_hz * 3 + 30:
-                break  # bounded even if the producer stalls
-            next_poll += period
-            if (wait := next_poll - time.perf_counter()) > 0:
-                time.sleep(wait)
-            else:
-                next_poll = time.perf_counter()  # a late poll does not cause a burst of catch-up polls
+        seen_at, seen_last_seq, polls = _poll(client, items, poll_ms, rate_hz, settle_s, done)
     finally:
         client.close()
         producer.join(10)

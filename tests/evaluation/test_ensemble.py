@@ -167,6 +167,7 @@ def test_evaluate_scores_the_combined_map_and_leaves_out_what_any_member_trained
     assert res.returncode == 0, res.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["image_auroc"] == 1.0  # trivially separable images
+    assert r["score"] == "ensemble-max"  # the combined map, not one member's SSIM
     trained = load_manifest(members[1]).training["hard_defects"]["files"]
     assert r["left_out_trained_on"]["count"] == len(trained) > 0
     assert sorted(r["left_out_trained_on"]["images"]) == sorted(f["image"] for f in trained)

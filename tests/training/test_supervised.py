@@ -62,6 +62,16 @@ def test_train_supervised_writes_a_calibrated_classifier_the_daemon_runs(trained
     assert result.score_map.shape == (48, 48) and 0 <= result.score_map.min() <= result.score_map.max() <= 1
 
 
+def test_evaluate_names_a_classifiers_map_for_what_it_is_and_refuses_ssim_variants(trained):
+    from inspectd.evaluation.evaluate import evaluate
+
+    root, out = trained
+    r = evaluate(out, root, log=None)
+    assert r["score"] == "classifier-probability" and r["n_images"] > 0
+    with pytest.raises(ValueError, match="is a classifier model: its map is its graph's own output"):
+        evaluate(out, root, scores=["l2"], log=None)
+
+
 def test_init_continues_a_classifier_and_refuses_a_changed_one(trained, tmp_path):
     root, parent = trained
     child = tmp_path / "child"

@@ -48,6 +48,7 @@ from inspectd.evaluation.report import ReportWriter
 from inspectd.evaluation.scoring import SCORES, native_score, variant_inspector
 from inspectd.evaluation.thresholds import json_safe, open_inspector
 from inspectd.inspection.decide import find_regions
+from inspectd.inspection.inspector import Inspector
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 HIST_BINS = 1 << 18
@@ -315,6 +316,22 @@ class _ScoreResults:
 # --- the run --------------------------------------------------------------------------------------------------
 
 
+def _score_runs(base: Inspector, scores: Sequence[str]) -> list[_ScoreResults]:
+    """One result set per score asked for (default: the model's own), each with its Inspector, warmed up."""
+    native = native_score(base.manifest)
+    wanted = list(dict.fromkeys(scores or [native]))
+    for s in wanted:
+        if s not in SCORES and s != native:
+            msg = f"unknown score {s!r}, expected {native} (the model's own) or one of {', '.join(SCORES)}"
+            raise ValueError(msg)
+    runs = [_ScoreResults(s, *variant_inspector(base, s)) for s in wanted]
+    base.warmup()
+    for r in runs:
+        if r.inspector is not base:
+            r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
+    return runs
+
+
 def evaluate(
     model_dir: str | Path,
     data: str | Path,
@@ -340,19 +357,7 @@ def evaluate(
     if not items:
         msg = f"every test image under {data} is in the model's training set (manifest training.hard_defects)"
         raise ValueError(msg)
-    wanted = list(dict.fromkeys(scores or [native_score(manifest)]))
-    for s in wanted:
-        if s not in SCORES and s != native_score(manifest):
-            msg = f"unknown score {s!r}, expected one of {', '.join(SCORES)}"
-            raise ValueError(msg)
-    runs = []
-    for s in wanted:
-        insp, thr = variant_inspector(base, s)
-        runs.append(_ScoreResults(s, insp, thr))
-    base.warmup()
-    for r in runs:
-        if r.inspector is not base and not r.inspector.anomalib:
-            r.inspector.ssim.warmup(r.inspector.preprocessor.channels)
+    runs = _score_runs(base, scores)
 
     writer = None
     if report is not None:

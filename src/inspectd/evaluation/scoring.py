@@ -46,15 +46,21 @@ class L2Difference:
 
 
 FEATURES_SCORE = "features-knn"  # a features model's own map (its graph's output); it has no variants
+CLASSIFIER_SCORE = "classifier-probability"  # a classifier's map: the defect probability per pixel; no variants
 
 
 def native_score(manifest) -> str:
-    """The variant the manifest's own map is: gaussian-ssim or uniform-ssim (an autoencoder), features-knn;
-    `anomalib` for an anomalib model (its graph's own anomaly map, which has no variants)."""
+    """The name of the manifest's own map: gaussian-ssim or uniform-ssim (an autoencoder), features-knn,
+    classifier-probability, `anomalib` (its graph's own anomaly map), or ensemble-max / ensemble-mean (the combined
+    map of the members). Only an autoencoder's map has variants."""
+    if manifest.ensemble is not None:
+        return f"ensemble-{manifest.ensemble.combine}"
     if manifest.kind == "anomalib":
         return "anomalib"
-    if manifest.kind == "features" and manifest.ensemble is None:
+    if manifest.kind == "features":
         return FEATURES_SCORE
+    if manifest.kind == "classifier":
+        return CLASSIFIER_SCORE
     return f"{manifest.ssim.window}-ssim"
 
 
@@ -97,14 +103,14 @@ def variant_inspector(inspector, score: str):
     if m.kind == "anomalib":
         msg = f"{m.name!r} is an anomalib model: it is scored by its own anomaly map only (no {score!r} variant)"
         raise ValueError(msg)
-    if m.kind == "features":
-        msg = f"{m.name!r} is a features model: its map is its graph's own output ({FEATURES_SCORE}), no variant"
-        raise ValueError(msg)
     if m.ensemble is not None:
         msg = (
             f"{m.name!r} is an ensemble: it is scored by its own combined map ({native_score(m)}) only; "
             f"score {score!r} can be asked of each member model directory on its own"
         )
+        raise ValueError(msg)
+    if m.kind in ("features", "classifier"):
+        msg = f"{m.name!r} is a {m.kind} model: its map is its graph's own output ({native_score(m)}), no variant"
         raise ValueError(msg)
     out = Inspector(
         inspector.detector,

@@ -109,7 +109,7 @@ def _stripe(x, y, wts, c1, c2, pad, ring, out, difference, i0, i1):
     raise NotImplementedError("only callable from Numba-compiled code")
 
 
-def _stripe_source(k: int, ndim: int) -> str:
+def _stripe_source(k: int, ndim: int) -> str:  # noqa: PLR0915 - the kernel written out, line by line
     """Python source of `_stripe` for a window of k taps and gray (ndim 2) or multichannel (ndim 3) images.
 
     Layout of the per-thread scratch (flat float32; T = tile width, P = T + 2r, R = 2 k T):

@@ -72,7 +72,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     src.add_argument("--synthetic", action="store_true", help="train on the synthetic camera's good frames")
     p.add_argument("--out", type=Path, required=True, help="model directory to write (model.onnx + manifest.json)")
     p.add_argument("--name", default="", help="model name in the manifest (default: the --out directory's name)")
+    _synthetic_args(p)
+    _model_args(p)
+    _features_args(p)
+    _autoencoder_args(p)
+    _training_args(p)
+    _map_args(p)
+    _finetune_args(p)
+    _calibration_args(p)
+    p.set_defaults(func=cmd_train)
+    register_ensemble(sub)
+    register_supervised(sub)
 
+
+def _synthetic_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("synthetic source")
     g.add_argument("--synthetic-frames", type=int, default=800, help="good frames to render (default 800)")
     g.add_argument("--synthetic-width", type=int, default=256)
@@ -86,6 +99,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="after calibration, report pass/reject on N synthetic frames (seed 1234, defect rate 0.25)",
     )
 
+
+def _model_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("model (both kinds)")
     m.add_argument(
         "--input-size",
@@ -129,6 +144,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="exposure normalisation: scale every frame so its median grey is --normalize-to (default median)",
     )
     m.add_argument("--normalize-to", type=float, default=100.0, help="target median grey level (default 100)")
+
+
+def _features_args(p: argparse.ArgumentParser) -> None:
     fe = p.add_argument_group("features kind")
     fe.add_argument(
         "--backbone", choices=("lite0", "lite1", "lite2"), default="lite0", help="EfficientNet-Lite (default lite0)"
@@ -151,6 +169,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     fe.add_argument("--k", type=int, default=1, help="nearest neighbours averaged per position (default 1)")
 
+
+def _autoencoder_args(p: argparse.ArgumentParser) -> None:
     m = p.add_argument_group("autoencoder kind")
     m.add_argument("--base-width", type=int, default=32)
     m.add_argument("--max-width", type=int, default=128, help="cap of the channel doubling per stage")
@@ -159,6 +179,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--depth", type=int, default=2, help="stride-2 stages (input must be a multiple of 2^depth; default 2)"
     )
 
+
+def _training_args(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("training")
     t.add_argument("--iterations", type=int, default=4000, help="optimiser steps (default 4000)")
     t.add_argument(
@@ -220,6 +242,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "every image the manifest lists as trained on",
     )
 
+
+def _map_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("difference map and image score (written to the manifest; the daemon applies them)")
     s.add_argument(
         "--ssim-size", type=int, default=11, help="SSIM window size, odd (default 11); the SSIM loss uses it too"
@@ -238,6 +262,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="image score from the (smoothed) map (default max)",
     )
 
+
+def _finetune_args(p: argparse.ArgumentParser) -> None:
     f = p.add_argument_group("fine-tuning")
     f.add_argument(
         "--init",
@@ -257,6 +283,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     f.add_argument("--loss-threshold", type=float, default=None, help="stop at this loss instead of the table's value")
 
+
+def _calibration_args(p: argparse.ArgumentParser) -> None:
     c = p.add_argument_group("calibration")
     c.add_argument("--holdout", type=float, default=0.2, help="fraction of good images kept for calibration")
     c.add_argument(
@@ -264,9 +292,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="--data only: also use DIR/test/* with DIR/ground_truth masks to choose thresholds",
     )
-    p.set_defaults(func=cmd_train)
-    register_ensemble(sub)
-    register_supervised(sub)
 
 
 def register_supervised(sub: argparse._SubParsersAction) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -497,6 +497,25 @@ def load_mvtec_test(
             defects.append(img)
             masks.append(mask)
     return goods, defects, masks
+
+
+@dataclass
+class CalibrationImages:
+    """The images thresholds are chosen on, and the sentence that says which they are (written to the manifest)."""
+
+    goods: list[np.ndarray]
+    defects: list[np.ndarray] = field(default_factory=list)
+    masks: list[np.ndarray] = field(default_factory=list)
+    description: str = ""
+
+    def with_test_set(self, root: Path, color: str, exclude: frozenset[str], excluded: str) -> CalibrationImages:
+        """Plus DIR/test (goods, and defects with their masks) less the files in `exclude` (`excluded` says what
+        they are: the images the model trained on)."""
+        t_goods, defects, masks = load_mvtec_test(root, color, exclude=exclude)
+        desc = f"{self.description} + {root}/test ({len(t_goods)} good, {len(defects)} defective with masks" + (
+            f", without the {len(exclude)} {excluded})" if exclude else ")"
+        )
+        return CalibrationImages(self.goods + t_goods, self.defects + defects, self.masks + masks, desc)
 
 
 def _read_mask(path: Path, hw: tuple[int, int]) -> np.ndarray:

@@ -141,6 +141,43 @@ def few_common_warning(n_common: int, held_out: list[int]) -> str | None:
     )
 
 
+def _check_members(members: list[Path], out: Path, quantile: float) -> tuple[list[tuple[Path, Manifest]], str]:
+    """The members' manifests and their one colour; ValueError naming what is wrong."""
+    if len(members) < 2:
+        msg = f"an ensemble needs at least two --member model directories, got {len(members)}"
+        raise ValueError(msg)
+    if Path(out).exists():
+        msg = f"--out {out} exists; an ensemble is written to a new directory (remove it or choose another)"
+        raise ValueError(msg)
+    loaded = [(Path(p), _member(Path(p))) for p in members]
+    colors = {m.preprocess.color for _, m in loaded}
+    if len(colors) != 1:
+        msg = f"the members read frames in different colours {sorted(colors)}; an ensemble needs one"
+        raise ValueError(msg)
+    color = colors.pop()
+    if not 0.0 < quantile <= 1.0:
+        msg = f"--quantile must be within (0, 1], got {quantile}"
+        raise ValueError(msg)
+    return loaded, color
+
+
+def _ensemble_manifest(first: Manifest, name: str, ensemble: dict, training: dict) -> dict:
+    """The ensemble's manifest: the first member's, with the members, uncalibrated thresholds (calibration follows)
+    and the ensemble's training facts."""
+    raw = first.model_dump(mode="json")
+    raw["name"] = name
+    raw["ensemble"] = ensemble
+    raw["thresholds"] = {
+        **raw["thresholds"],
+        "pixel": 2.0,
+        "min_region_area": 1,
+        "method": "uncalibrated",
+        "calibrated_at": "",
+    }
+    raw["training"] = training
+    return raw
+
+
 def build_ensemble(
     members: list[Path],
     out: Path,
@@ -160,22 +197,8 @@ def build_ensemble(
         if log is not None:
             print(text, file=log, flush=True)
 
-    if len(members) < 2:
-        msg = f"an ensemble needs at least two --member model directories, got {len(members)}"
-        raise ValueError(msg)
+    loaded, color = _check_members(members, out, quantile)
     out = Path(out)
-    if out.exists():
-        msg = f"--out {out} exists; an ensemble is written to a new directory (remove it or choose another)"
-        raise ValueError(msg)
-    loaded = [(Path(p), _member(Path(p))) for p in members]
-    colors = {m.preprocess.color for _, m in loaded}
-    if len(colors) != 1:
-        msg = f"the members read frames in different colours {sorted(colors)}; an ensemble needs one"
-        raise ValueError(msg)
-    color = colors.pop()
-    if not 0.0 < quantile <= 1.0:
-        msg = f"--quantile must be within (0, 1], got {quantile}"
-        raise ValueError(msg)
     goods_files, data_facts = common_held_out(loaded, data)
     say(f"calibration: {len(goods_files)} good images of {data} that none of the {len(loaded)} members trained on")
     warning = few_common_warning(len(goods_files), [int(m.training["held_out_count"]) for _, m in loaded])
@@ -211,42 +234,31 @@ def build_ensemble(
             shutil.copy2(path / MANIFEST_NAME, tmp / rel / MANIFEST_NAME)
             specs.append({"dir": rel, "sha256": m.onnx.sha256, "divide_by": divisors[i]})
             facts.append(_facts(rel, m, divisors[i]))
-        raw = first.model_dump(mode="json")
-        raw["name"] = name or out.resolve().name
-        raw["ensemble"] = {"combine": combine, "divide_by": divisors[0], "members": specs}
-        raw["thresholds"] = {
-            **raw["thresholds"],
-            "pixel": 2.0,
-            "min_region_area": 1,
-            "method": "uncalibrated",
-            "calibrated_at": "",
-        }
-        raw["training"] = {
-            "ensemble": {
-                "combine": combine,
-                "normalize": normalize,
-                **({"quantile": quantile} if normalize == "good-score" else {}),
-                "models": facts,
-                "command": command,
+        raw = _ensemble_manifest(
+            first,
+            name or out.resolve().name,
+            {"combine": combine, "divide_by": divisors[0], "members": specs},
+            {
+                "ensemble": {
+                    "combine": combine,
+                    "normalize": normalize,
+                    **({"quantile": quantile} if normalize == "good-score" else {}),
+                    "models": facts,
+                    "command": command,
+                },
+                "data_files": data_facts,
+                "seed": first.training.get("seed"),
+                **({"hard_defects": {"inherited_files": list(trained.values())}} if trained else {}),
             },
-            "data_files": data_facts,
-            "seed": first.training.get("seed"),
-            **({"hard_defects": {"inherited_files": list(trained.values())}} if trained else {}),
-        }
+        )
         Manifest.model_validate(raw).write(tmp)
         load_manifest(tmp)  # the members as the daemon will check them
 
-        defect_images: list[np.ndarray] = []
-        defect_masks: list[np.ndarray] = []
-        desc = f"{len(goods)} good images of {data} held out by every member"
+        images = D.CalibrationImages(goods, description=f"{len(goods)} good images of {data} held out by every member")
         if calibrate_with_test:
-            t_goods, defect_images, defect_masks = D.load_mvtec_test(Path(data), color, exclude=frozenset(trained))
-            goods += t_goods
-            desc += f" + {data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks" + (
-                f", without the {len(trained)} images members trained on)" if trained else ")"
-            )
+            images = images.with_test_set(Path(data), color, frozenset(trained), "images members trained on")
         say(f"calibrating the combined map ({combine} of each model's map / its divisor) ...")
-        calibration = calib.calibrate(tmp, goods, defect_images, defect_masks, data=desc)
+        calibration = calib.calibrate(tmp, images.goods, images.defects, images.masks, data=images.description)
         calib.write_thresholds(tmp, calibration, calibrated_at=utc_now())
         tmp.rename(out)
     except BaseException:

@@ -201,6 +201,69 @@ def model_from_checkpoint(path: str | Path) -> ConvAutoencoder:
     return model.eval()
 
 
+class _Progress:
+    """Training's log lines and, on a terminal, a one-line progress bar below them (iterations or time, whichever
+    is nearer to done)."""
+
+    def __init__(self, log: ProgressStream | None, iterations: int, budget_s: float | None) -> None:
+        self.log, self.iterations, self.budget_s = log, iterations, budget_s
+        self.tty = bool(log is not None and getattr(log, "isatty", lambda: False)())
+        self.bar_shown = 0.0  # when the bar was last drawn (0: not on screen)
+
+    def say(self, text: str) -> None:
+        if self.log is None:
+            return
+        if self.bar_shown:
+            self.log.write("\r\033[K")  # clear the bar's line, print, let the bar redraw below
+            self.bar_shown = 0.0
+        print(text, file=self.log, flush=True)
+
+    def done_fraction(self, it: int, elapsed: float) -> float:
+        frac = it / self.iterations
+        if self.budget_s is not None:
+            frac = max(frac, elapsed / self.budget_s)
+        return min(frac, 1.0)
+
+    def bar(self, it: int, loss: float, elapsed: float) -> None:
+        now = time.monotonic()
+        if self.log is None or not self.tty or now - self.bar_shown < 0.25:
+            return
+        frac = self.done_fraction(it, elapsed)
+        eta = elapsed / frac - elapsed if frac > 0 else 0.0
+        filled = int(30 * frac)
+        self.log.write(
+            f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%}  it {it}  loss {loss:.4f}  "
+            f"{elapsed:.0f} s, eta {eta:.0f} s"
+        )
+        self.log.flush()
+        self.bar_shown = now
+
+    def close(self) -> None:
+        if self.bar_shown:
+            self.say("")
+
+
+def cosine_lr(cfg: TrainConfig, progress: float) -> float:
+    """The learning rate at `progress` (0..1) of the run: cosine from cfg.lr down to cfg.lr * cfg.min_lr_ratio."""
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+
+
+def _resume_from(path: str | Path, model: ConvAutoencoder, optimizer: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load a checkpoint into model and optimizer; returns its iteration and its loss."""
+    ckpt = load_checkpoint(path)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return int(ckpt["iteration"]), float(ckpt.get("loss", float("nan")))
+
+
+def _loss_reached(cfg: TrainConfig, trained: int, recent: list[float]) -> bool:
+    return (
+        cfg.stop_loss is not None
+        and trained >= cfg.stop_window
+        and float(np.mean(recent[-cfg.stop_window :])) <= cfg.stop_loss
+    )
+
+
 def train(
     model: ConvAutoencoder,
     data: TrainingSet,
@@ -217,47 +280,15 @@ def train(
     loss_fn = ReconstructionLoss(cfg.ssim_weight, cfg.ssim_size, cfg.ssim_sigma)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_it = 0
-    resumed_loss = float("nan")
+    resumed_loss = float("nan")  # reported if nothing is left to train
     if resume is not None:
-        ckpt = load_checkpoint(resume)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        start_it = int(ckpt["iteration"])
-        resumed_loss = float(ckpt.get("loss", float("nan")))  # reported if nothing is left to train
+        start_it, resumed_loss = _resume_from(resume, model, optimizer)
         # a resumed run continues the random stream from a new point instead of replaying the first batches
         rng = np.random.default_rng([cfg.seed, start_it])
     ckpt_path = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     budget_s = cfg.minutes * 60.0 if cfg.minutes is not None else None
-
-    tty = bool(log is not None and getattr(log, "isatty", lambda: False)())
-    bar_shown = [0.0]  # when the progress bar was last drawn (0: not on screen)
-
-    def say(text: str) -> None:
-        if log is not None:
-            if bar_shown[0]:
-                log.write("\r\033[K")  # clear the progress bar's line, print, let the bar redraw below
-                bar_shown[0] = 0.0
-            print(text, file=log, flush=True)
-
-    def draw_bar(it: int, loss: float, elapsed: float) -> None:
-        """A one-line progress bar on a terminal (the log lines stay): iterations or time, whichever is nearer."""
-        now = time.monotonic()
-        if log is None or not tty or now - bar_shown[0] < 0.25:
-            return
-        frac = it / cfg.iterations
-        if budget_s is not None:
-            frac = max(frac, elapsed / budget_s)
-        frac = min(frac, 1.0)
-        eta = elapsed / frac - elapsed if frac > 0 else 0.0
-        filled = int(30 * frac)
-        log.write(
-            f"\rtrain [{'#' * filled}{'.' * (30 - filled)}] {frac:4.0%}  it {it}  loss {loss:.4f}  "
-            f"{elapsed:.0f} s, eta {eta:.0f} s"
-        )
-        log.flush()
-        bar_shown[0] = now
-
-    say(
+    progress = _Progress(log, cfg.iterations, budget_s)
+    progress.say(
         f"train: {len(data)} images, input {data.geometry.height}x{data.geometry.width} {data.geometry.color}, "
         f"batch {cfg.batch_size}, iterations {cfg.iterations}"
         + (f", budget {cfg.minutes:g} min" if budget_s else "")
@@ -275,10 +306,7 @@ def train(
         if budget_s is not None and elapsed >= budget_s:
             stopped_by = "time"
             break
-        progress = it / cfg.iterations
-        if budget_s is not None:
-            progress = max(progress, elapsed / budget_s)
-        lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        lr = cosine_lr(cfg, progress.done_fraction(it, elapsed))
         for group in optimizer.param_groups:
             group["lr"] = lr
 
@@ -295,30 +323,25 @@ def train(
             raise FloatingPointError(msg)
         recent.append(loss_value)
         del recent[: -cfg.final_loss_window]
-        draw_bar(it, loss_value, time.monotonic() - t0)
+        progress.bar(it, loss_value, time.monotonic() - t0)
 
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iterations):
             rate = (it - start_it) / max(time.monotonic() - t0, 1e-9)
-            say(
+            progress.say(
                 f"train: it {it}/{cfg.iterations}  loss {loss_value:.5f}  avg{len(recent)} {np.mean(recent):.5f}  "
                 f"lr {lr:.2e}  {rate:.2f} it/s  {time.monotonic() - t0:.0f} s"
             )
         if ckpt_path is not None and cfg.checkpoint_every and it % cfg.checkpoint_every == 0:
             save_checkpoint(ckpt_path, model, optimizer, it, cfg, loss_value)
-        if (
-            cfg.stop_loss is not None
-            and it - start_it >= cfg.stop_window
-            and float(np.mean(recent[-cfg.stop_window :])) <= cfg.stop_loss
-        ):
+        if _loss_reached(cfg, it - start_it, recent):
             stopped_by = "loss"
             break
 
     model.eval()
-    if bar_shown[0]:
-        say("")
+    progress.close()
     final = float(np.mean(recent)) if recent else (loss_value if it > start_it else resumed_loss)
     if ckpt_path is not None and it > start_it:
         save_checkpoint(ckpt_path, model, optimizer, it, cfg, final)
     seconds = time.monotonic() - t0
-    say(f"train: done, {it} iterations in {seconds:.1f} s (stopped by {stopped_by}), final loss {final:.5f}")
+    progress.say(f"train: done, {it} iterations in {seconds:.1f} s (stopped by {stopped_by}), final loss {final:.5f}")
     return TrainResult(final_loss=final, iterations=it, seconds=seconds, stopped_by=stopped_by, checkpoint=ckpt_path)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -22,11 +23,13 @@ from inspectd.evaluation import thresholds as calib
 from inspectd.evaluation.evaluate import trained_files
 from inspectd.evaluation.scoring import calibrate_variants
 from inspectd.training import data as D
-from inspectd.training.data import load_mvtec_test
 from inspectd.training.defects import DefectConfig
 from inspectd.training.model import ConvAutoencoder, ModelConfig, count_parameters
 from inspectd.training.onnx_export import write_model_dir
 from inspectd.training.train import STDERR, ProgressStream, TrainConfig, train
+
+if TYPE_CHECKING:
+    from inspectd.training.finetune import Parent
 
 # the synthetic camera's default seed is the demo/evaluation stream; training defaults to another one
 SYNTHETIC_EVAL_SEED = 1234
@@ -212,6 +215,48 @@ def preprocess_spec(job: FrameSettings) -> PreprocessSpec:
     )
 
 
+def _continue_parent(job: TrainJob, say: Callable[[str], None]) -> tuple[TrainJob, Parent | None]:
+    """With --init: the parent model and the job with the parent's architecture, colour and preprocessing."""
+    if job.init is None:
+        return job, None
+    from inspectd.training.finetune import load_parent
+
+    parent = load_parent(job.init)
+    pp = parent.manifest.preprocess
+    if pp.color == "rgb":  # only anomalib models take RGB, and load_parent refuses those already
+        msg = f"--init {job.init}: an RGB model cannot be continued (expected an autoencoder from `inspectd train`)"
+        raise ValueError(msg)
+    job = replace(
+        job,
+        model=parent.model_config,
+        color=pp.color,
+        mode=pp.mode,
+        tile_overlap=pp.tile_overlap,
+        normalize=pp.normalize,
+        normalize_to=pp.normalize_to,
+        scale=pp.scale,
+    )
+    say(
+        f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
+        f"(max abs diff {parent.parity_max_abs_diff:.1e})"
+    )
+    return job, parent
+
+
+def _calibrate(job: TrainJob, held_out: list[np.ndarray], hard: list, say: Callable[[str], None]) -> calib.Calibration:
+    """Thresholds from the held-out good images (and, with --calibrate-with-test, DIR/test less the hard-defect
+    images), written to the manifest with the other score variants'."""
+    images = D.CalibrationImages(held_out, description=f"{len(held_out)} held-out good images of the training source")
+    if job.calibrate_with_test and job.data is not None:
+        trained_on = frozenset(h.sha256 for h in hard)
+        images = images.with_test_set(job.data, job.color, trained_on, "hard-defect images")
+    calibration = calib.calibrate(job.out, images.goods, images.defects, images.masks, data=images.description)
+    calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
+    say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
+    _record_score_variants(job.out, images.goods, images.defects, images.masks, images.description)
+    return calibration
+
+
 def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     t_start = time.monotonic()
 
@@ -219,29 +264,7 @@ def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
         if log is not None:
             print(text, file=log, flush=True)
 
-    parent = None
-    if job.init is not None:  # fine-tuning: the parent's architecture, colour and preprocessing
-        from inspectd.training.finetune import load_parent
-
-        parent = load_parent(job.init)
-        pp = parent.manifest.preprocess
-        if pp.color == "rgb":  # only anomalib models take RGB, and load_parent refuses those already
-            msg = f"--init {job.init}: an RGB model cannot be continued (expected an autoencoder from `inspectd train`)"
-            raise ValueError(msg)
-        job = replace(
-            job,
-            model=parent.model_config,
-            color=pp.color,
-            mode=pp.mode,
-            tile_overlap=pp.tile_overlap,
-            normalize=pp.normalize,
-            normalize_to=pp.normalize_to,
-            scale=pp.scale,
-        )
-        say(
-            f"init: {job.init} (sha256 {parent.sha256[:16]}), weights imported from its model.onnx "
-            f"(max abs diff {parent.parity_max_abs_diff:.1e})"
-        )
+    job, parent = _continue_parent(job, say)
     cfg = job.model
     if cfg.channels != (1 if job.color == "gray" else 3):
         msg = f"model channels {cfg.channels} do not match color {job.color!r}"
@@ -341,21 +364,7 @@ def run_job(job: TrainJob, *, log: ProgressStream | None = STDERR) -> JobResult:
     )
     say(f"export: {job.out}/model.onnx, parity max abs diff {parity.max_abs_diff:.2e}; calibrating ...")
 
-    defect_images: list[np.ndarray] = []
-    defect_masks: list[np.ndarray] = []
-    goods = held_out
-    data_desc = f"{len(held_out)} held-out good images of the training source"
-    if job.calibrate_with_test and job.data is not None:
-        trained_on = frozenset(h.sha256 for h in hard)
-        t_goods, defect_images, defect_masks = load_mvtec_test(job.data, job.color, exclude=trained_on)
-        goods = held_out + t_goods
-        data_desc += f" + {job.data}/test ({len(t_goods)} good, {len(defect_images)} defective with masks" + (
-            f", without the {len(trained_on)} hard-defect images)" if trained_on else ")"
-        )
-    calibration = calib.calibrate(job.out, goods, defect_images, defect_masks, data=data_desc)
-    calib.write_thresholds(job.out, calibration, calibrated_at=utc_now())
-    say(f"calibration: pixel {calibration.pixel:.4f}, min_region_area {calibration.min_region_area}")
-    _record_score_variants(job.out, goods, defect_images, defect_masks, data_desc)
+    calibration = _calibrate(job, held_out, hard, say)
 
     evaluation = None
     if job.evaluate and job.synthetic is not None:
