@@ -146,7 +146,7 @@ def _check_members(members: list[Path], out: Path, quantile: float) -> tuple[lis
     if len(members) < 2:
         msg = f"an ensemble needs at least two --member model directories, got {len(members)}"
         raise ValueError(msg)
-    if Path(out).exists():
+    if out.exists():
         msg = f"--out {out} exists; an ensemble is written to a new directory (remove it or choose another)"
         raise ValueError(msg)
     loaded = [(Path(p), _member(Path(p))) for p in members]
@@ -197,8 +197,8 @@ def build_ensemble(
         if log is not None:
             print(text, file=log, flush=True)
 
-    loaded, color = _check_members(members, out, quantile)
     out = Path(out)
+    loaded, color = _check_members(members, out, quantile)
     goods_files, data_facts = common_held_out(loaded, data)
     say(f"calibration: {len(goods_files)} good images of {data} that none of the {len(loaded)} members trained on")
     warning = few_common_warning(len(goods_files), [int(m.training["held_out_count"]) for _, m in loaded])
