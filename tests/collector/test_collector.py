@@ -111,3 +111,18 @@ def test_a_refusal_names_the_record_and_the_reason(running):
     meta["width"] = 40  # the PNG is 32 wide
     reply = running.send(meta, record("r")[1])
     assert reply[:2] == [NACK_TAG, b"r"] and b"32x24" in reply[2]
+
+
+def test_readers_beside_a_running_collector_count_only_complete_lines(tmp_path):
+    """A reader (`inspectd train --data` on the collector's directory, the tests) may read meta.jsonl while the
+    collector appends to it: a last line without its newline is not a stored record yet, and must not crash it."""
+    from inspectd.collector.dataset import read_records
+    from inspectd.training.data import data_facts
+
+    (tmp_path / "meta.jsonl").write_text(
+        '{"id": "a", "mark": "good"}\n{"id": "b", "mark": "bad"}\n{"id": "c", "mark": "go'
+    )
+    assert [r["id"] for r in read_records(tmp_path)] == ["a", "b"]
+    assert [r["id"] for r in meta_lines(tmp_path)] == ["a", "b"]
+    collected = data_facts([], tmp_path)["collected"]
+    assert collected["records"] == 2 and collected["good"] == 1 and collected["bad"] == 1

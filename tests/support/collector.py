@@ -81,10 +81,13 @@ def reject(
 
 
 def meta_lines(out: Path) -> list[dict]:
+    """The stored records of a collector's meta.jsonl, read while it may be appending: a last line without its
+    newline is not stored yet and is left out; every complete line must be valid JSON."""
     path = Path(out) / "meta.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
 
 
 class Proc:

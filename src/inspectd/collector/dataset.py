@@ -31,6 +31,31 @@ META_FILE = "meta.jsonl"
 FOLDERS = {"good": Path("train") / "good", "bad": Path("test") / "confirmed_defect"}
 
 
+def read_records(out: Path) -> list[dict]:
+    """The records stored in a collector directory, for readers beside a running collector: the complete lines of
+    its meta.jsonl (a last line without its newline is still being appended, or was torn by a crash: not stored).
+    Unreadable lines are left out, as the collector itself leaves them out at start."""
+    path = Path(out) / META_FILE
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    return _parse(data[: data.rfind(b"\n") + 1])[0]
+
+
+def _parse(data: bytes) -> tuple[list[dict], int]:
+    """meta.jsonl's lines -> (the records, how many lines could not be read as one)."""
+    rows, bad = [], 0
+    for line in data.splitlines():
+        try:
+            row = untrusted.loads(line)
+            str(row["id"])
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        rows.append(row)
+    return rows, bad
+
+
 class Dataset:
     def __init__(self, out: str | Path) -> None:
         self.out = Path(out)
@@ -53,13 +78,9 @@ class Dataset:
                 f.flush()
                 os.fsync(f.fileno())
             data = data[:cut]
-        bad = 0
-        for line in data.splitlines():
-            try:
-                row = untrusted.loads(line)
-                self._marks[str(row["id"])] = str(row.get("mark"))
-            except (ValueError, KeyError, TypeError):
-                bad += 1
+        rows, bad = _parse(data)
+        for row in rows:
+            self._marks[str(row["id"])] = str(row.get("mark"))
         log.info("dataset_opened", out=str(self.out), records=len(self._marks), unreadable_lines=bad)
 
     def __contains__(self, rid: str) -> bool:

@@ -28,6 +28,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from inspectd.collector.dataset import META_FILE, read_records
 from inspectd.core import mvtec
 from inspectd.core.manifest import sha256_file
 from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
@@ -459,11 +460,8 @@ def data_facts(files: list[Path], root: Path) -> dict:
         h.update(str(f.relative_to(root) if f.is_relative_to(root) else f.name).encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())
     facts: dict = {"files": len(files), "sha256": h.hexdigest()}
-    meta = root / "meta.jsonl"
-    if meta.is_file():  # a collector's output (`inspectd collect`)
-        import json
-
-        rows = [json.loads(line) for line in meta.read_text().splitlines() if line.strip()]
+    if (root / META_FILE).is_file():  # a collector's output (`inspectd collect`), perhaps still being written
+        rows = read_records(root)
         facts["collected"] = {
             "records": len(rows),
             "good": sum(r.get("mark") == "good" for r in rows),
