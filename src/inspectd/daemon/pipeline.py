@@ -53,6 +53,7 @@ from inspectd.daemon.cameras.base import CameraConfigBase
 from inspectd.daemon.cameras.bounded import BoundedCamera
 from inspectd.daemon.dispatch import Dispatcher
 from inspectd.inspection.inspector import Inspector
+from inspectd.inspection.ssim import set_num_threads
 
 # when the queue is full: "error" gives the new frame an ERROR verdict, "block" makes acquisition wait, "auto"
 # chooses by source (the config's pipeline.overrun documents the rule)
@@ -479,8 +480,6 @@ class Pipeline:
 
     def _score_loop(self) -> None:
         if self.numba_threads > 0:
-            from inspectd.inspection.ssim import set_num_threads
-
             set_num_threads(self.numba_threads)  # Numba's thread count is per calling thread: set it here
         while True:
             if self._healthy():  # from the frame loop: a stuck stage (here or upstream) stops the pings

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from inspectd.core.errors import ModelError
+
 EXIT_OK, EXIT_USAGE = 0, 2
 
 
@@ -41,7 +43,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from inspectd.core.errors import ModelError
     from inspectd.interop.anomalib import import_export
 
     try:

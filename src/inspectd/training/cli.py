@@ -15,6 +15,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from inspectd.core.errors import ModelError
 from inspectd.core.manifest import ScoreSpec, SsimSpec
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -334,7 +335,6 @@ def register_supervised(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_supervised(args: argparse.Namespace) -> int:
-    from inspectd.core.errors import ModelError
     from inspectd.training.backbone import BackboneError
     from inspectd.training.onnx_export import ParityError
     from inspectd.training.segtrain import DecoderSettings

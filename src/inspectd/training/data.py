@@ -30,9 +30,9 @@ import numpy as np
 
 from inspectd.collector.dataset import META_FILE, read_records
 from inspectd.core import mvtec
-from inspectd.core.manifest import sha256_file
+from inspectd.core.manifest import PreprocessSpec, sha256_file
 from inspectd.daemon.cameras.synthetic import SurfaceGenerator, SyntheticCameraConfig
-from inspectd.inspection.preprocess import scaled_hw
+from inspectd.inspection.preprocess import normalize_exposure, scaled_hw
 from inspectd.training.defects import DefectConfig, add_defect
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
@@ -77,14 +77,9 @@ class InputGeometry:
         """A whole frame in the model's colour -> exposure-normalised and (tile mode) resized by `scale`, exactly
         as inspectd.inspection.preprocess does it before cutting tiles."""
         if self.normalize != "none":
-            from inspectd.core.manifest import PreprocessSpec
-            from inspectd.inspection.preprocess import normalize_exposure
-
             spec = PreprocessSpec(color=self.color, normalize=self.normalize, normalize_to=self.normalize_to)
             image = normalize_exposure(image, spec)
         if self.mode == "tile" and self.scale != 1.0:
-            from inspectd.inspection.preprocess import scaled_hw
-
             h, w = scaled_hw(image.shape[:2], self.scale)
             image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         return image

@@ -24,6 +24,7 @@ manifest) are loaded and must reproduce the parent's model.onnx (max abs differe
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -35,6 +36,7 @@ import torch
 
 from inspectd.core.manifest import Manifest, OnnxSpec, PreprocessSpec, TensorSpec, Thresholds, load_manifest
 from inspectd.core.manifest import sha256_file as file_sha256
+from inspectd.evaluation import thresholds as calib
 from inspectd.training import data as tdata
 from inspectd.training.backbone import facts as backbone_facts
 from inspectd.training.onnx_export import EXPORTER, OPSET, check_parity, export_onnx, utc_now
@@ -125,8 +127,6 @@ def _calibrate(model_dir: Path, held: list[np.ndarray], data: str):
     region on every held-out good image, x 1.25 + 1, fits the area cap (0.2 % of the frame, at least 15 px); that
     becomes min_region_area, so every held-out good image passes. The good-only rule of the autoencoders (a
     quantile of the good pixels) would put it at 1.0 as soon as one good image has one confident pixel."""
-    from inspectd.evaluation import thresholds as calib
-
     maps = calib.score_maps(calib.open_inspector(model_dir), held)
     cap = max(15, int(0.002 * float(np.median([m.size for m in maps]))))
     pixel, min_area = CANDIDATES[-1], 1
@@ -242,13 +242,9 @@ def run_supervised(job: SupervisedJob, *, log: IO[str] | None = sys.stderr) -> P
         write_classifier_dir(net, tmp, xs[-2:].astype(np.float32), name=job.name or job.out.name, facts=facts)
         held = [tdata.read_image(p, "gray") for p in held_files]
         result = _calibrate(tmp, held, f"{n_hold} held-out good images of {job.data}")
-        from inspectd.evaluation.thresholds import write_thresholds
-
-        write_thresholds(tmp, result, calibrated_at=utc_now())
+        calib.write_thresholds(tmp, result, calibrated_at=utc_now())
         tmp.rename(job.out)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _say(
