@@ -12,11 +12,12 @@ import math
 import os
 
 import cv2
-import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from inspectd.training.features import greedy_coreset as _product_coreset
 
 # ../shared/datasets beside the repository (as tests/conftest.py), or INSPECTD_SHARED_DATASETS
 DATA = os.path.join(
@@ -217,37 +218,10 @@ def features(sess, files, size, norm_exp, batch=8):
     return np.concatenate(outs)
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _update_min(x, c, mind):
-    n, d = x.shape
-    for i in numba.prange(n):
-        s = 0.0
-        for j in range(d):
-            t = x[i, j] - c[j]
-            s += t * t
-        if s < mind[i]:
-            mind[i] = s
-
-
 def greedy_coreset(x: np.ndarray, m: int, seed: int = 0, sel_dim: int = 128) -> np.ndarray:
-    """k-center greedy: indices of m rows of x. Distances in a random projection to sel_dim (as PatchCore)."""
-    n, d = x.shape
-    if m >= n:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    if sel_dim and sel_dim < d:
-        p = rng.standard_normal((d, sel_dim)).astype(np.float32) / math.sqrt(sel_dim)
-        z = np.ascontiguousarray(x @ p)
-    else:
-        z = np.ascontiguousarray(x)
-    mind = np.full(n, np.inf, np.float32)
-    sel = np.empty(m, np.int64)
-    cur = int(rng.integers(n))
-    for k in range(m):
-        sel[k] = cur
-        _update_min(z, z[cur], mind)
-        cur = int(np.argmax(mind))
-    return sel
+    """k-center greedy: indices of m rows of x, distances in a random projection to sel_dim (as PatchCore); the
+    product's own selection (inspectd.training.features), which this probe's results were measured with."""
+    return _product_coreset(np.asarray(x, np.float32), m, seed=seed, projection=sel_dim)
 
 
 def knn_map(f: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray, k: int = 1) -> np.ndarray:
