@@ -2,7 +2,7 @@
 autoencoder trained from scratch? (issue 22, "the pretrained encoder inside the autoencoder"; bounded CPU).
 
 Encoder: lite0 stem + stages 0-2 (stride 8, 40 channels), frozen. Decoder: three (bilinear x2, 3x3 conv, ReLU)
-steps to one channel, sigmoid. Trained with the seed's repair task (half the crops carry a synthetic defect from
+steps to one channel, sigmoid. Trained with the repair task (half the crops carry a synthetic defect from
 inspectd.training.data, target the clean crop) on 64x64 native crops of the exposure-normalised good images, L2 +
 (1 - Gaussian SSIM) loss, for --minutes. Then both models reconstruct the same held-out good tiles (the autoencoder
 through its ONNX graph): mean Gaussian SSIM (11 taps, sigma 1.5) of tile and reconstruction, and the share of the
@@ -86,7 +86,7 @@ def main() -> None:
     spec = load_manifest(args.ae).preprocess
     frames = [normalize_exposure(f, spec) for f in D.load_folder(args.data, "gray")]
     kept, held = _split(frames, 0.2, 0)
-    from inspectd.training.defects import add_defect  # the seed's synthetic defects
+    from inspectd.training.defects import add_defect  # repair training's synthetic defects
 
     model = PretrainedAE()
     opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-3)

@@ -1,4 +1,4 @@
-"""The `classifier` model kind (a supervised segmentation model, DESIGN.md §3): the daemon reads its
+"""The `classifier` model kind (a supervised segmentation model): the daemon reads its
 defect-probability map directly, alone or beside an autoencoder in one ensemble decision, and each region says
 which map found it. Real ONNX models (tests/support/helpers.py), no torch."""
 

@@ -71,7 +71,7 @@ def test_ensemble_rule_wrong_and_missed_labels():
 
 def test_sum_thresholds_scale_with_checkers_and_match_the_seed_example():
     cfg = RuleConfig(combine="sum")
-    assert cfg.thresholds(5) == (2.5, 4.0)  # the seed: "target probability > 4"
+    assert cfg.thresholds(5) == (2.5, 4.0)  # the labelling method's "target probability > 4"
     assert RuleConfig().thresholds(5) == (0.5, 0.8)
     assert RuleConfig(combine="sum", high_threshold=3.0).thresholds(5) == (2.5, 3.0)
 

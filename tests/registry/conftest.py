@@ -64,9 +64,9 @@ def sqlite_registry(tmp_path) -> RegistryUnderTest:
 
 
 CUPS = """\
-# The seed's cup example (seed 002, S103): round cup contains small and medium, both contain meeting cup, which
+# The registry document's cup example: round cup contains small and medium, both contain meeting cup, which
 # contains ceramic, which contains coffee cup and mug: five levels. Steel (a sibling of ceramic) and children's
-# thermos (a kind of small cup) are the other categories of the seed's two candidate models.
+# thermos (a kind of small cup) are the other categories of its two candidate models.
 categories:
   round cup: []
   small: [round cup]

@@ -1,7 +1,7 @@
 """`inspectd registry bringup` on real data: two subsets of magnetic tile (capture batches exp1 and exp2, images
 scaled down to keep it fast) are two "products". The exp1 model is trained with labelled defects and registered;
 bringing up exp2 matches it through the hierarchy, refuses while the sampling gate is not met, then fine-tunes it
-(stopped by seed 002's loss table), evaluates and registers a model whose manifest names its parent."""
+(stopped by the sample-count loss table), evaluates and registers a model whose manifest names its parent."""
 
 from __future__ import annotations
 

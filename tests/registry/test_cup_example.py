@@ -1,5 +1,5 @@
-"""Seed 002's cup example end to end through the real CLI, on SQLite and on a real PostgreSQL server: the hierarchy
-(five levels), the quotas (1, 1, 1, 1, 2) and the seed's two candidate models.
+"""The registry document's cup example end to end through the real CLI, on SQLite and on a real PostgreSQL server:
+the hierarchy (five levels), the quotas (1, 1, 1, 1, 2) and its two candidate models.
 
 Expected winner: *ceramic, small, children's thermos, round* (match degree 17/24 = 0.708). It matches round cup,
 small and ceramic exactly and covers the level-5 quota of 2 (coffee cup, mug) through their parent ceramic. The
@@ -65,7 +65,7 @@ def test_a_product_no_model_covers_exits_2_with_the_explanation(sqlite_registry,
 
 
 def _scenario(reg, cups, product, tmp_path) -> dict:
-    """More models than the seed's two, with ties broken by evaluation and by age, through the Registry API (the
+    """More models than the example's two, with ties broken by evaluation and by age, through the Registry API (the
     CLI is the test above); returns the match as `match --json` prints it."""
     from inspectd.registry.hierarchy import load_hierarchy
     from inspectd.registry.product import load_product

@@ -1,4 +1,4 @@
-"""The model registry (seed 002): trained QC models tagged with product categories, a category hierarchy, matching
+"""The model registry: trained QC models tagged with product categories, a category hierarchy, matching
 of a new product's categories with per-level quotas, the sampling gate, and the bring-up workflow.
 
 - hierarchy.py: the category hierarchy ("level library") read from YAML and validated; a category's level is its depth

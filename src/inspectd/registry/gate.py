@@ -1,4 +1,4 @@
-"""The sampling gate (seed 002, claim 3): keep sampling a new product on the line until the good:defect ratio of the
+"""The sampling gate: keep sampling a new product on the line until the good:defect ratio of the
 collected images equals the base model's training ratio (within a tolerance) and both counts reach their minimums.
 
 What is counted, in a collector's output (`inspectd collect`) or any MVTec-layout tree:

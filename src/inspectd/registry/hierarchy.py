@@ -1,4 +1,4 @@
-"""The category hierarchy (seed 002's "product category level library"): categories with parents, defined by people.
+"""The category hierarchy (the "product category level library"): categories with parents, defined by people.
 
 A hierarchy file is YAML, one entry per category naming its parents (none for a top category):
 
@@ -11,7 +11,7 @@ A hierarchy file is YAML, one entry per category naming its parents (none for a 
       coffee cup: [ceramic]      # level 5
       mug: [ceramic]
 
-An upper category contains its lower ones; a category may have several parents (the seed's meeting cup comes in
+An upper category contains its lower ones; a category may have several parents (the example's meeting cup comes in
 small and medium). A category's **level** is its depth: 1 for a top category, else 1 + the deepest parent's level.
 Validation refuses, naming each problem: a parent that is not defined (with the closest defined names), a category
 that is its own ancestor (the cycle, spelt out), names that differ only in case, duplicate keys, empty names and

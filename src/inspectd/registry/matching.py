@@ -1,4 +1,4 @@
-"""Matching a new product's categories against the registered models (seed 002, claim 2), with an explanation.
+"""Matching a new product's categories against the registered models, with an explanation.
 
 1. Each product category gets its level from the hierarchy (hierarchy.py).
 2. Each level L gets a quota: q_L = ceil(r_L x n_L), n_L the product's categories on that level, r_L the policy's

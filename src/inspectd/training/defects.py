@@ -88,7 +88,7 @@ class Defect:
     polygon: np.ndarray  # (N, 2) int32 vertices (x, y), all inside the image
     value: int  # the single grey value it was filled with
     params: dict = field(default_factory=dict)  # a, b, angle, centre ... for inspection and tests
-    texture: str = ""  # "" = filled with `value` (the seed); else smooth / contrast / gain of the image's texture
+    texture: str = ""  # "" = one grey `value`; else smooth / contrast / gain of the image's texture
     amount: float = 0.0  # the texture change's strength: blur sigma, contrast factor or gain
 
 

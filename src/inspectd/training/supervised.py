@@ -3,7 +3,7 @@ frozen pretrained EfficientNet-Lite0 encoder, trained light decoder) learns the 
 and becomes a model directory of kind `classifier`, which the daemon runs alone or beside the anomaly map in one
 ensemble (`inspectd ensemble --member AE --member THIS`).
 
-Data, from MVTec trees (DESIGN.md §6):
+Data, from MVTec trees:
 - --data DIR: DIR/train/good/* are defect-free (a collector's output puts false rejects there). As `inspectd train`
   does, `--holdout` of them (same seed, same order: training.data.holdout_order) are held out for calibration, so
   the model records the same data digest, seed and held-out count and can join an ensemble with an autoencoder
