@@ -162,7 +162,8 @@ def test_sd_notify_ready_watchdog_status_and_stopping_reach_the_notify_socket(tm
             with contextlib.suppress(TimeoutError):
                 messages.append(sock.recv(4096).decode())
             text = "\n".join(messages)
-            if "READY=1" in text and text.count("WATCHDOG=1") >= 3 and "STATUS=" in text:
+            # READY carries a first STATUS= (no rate yet): wait for a status with the frame rate itself
+            if "READY=1" in text and text.count("WATCHDOG=1") >= 3 and "fps" in text:
                 break
         proc.send_signal(signal.SIGTERM)
         end = time.monotonic() + 30
