@@ -104,8 +104,10 @@ def test_status_on_the_control_socket_reports_state_fps_queue_depth_and_the_plc_
     cfg.write_text(cfg.read_text().replace("trigger: free_run", "trigger: free_run\n  rate_hz: 20"))
     d = Daemon(cfg)
     try:
+        # "ready" (systemd's READY=1) follows the warm-up; the camera opens in its own thread right after
+        assert wait_until(lambda: d.status()["state"] == "running", 10), d.status()
         status = d.status()
-        assert status["state"] == "running" and status["plc_link"] == "down", status
+        assert status["ready"] is True and status["plc_link"] == "down", status
         assert isinstance(status["queue"], int) and status["queue_size"] == 4
         client = plc_client(modbus)
         try:
