@@ -4,7 +4,6 @@ mapped to classes, and an export that imports back exactly."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -22,9 +21,10 @@ from inspectd.labelling.labelme import (
     to_labelme,
     write_labelme,
 )
+from tests.conftest import SHARED_DATASETS
 from tests.labelling.labelme_files import shape
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "labelme-examples"
+EXAMPLES = SHARED_DATASETS / "labelme-examples"  # beside the repository, or INSPECTD_SHARED_DATASETS
 needs_examples = pytest.mark.skipif(not EXAMPLES.is_dir(), reason=f"{EXAMPLES} (labelme's example files) is absent")
 
 
